@@ -1,0 +1,151 @@
+"""Typed trainer configuration: one dataclass per section, composed into TrainConfig.
+
+Defaults equal the official baseline (openai/parameter-golf root train_gpt.py). Every technique added
+on top is a field that is off by default. Sections map 1:1 onto `[config.<section>]` tables of an
+experiment file and onto the `resolved_config.json` the trainer reads.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from .data import DataConfig
+from .eval import EvalConfig
+from .model import ModelConfig
+from .optim import OptimConfig
+from .quant import QuantConfig
+from .run import RunConfig
+from .schedule import ScheduleConfig
+from .ttt import TTTConfig
+
+__all__ = [
+    "ConfigError", "TrainConfig", "ModelConfig", "OptimConfig", "ScheduleConfig", "DataConfig",
+    "EvalConfig", "QuantConfig", "TTTConfig", "RunConfig", "SECTIONS", "config_hash",
+]
+
+
+class ConfigError(ValueError):
+    """A config value or key is wrong; the message names the key and what was expected."""
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    ttt: TTTConfig = field(default_factory=TTTConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], *, source: str = "config") -> "TrainConfig":
+        """Build from nested dicts; unknown sections/keys and wrong types raise ConfigError."""
+        cfg = cls()
+        for section, values in raw.items():
+            if section not in SECTIONS:
+                raise ConfigError(f"{source}: unknown config section '{section}' "
+                                  f"(expected one of {', '.join(SECTIONS)})")
+            if not isinstance(values, dict):
+                raise ConfigError(f"{source}: config.{section} must be a table, got {type(values).__name__}")
+            for key, value in values.items():
+                set_field(cfg, f"{section}.{key}", value, source=source)
+        return cfg
+
+    @classmethod
+    def from_json(cls, path: str) -> "TrainConfig":
+        with open(path, encoding="utf-8") as fh:
+            return cls.from_dict(json.load(fh), source=path)
+
+    def write_json(self, path: str) -> None:
+        with open(path, "w", encoding="utf-8") as fh:
+            json.dump(self.to_dict(), fh, indent=2, sort_keys=True)
+            fh.write("\n")
+
+
+SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(TrainConfig)}  # type: ignore[misc]
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` against the annotated field type; ints widen to float, nothing else converts."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arm in typing.get_args(tp):
+            if arm is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return coerce(value, arm, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if origin in (list, tuple):
+        (item_tp, *_) = typing.get_args(tp) or (Any,)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list of {_type_name(item_tp)}, got {value!r}")
+        items = [coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:
+        raise ConfigError(f"{where}: unsupported field type {tp!r}")
+    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+
+
+def field_types(section_cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(section_cls)
+
+
+def set_field(cfg: TrainConfig, dotted: str, value: Any, *, source: str = "config") -> None:
+    """Set `section.key` on cfg with type checking; errors name the source and the key."""
+    if dotted.count(".") != 1:
+        raise ConfigError(f"{source}: '{dotted}' is not of the form section.key")
+    section, key = dotted.split(".")
+    if section not in SECTIONS:
+        raise ConfigError(f"{source}: unknown config section '{section}' (expected one of {', '.join(SECTIONS)})")
+    obj = getattr(cfg, section)
+    hints = field_types(type(obj))
+    if key not in hints:
+        close = [k for k in hints if k.split("_")[0] == key.split("_")[0]][:5]
+        hint = f"; similar keys: {', '.join(close)}" if close else ""
+        raise ConfigError(f"{source}: unknown key config.{section}.{key}{hint}")
+    setattr(obj, key, coerce(value, hints[key], f"{source}: config.{section}.{key}"))
+
+
+# Fields that identify a run rather than a variant: seeds of one variant share everything else.
+_HASH_EXCLUDED = {("run", "seed"), ("run", "run_dir"), ("run", "threads")}
+
+
+def config_hash(cfg: TrainConfig, code_version: str = "") -> str:
+    """Stable 12-hex-digit hash of the resolved config (minus seed/run dir) and the trainer code."""
+    flat = {f"{s}.{k}": v for s, sec in cfg.to_dict().items() for k, v in sec.items()
+            if (s, k) not in _HASH_EXCLUDED}
+    blob = json.dumps({"config": flat, "code": code_version}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]

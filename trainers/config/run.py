@@ -1,0 +1,13 @@
+"""Per-run fields: seed, device, output directory, compile."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    seed: int = 1337
+    run_dir: str = "runs/latest"
+    device: str = "auto"  # auto | cpu | cuda
+    compile: bool = True  # torch.compile on CUDA; never on CPU (slower there, see docs)
+    threads: int = 0  # torch CPU threads; 0 = torch default
