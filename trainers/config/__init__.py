@@ -16,6 +16,7 @@ from typing import Any
 
 from .data import DataConfig
 from .eval import EvalConfig
+from .faults import FaultConfig
 from .model import ModelConfig
 from .optim import OptimConfig
 from .quant import QuantConfig
@@ -25,7 +26,7 @@ from .ttt import TTTConfig
 
 __all__ = [
     "ConfigError", "TrainConfig", "ModelConfig", "OptimConfig", "ScheduleConfig", "DataConfig",
-    "EvalConfig", "QuantConfig", "TTTConfig", "RunConfig", "SECTIONS", "config_hash",
+    "EvalConfig", "QuantConfig", "TTTConfig", "RunConfig", "FaultConfig", "SECTIONS", "config_hash", "parse_value", "set_field",
 ]
 
 
@@ -43,6 +44,7 @@ class TrainConfig:
     quant: QuantConfig = field(default_factory=QuantConfig)
     ttt: TTTConfig = field(default_factory=TTTConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    faults: FaultConfig = field(default_factory=FaultConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
@@ -149,3 +151,14 @@ def config_hash(cfg: TrainConfig, code_version: str = "") -> str:
             if (s, k) not in _HASH_EXCLUDED}
     blob = json.dumps({"config": flat, "code": code_version}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def parse_value(text: str):
+    """`--set` values are TOML/JSON literals where they parse (numbers, bools, lists), else strings."""
+    low = text.strip()
+    if low in ("true", "false"):
+        return low == "true"
+    try:
+        return json.loads(low)
+    except ValueError:
+        return text

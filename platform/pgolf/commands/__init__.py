@@ -1,0 +1,1 @@
+"""One module per `pgolf` subcommand."""

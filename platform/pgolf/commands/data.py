@@ -1,0 +1,40 @@
+"""pgolf data demo | fineweb"""
+from __future__ import annotations
+
+import os
+import sys
+
+
+def add_arguments(p) -> None:
+    sub = p.add_subparsers(dest="source", metavar="SOURCE", required=True)
+    demo = sub.add_parser("demo", help="build the embedded demo corpus (stdlib text) -> tokenizer + shards")
+    demo.add_argument("--out", default=None, help="output folder (default: $PGOLF_DATA_DIR/demo or ./data/demo)")
+    demo.add_argument("--force", action="store_true", help="rebuild even if the manifest verifies")
+    fw = sub.add_parser("fineweb", help="download the official FineWeb shards + tokenizer (needs network)")
+    fw.add_argument("--variant", default="sp1024")
+    fw.add_argument("--train-shards", type=int, default=80)
+    fw.add_argument("--out", default=None, help="output folder (default: $PGOLF_DATA_DIR or ./data)")
+
+
+def run(args) -> int:
+    from pgolf.datasets import DataError, build_demo, default_data_dir, download_fineweb
+
+    try:
+        if args.source == "demo":
+            out = args.out or os.path.join(default_data_dir(), "demo")
+            manifest = build_demo(out, force=args.force)
+            print(f"demo corpus ready in {os.path.abspath(out)}")
+            print(_describe(manifest))
+        else:
+            out = args.out or default_data_dir()
+            download_fineweb(variant=args.variant, train_shards=args.train_shards, out_dir=out)
+    except DataError as exc:
+        print(f"pgolf data: {exc}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def _describe(manifest) -> str:
+    d = manifest if isinstance(manifest, dict) else getattr(manifest, "__dict__", {})
+    keys = [k for k in ("train_docs", "val_docs", "train_tokens", "val_tokens") if k in d]
+    return "  ".join(f"{k}={d[k]:,}" for k in keys)

@@ -1,0 +1,59 @@
+"""pgolf inspect EXPERIMENT.toml [--json]"""
+from __future__ import annotations
+
+import json
+
+
+def add_arguments(p) -> None:
+    p.add_argument("experiment", help="experiment TOML file")
+    p.add_argument("--variant", default=None)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any key, e.g. config.optim.matrix_lr=0.02")
+    p.add_argument("--smoke", action="store_true", help="shrink to the CPU smoke shape")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def describe(exp, variant=None) -> dict:
+    from pgolf.trainers.codebundle import code_version
+    from pgolf.trainers.config import config_hash
+    from pgolf.trainers.model import GPT, count_parameters, flops_per_token
+
+    cfg = exp.resolved(variant)
+    import torch
+    with torch.device("meta"):
+        n = count_parameters(GPT(cfg.model))
+    return {
+        "experiment": exp.meta.name,
+        "file": exp.path,
+        "lineage": exp.lineage,
+        "variant": variant or exp.meta.name,
+        "config_hash": config_hash(cfg, code_version()),
+        "params": n,
+        "flops_per_token": flops_per_token(cfg.model, n, cfg.data.train_seq_len),
+        "seeds": exp.meta.seeds,
+        "resources": vars(exp.resources),
+        "budget": vars(exp.budget),
+        "config": cfg.to_dict(),
+    }
+
+
+def run(args) -> int:
+    from pgolf.experiment import load_experiment
+
+    exp = load_experiment(args.experiment, overrides=args.set, smoke=args.smoke)
+    info = describe(exp, args.variant)
+    if args.json:
+        print(json.dumps(info, indent=2, sort_keys=True))
+        return 0
+    print(f"experiment: {info['experiment']}  ({info['file']})")
+    if len(info["lineage"]) > 1:
+        print("extends:    " + " -> ".join(p.rsplit("/", 1)[-1] for p in info["lineage"]))
+    print(f"variant:    {info['variant']}   variants in file: {', '.join(exp.variant_names())}")
+    print(f"config_hash: {info['config_hash']}")
+    print(f"params:     {info['params']:,}")
+    print(f"flops/token: {info['flops_per_token']:.4g} (6N + 12*L*d*T)")
+    print(f"seeds:      {info['seeds']}   resources: {info['resources']}   budget: {info['budget']}")
+    for section, values in info["config"].items():
+        print(f"[config.{section}]")
+        for k, v in values.items():
+            print(f"  {k} = {v!r}")
+    return 0

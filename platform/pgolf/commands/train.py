@@ -1,0 +1,45 @@
+"""pgolf train EXPERIMENT.toml [--seed N] [--set k=v] [--smoke]"""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def add_arguments(p) -> None:
+    p.add_argument("experiment", help="experiment TOML file")
+    p.add_argument("--seed", type=int, default=None, help="default: the first seed of the file")
+    p.add_argument("--variant", default=None, help="a [variants.NAME] of the file (default: the base config)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any key, e.g. config.optim.matrix_lr=0.02 or experiment.seeds=[1,2]")
+    p.add_argument("--smoke", action="store_true", help="shrink to a CPU-sized model on the demo data")
+    p.add_argument("--run-dir", default=None, help="default: runs/<experiment>/<variant>-s<seed>-<time>")
+    p.add_argument("--data-dir", default=None, help="data root (default: $PGOLF_DATA_DIR or ./data)")
+
+
+def run(args) -> int:
+    from pgolf.experiment import load_experiment
+    from pgolf.launch import default_run_dir, prepare_run, trainer_command
+
+    exp = load_experiment(args.experiment, overrides=args.set, smoke=args.smoke)
+    seed = exp.meta.seeds[0] if args.seed is None else args.seed
+    variant = args.variant or exp.meta.name
+    run_dir = args.run_dir or default_run_dir(exp, variant, seed)
+    cfg, cfg_path = prepare_run(exp, args.variant, seed, run_dir, args.data_dir)
+    print(f"pgolf train: {exp.meta.name} variant={variant} seed={seed} run_dir={cfg.run.run_dir}", flush=True)
+    if exp.resources.gpus > 1:
+        return subprocess.call(trainer_command(cfg_path, exp.resources.gpus))
+    from pgolf.trainers.train import RunFailure, run_training
+
+    try:
+        result = run_training(cfg)
+    except RunFailure as exc:
+        print(f"pgolf train: {exc}", file=sys.stderr)
+        return exc.code
+    print("\nfinal metrics:")
+    for key in ("final/val_loss", "final/val_bpb", "prequant/val_bpb", "quant/val_bpb", "artifact/bytes",
+                "artifact/model_bytes", "artifact/code_bytes", "artifact/headroom_bytes", "data/tokens_per_byte",
+                "steps", "time/train_s", "time/eval_s", "train/tokens_per_s"):
+        if key in result:
+            v = result[key]
+            print(f"  {key:24s} {v:,}" if isinstance(v, int) else f"  {key:24s} {v:.6g}")
+    return 0

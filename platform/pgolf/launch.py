@@ -1,0 +1,36 @@
+"""Turning an experiment variant + seed into a run directory and the trainer command that fills it.
+Shared by `pgolf train` and the Ray Tune trials."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from pgolf.experiment import Experiment, apply_data_source
+from pgolf.trainers.config import TrainConfig
+
+
+def default_run_dir(exp: Experiment, variant: str, seed: int, root: str = "runs") -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return os.path.abspath(os.path.join(root, exp.meta.name, f"{variant}-s{seed}-{stamp}"))
+
+
+def prepare_run(exp: Experiment, variant: str | None, seed: int, run_dir: str, data_root: str | None = None) -> tuple[TrainConfig, str]:
+    """Resolve the config for (variant, seed), point it at absolute data paths and write
+    resolved_config.json into run_dir. Returns the config and the JSON path."""
+    cfg = exp.resolved(variant, seed)
+    apply_data_source(exp, cfg, data_root)
+    cfg.run.run_dir = os.path.abspath(run_dir)
+    os.makedirs(cfg.run.run_dir, exist_ok=True)
+    path = os.path.join(cfg.run.run_dir, "resolved_config.json")
+    cfg.write_json(path)
+    return cfg, path
+
+
+def trainer_command(config_path: str, gpus: int) -> list[str]:
+    """CPU or one GPU: a plain child Python. Several GPUs: torchrun on a free rendezvous port
+    (--standalone), so two trials on one node never collide."""
+    if gpus > 1:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
+                "-m", "pgolf.trainers.gpt", "--config", config_path]
+    return [sys.executable, "-m", "pgolf.trainers.gpt", "--config", config_path]

@@ -1,0 +1,232 @@
+"""The training run: data -> model -> Muon/Adam loop under the wall-clock cap -> quantized artifact
+-> round-trip evaluation. Writes the run directory of the trainer contract (design.md):
+metrics.jsonl, train.log, the model blob, train_gpt.py (counted code) and result.json.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .bpb import build_byte_luts, check_tokenizer, load_tokenizer
+from .codebundle import code_version
+from .config import ConfigError, TrainConfig, config_hash
+from .context import EXIT_BAD_CONFIG, EXIT_BAD_DATA, EXIT_OVER_BUDGET, Dist, RunFailure, timed
+from .evaluate import autocast_for, evaluate
+from .events import EventLog
+from .fingerprint import data_fingerprint, environment
+from .loader import DistributedTokenLoader, load_validation_tokens
+from .shards import list_shards
+from .model import GPT, count_parameters, flops_per_token, prepare_for_device
+from .optim import apply_schedules, build_optimizers, lr_scale, muon_momentum
+from .faults import after_step
+from .posttrain import RunContext, finish_run
+
+
+def setup_distributed(device_pref: str) -> tuple[Dist, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device_pref == "cuda" or (device_pref == "auto" and torch.cuda.is_available())
+    if device_pref == "cuda" and not torch.cuda.is_available():
+        raise RunFailure("run.device = 'cuda' but CUDA is not available", EXIT_BAD_CONFIG)
+    device = torch.device("cuda", local) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=device if use_cuda else None)
+    return Dist(rank, world, local), device
+
+
+def validate_config(cfg: TrainConfig, world_size: int) -> int:
+    """Cross-field checks that types alone cannot express; returns grad accumulation steps."""
+    d, s = cfg.data, cfg.schedule
+    accum = d.grad_accum_steps or max(8 // world_size, 1)
+    per_micro = world_size * accum * d.train_seq_len
+    if d.train_batch_tokens % per_micro:
+        raise ConfigError(f"data.train_batch_tokens={d.train_batch_tokens} must be a multiple of "
+                          f"world_size*grad_accum*train_seq_len = {world_size}*{accum}*{d.train_seq_len}")
+    if s.iterations <= 0:
+        raise ConfigError(f"schedule.iterations must be > 0, got {s.iterations}")
+    if cfg.model.vocab_size > 65536:
+        raise ConfigError("model.vocab_size > 65536 cannot be stored in uint16 shards")
+    return accum
+
+
+def _all_reduce_max(value: float, device: torch.device) -> float:
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def run_training(cfg: TrainConfig) -> dict:
+    """Run one seed end to end. Returns the result dict (also written to result.json on rank 0)."""
+    ddp, device = setup_distributed(cfg.run.device)
+    accum = validate_config(cfg, ddp.world_size)
+    if cfg.run.threads > 0:
+        torch.set_num_threads(cfg.run.threads)
+    seed_everything(cfg.run.seed)
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    is_cuda = device.type == "cuda"
+    run_dir = cfg.run.run_dir
+    log = EventLog(run_dir, enabled=ddp.is_main)
+    phases: dict[str, float] = {}
+    version = code_version()
+    chash = config_hash(cfg, version)
+    env = environment(device, ddp.world_size)
+
+    log.log("pgolf trainer: resolved config")
+    log.log(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
+    log.log(f"config_hash: {chash}  code_version: {version}")
+    log.log("environment: " + json.dumps(env, sort_keys=True))
+
+    # ---- data -------------------------------------------------------------------------------
+    try:
+        train_files = list_shards(cfg.data.data_path, "train")
+        val_files = list_shards(cfg.data.data_path, "val")
+        sp = load_tokenizer(cfg.data.tokenizer_path)
+        luts = build_byte_luts(sp, cfg.model.vocab_size, device=device)
+        check_tokenizer(sp, luts)
+        val_tokens = load_validation_tokens(val_files, cfg.data.train_seq_len, limit=cfg.data.val_tokens_limit)
+    except (OSError, ValueError) as exc:
+        raise RunFailure(f"bad data: {exc}", EXIT_BAD_DATA) from exc
+    if int(val_tokens.max()) >= cfg.model.vocab_size:
+        raise RunFailure(f"validation token id {int(val_tokens.max())} >= model.vocab_size {cfg.model.vocab_size}", EXIT_BAD_DATA)
+    data_fp = data_fingerprint(train_files, val_files, cfg.data.tokenizer_path, int(val_tokens.numel()))
+    log.log("data: " + json.dumps(data_fp, sort_keys=True))
+
+    # ---- model ------------------------------------------------------------------------------
+    base_model = prepare_for_device(GPT(cfg.model), device)
+    n_params = count_parameters(base_model)
+    fpt = flops_per_token(cfg.model, n_params, cfg.data.train_seq_len)
+    log.log(f"model_params: {n_params}  flops_per_token: {fpt:.4g}  world_size: {ddp.world_size}  grad_accum: {accum}")
+    model: torch.nn.Module = base_model
+    if is_cuda and cfg.run.compile:
+        model = torch.compile(base_model, dynamic=False)
+    if ddp.world_size > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[ddp.local_rank] if is_cuda else None)
+    optimizers = build_optimizers(base_model, cfg.optim)
+    trainable = [p for p in base_model.parameters() if p.requires_grad]
+
+    def make_loader():
+        return DistributedTokenLoader(train_files, ddp.rank, ddp.world_size, device)
+
+    def train_step(loader, step: int, elapsed_ms: float) -> float:
+        scale = lr_scale(step, elapsed_ms, cfg.schedule)
+        apply_schedules(optimizers, scale, muon_momentum(step, cfg.optim))
+        total = torch.zeros((), device=device)
+        for micro in range(accum):
+            x, y = loader.next_batch(cfg.data.train_batch_tokens, cfg.data.train_seq_len, accum)
+            if ddp.world_size > 1:
+                model.require_backward_grad_sync = micro == accum - 1
+            with autocast_for(device):
+                loss = model(x, y)
+            (loss / accum).backward()
+            total += loss.detach()
+        if cfg.optim.grad_clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(trainable, cfg.optim.grad_clip_norm)
+        for opt in optimizers:
+            opt.step()
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        return float(total.item()) / accum
+
+    # ---- compile warm-up, rolled back (not an LR warm-up) --------------------------------------
+    if cfg.schedule.warmup_steps > 0:
+        with timed(phases, "warmup", is_cuda):
+            saved_model = copy.deepcopy(base_model.state_dict())
+            saved_opts = [copy.deepcopy(o.state_dict()) for o in optimizers]
+            loader = make_loader()
+            for s in range(cfg.schedule.warmup_steps):
+                train_step(loader, s, 0.0)
+            base_model.load_state_dict(saved_model)
+            for o, st in zip(optimizers, saved_opts):
+                o.load_state_dict(st)
+            del saved_model, saved_opts
+        seed_everything(cfg.run.seed)
+        log.log(f"warmup: {cfg.schedule.warmup_steps} steps in {phases['warmup']:.2f}s, state restored")
+
+    # ---- main loop -----------------------------------------------------------------------------
+    loader = make_loader()
+    cap_ms = cfg.schedule.max_wallclock_seconds * 1000.0
+    train_ms = 0.0
+    stop_after: int | None = None
+    last_val = None
+    step = 0
+    tokens_per_step = cfg.data.train_batch_tokens
+    log.event("start", config_hash=chash, params=n_params, flops_per_token=fpt, world_size=ddp.world_size)
+    if is_cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    while True:
+        last_step = step == cfg.schedule.iterations or (stop_after is not None and step >= stop_after)
+        if last_step or (cfg.eval.val_loss_every > 0 and step % cfg.eval.val_loss_every == 0):
+            if is_cuda:
+                torch.cuda.synchronize()
+            train_ms += 1000.0 * (time.perf_counter() - t0)
+            r = evaluate(base_model, val_tokens, luts, seq_len=cfg.data.train_seq_len,
+                         batch_tokens=cfg.eval.val_batch_size, device=device, rank=ddp.rank, world_size=ddp.world_size)
+            last_val = r
+            log.event("val", step=step, **{"val/loss": r.val_loss, "val/bpb": r.val_bpb, "time/train_ms": train_ms})
+            log.log(f"step:{step}/{cfg.schedule.iterations} val_loss:{r.val_loss:.4f} val_bpb:{r.val_bpb:.4f} "
+                    f"train_time:{train_ms:.0f}ms step_avg:{train_ms / max(step, 1):.2f}ms")
+            if not math.isfinite(r.val_loss):
+                raise RunFailure(f"validation loss is {r.val_loss} at step {step}", 1)
+            if is_cuda:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+        if last_step:
+            break
+        elapsed_ms = train_ms + 1000.0 * (time.perf_counter() - t0)
+        t_step = time.perf_counter()
+        loss = train_step(loader, step, elapsed_ms)
+        step += 1
+        after_step(step, cfg.faults)
+        if not math.isfinite(loss):
+            raise RunFailure(f"training loss is {loss} at step {step}", 1)
+        every = cfg.eval.train_log_every
+        if every > 0 and (step <= 10 or step % every == 0):
+            if is_cuda:
+                torch.cuda.synchronize()
+            step_ms = 1000.0 * (time.perf_counter() - t_step)
+            elapsed_ms = train_ms + 1000.0 * (time.perf_counter() - t0)
+            tok_s = tokens_per_step / max(step_ms / 1000.0, 1e-9)
+            log.event("train", step=step, **{"train/loss": loss, "train/step_ms": step_ms, "train/tokens_per_s": tok_s,
+                                             "lr_scale": lr_scale(step, elapsed_ms, cfg.schedule)})
+            log.log(f"step:{step}/{cfg.schedule.iterations} train_loss:{loss:.4f} train_time:{elapsed_ms:.0f}ms "
+                    f"step_avg:{elapsed_ms / step:.2f}ms")
+        if cap_ms > 0 and stop_after is None:
+            elapsed_ms = train_ms + 1000.0 * (time.perf_counter() - t0)
+            if _all_reduce_max(elapsed_ms, device) >= cap_ms:
+                stop_after = step
+                log.log(f"stopping_early: wallclock_cap train_time:{elapsed_ms:.0f}ms step:{step}")
+    phases["train"] = train_ms / 1000.0
+    steps_done = step
+
+    ctx = RunContext(cfg=cfg, ddp=ddp, device=device, model=base_model, luts=luts, val_tokens=val_tokens,
+                     train_files=train_files, phases=phases, log=log, env=env, data_fp=data_fp, config_hash=chash,
+                     code_version=version, steps=steps_done, last_val=last_val, n_params=n_params,
+                     flops_per_token=fpt)
+    try:
+        result = finish_run(ctx)
+    finally:
+        log.close()
+    if result.get("status") == "over_budget":
+        raise RunFailure("over budget: " + result["status_reason"], EXIT_OVER_BUDGET)
+    return result
