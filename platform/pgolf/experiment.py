@@ -127,10 +127,17 @@ def _merge(base: dict, over: dict, prov: dict, src: str, prefix: str = "") -> di
             out[key] = _merge(out[key], value, prov, src, dotted + ".")
         else:
             out[key] = copy.deepcopy(value)
-            prov[dotted] = src
             for k in [k for k in prov if k.startswith(dotted + ".")]:
-                prov[k] = src
+                del prov[k]
+            _record(prov, value, src, dotted)
     return out
+
+
+def _record(prov: dict, value: Any, src: str, dotted: str) -> None:
+    prov[dotted] = src
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _record(prov, v, src, f"{dotted}.{k}")
 
 
 def _load_chain(path: str, seen: tuple[str, ...] = ()) -> tuple[dict, dict, list[str]]:

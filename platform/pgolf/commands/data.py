@@ -35,6 +35,6 @@ def run(args) -> int:
 
 
 def _describe(manifest) -> str:
-    d = manifest if isinstance(manifest, dict) else getattr(manifest, "__dict__", {})
-    keys = [k for k in ("train_docs", "val_docs", "train_tokens", "val_tokens") if k in d]
-    return "  ".join(f"{k}={d[k]:,}" for k in keys)
+    return (f"  documents: {manifest.docs['train']:,} train / {manifest.docs['val']:,} val   "
+            f"tokens: {manifest.tokens['train']:,} train / {manifest.tokens['val']:,} val\n"
+            f"  shards:    {manifest.data_path}\n  tokenizer: {manifest.tokenizer_path}")
