@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"pgolf {args.command}: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `pgolf inspect ... | head` closed the pipe: not an error worth a traceback
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print(f"pgolf {args.command}: interrupted", file=sys.stderr)
         return 130
