@@ -15,10 +15,10 @@ PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _WRAPPER = '''"""pgolf self-extracting trainer. Runs the packed pgolf.trainers with the embedded config.
 Usage: torchrun --standalone --nproc_per_node=8 train_gpt.py [--set section.key=value ...]
 Env overrides: DATA_PATH, TOKENIZER_PATH, RUN_DIR, SEED."""
-import base64,json,lzma,os,sys,tempfile
+import atexit,base64,json,lzma,os,shutil,sys,tempfile
 B=%r
 d=json.loads(lzma.decompress(base64.b85decode(B)))
-r=tempfile.mkdtemp(prefix="pgolf_code_")
+r=tempfile.mkdtemp(prefix="pgolf_code_");atexit.register(shutil.rmtree,r,True)
 for n,s in d["files"].items():
     f=os.path.join(r,"pgolf","trainers",n);os.makedirs(os.path.dirname(f),exist_ok=True)
     open(f,"w",encoding="utf-8").write(s)

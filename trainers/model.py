@@ -1,107 +1,98 @@
-"""The GPT of the official baseline: RMSNorm, GQA attention with QK-norm + RoPE + q-gain,
-relu^2 MLP, resid mix, U-Net skips, tied embeddings, logit softcap, zero-initialised projections.
+"""The GPT of the official baseline (RMSNorm, GQA attention with QK-norm + RoPE + q-gain, relu^2 MLP,
+resid mix, U-Net skips, tied embeddings, logit softcap, zero-initialised output projections) plus every
+architectural technique of the seed stacks as a ModelConfig switch: LeakyReLU^2, gated skips, NTK and
+partial RoPE, LN scale, SmearGate v1/v2/v3, BigramHash v1/v2, value embeddings, OrthoInit, XSA, Backout.
 
 The model owns only model concerns. Which parameters are "control" tensors (kept fp32, scalar
 optimizer group, never quantized) is decided by name patterns shared with the optimizer and quantizer.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from .layers import (BigramHash, CastedLinear, Rotary, SmearGate, ValueEmbedding, apply_rotary,
+                     exclusive_self_attention, ortho_proj_factor, rms_norm)
+
+__all__ = ["GPT", "CastedLinear", "CONTROL_PATTERNS", "TOKEN_TABLES", "is_control", "rms_norm",
+           "count_parameters", "flops_per_token", "prepare_for_device", "validate_model_config"]
 
 # Name fragments of small control tensors: fp32, scalar Adam group, passthrough in the quantizer.
 CONTROL_PATTERNS: tuple[str, ...] = (
-    "attn_scale", "mlp_scale", "resid_mix", "q_gain", "skip_weight",
+    "attn_scale", "mlp_scale", "resid_mix", "q_gain", "skip_weight", "skip_gate",
+    "smear", "bigram.scale", "ve.scale", "ve.layer_scales", "backout",
 )
+
+# Embedding tables trained in the token Adam group at the tied/embedding LR (§3.16).
+TOKEN_TABLES: tuple[str, ...] = ("tok_emb.weight", "bigram.table.weight", "ve.table.weight")
 
 
 def is_control(name: str) -> bool:
     return any(p in name for p in CONTROL_PATTERNS)
 
 
-def rms_norm(x: torch.Tensor) -> torch.Tensor:
-    return F.rms_norm(x, (x.size(-1),))
-
-
-class CastedLinear(nn.Linear):
-    """Weights live in fp32 (optimizer precision); the matmul runs in the activation dtype."""
-
-    def __init__(self, in_features: int, out_features: int, *, zero_init: bool = False):
-        super().__init__(in_features, out_features, bias=False)
-        self.zero_init = zero_init
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight.to(x.dtype))
-
-
-class Rotary(nn.Module):
-    """RoPE tables, cached per (length, device, dtype). Rotate-half pairing: j pairs with j + D/2."""
-
-    def __init__(self, dim: int, base: float):
-        super().__init__()
-        self.dim = dim
-        self.base = base
-        inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
-        self._cache: tuple[int, torch.device, torch.dtype, torch.Tensor, torch.Tensor] | None = None
-
-    def clear_cache(self) -> None:
-        # Tables built under torch.inference_mode cannot enter autograd later (TTT trains after scoring).
-        self._cache = None
-
-    def forward(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        c = self._cache
-        if c is None or c[0] != seq_len or c[1] != device or c[2] != dtype or c[3].is_inference() != torch.is_inference_mode_enabled():
-            t = torch.arange(seq_len, device=device, dtype=torch.float32)
-            freqs = torch.outer(t, self.inv_freq.to(device))
-            cos = freqs.cos()[None, None, :, :].to(dtype)
-            sin = freqs.sin()[None, None, :, :].to(dtype)
-            self._cache = c = (seq_len, device, dtype, cos, sin)
-        return c[3], c[4]
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.size(-1) // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
+def validate_model_config(cfg: ModelConfig) -> None:
+    """Cross-field checks; ValueError names the field (train.py turns it into a bad-config exit)."""
+    if cfg.logit_softcap <= 0:
+        raise ValueError(f"model.logit_softcap must be > 0, got {cfg.logit_softcap}")
+    if cfg.model_dim % cfg.num_heads:
+        raise ValueError(f"model.model_dim {cfg.model_dim} is not divisible by num_heads {cfg.num_heads}")
+    if cfg.num_heads % cfg.num_kv_heads:
+        raise ValueError(f"model.num_heads {cfg.num_heads} is not a multiple of num_kv_heads {cfg.num_kv_heads}")
+    head_dim = cfg.model_dim // cfg.num_heads
+    if head_dim % 2:
+        raise ValueError(f"head_dim {head_dim} must be even for RoPE")
+    if cfg.rope_dims and (cfg.rope_dims % 2 or not 0 < cfg.rope_dims <= head_dim):
+        raise ValueError(f"model.rope_dims must be even and in 2..{head_dim} (0 = whole head), got {cfg.rope_dims}")
+    if cfg.activation not in ("relu2", "leaky_relu2"):
+        raise ValueError(f"model.activation must be relu2 or leaky_relu2, got {cfg.activation!r}")
+    if cfg.smear_gate not in ("off", "v1", "v2", "v3"):
+        raise ValueError(f"model.smear_gate must be off|v1|v2|v3, got {cfg.smear_gate!r}")
+    if cfg.bigram_hash not in ("off", "v1", "v2"):
+        raise ValueError(f"model.bigram_hash must be off|v1|v2, got {cfg.bigram_hash!r}")
+    if not 0 <= cfg.xsa_last_n <= cfg.num_layers:
+        raise ValueError(f"model.xsa_last_n must be in 0..{cfg.num_layers}, got {cfg.xsa_last_n}")
+    if cfg.ve_dim > 0:
+        bad = [i for i in cfg.ve_layers if not 0 <= i < cfg.num_layers]
+        if bad or not cfg.ve_layers or len(set(cfg.ve_layers)) != len(cfg.ve_layers):
+            raise ValueError(f"model.ve_layers must be distinct layer indices in 0..{cfg.num_layers - 1}, got {cfg.ve_layers}")
+    if cfg.backout and not -1 <= cfg.backout_layer < cfg.num_layers:
+        raise ValueError(f"model.backout_layer must be -1 or in 0..{cfg.num_layers - 1}, got {cfg.backout_layer}")
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
-        if cfg.model_dim % cfg.num_heads:
-            raise ValueError(f"model_dim {cfg.model_dim} is not divisible by num_heads {cfg.num_heads}")
-        if cfg.num_heads % cfg.num_kv_heads:
-            raise ValueError(f"num_heads {cfg.num_heads} is not a multiple of num_kv_heads {cfg.num_kv_heads}")
         self.num_heads = cfg.num_heads
         self.num_kv_heads = cfg.num_kv_heads
         self.head_dim = cfg.model_dim // cfg.num_heads
-        if self.head_dim % 2:
-            raise ValueError(f"head_dim {self.head_dim} must be even for RoPE")
         kv_dim = self.num_kv_heads * self.head_dim
         self.c_q = CastedLinear(cfg.model_dim, cfg.model_dim)
         self.c_k = CastedLinear(cfg.model_dim, kv_dim)
         self.c_v = CastedLinear(cfg.model_dim, kv_dim)
         self.proj = CastedLinear(cfg.model_dim, cfg.model_dim, zero_init=True)
         self.q_gain = nn.Parameter(torch.full((cfg.num_heads,), cfg.qk_gain_init, dtype=torch.float32))
-        self.rotary = Rotary(self.head_dim, cfg.rope_base)
+        self.rotary = Rotary(cfg.rope_dims or self.head_dim, cfg.rope_base, cfg.rope_ntk_ref_len)
+        self.xsa = layer_idx >= cfg.num_layers - cfg.xsa_last_n
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ve: torch.Tensor | None = None) -> torch.Tensor:
         bsz, seqlen, dim = x.shape
         q = self.c_q(x).reshape(bsz, seqlen, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.c_k(x).reshape(bsz, seqlen, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.c_v(x).reshape(bsz, seqlen, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.c_v(x)
+        if ve is not None:
+            v = v + ve
+        v = v.reshape(bsz, seqlen, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q, k = rms_norm(q), rms_norm(k)
         cos, sin = self.rotary(seqlen, x.device, q.dtype)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         q = q * self.q_gain.to(q.dtype)[None, :, None, None]
         y = F.scaled_dot_product_attention(
             q, k, v, is_causal=True, enable_gqa=self.num_kv_heads != self.num_heads)
+        if self.xsa:
+            y = exclusive_self_attention(y, v)
         return self.proj(y.transpose(1, 2).reshape(bsz, seqlen, dim))
 
 
@@ -111,62 +102,121 @@ class MLP(nn.Module):
         hidden = int(round(cfg.mlp_mult * cfg.model_dim))
         self.fc = CastedLinear(cfg.model_dim, hidden)
         self.proj = CastedLinear(hidden, cfg.model_dim, zero_init=True)
+        self.leaky_slope = cfg.leaky_slope if cfg.activation == "leaky_relu2" else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(torch.relu(self.fc(x)).square())
+        h = self.fc(x)
+        # leaky_relu(h, a)^2 keeps a gradient for negative pre-activations (a^2 * h^2 there).
+        h = torch.relu(h) if self.leaky_slope is None else F.leaky_relu(h, self.leaky_slope)
+        return self.proj(h.square())
 
 
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
         self.layer_idx = layer_idx
-        self.attn = CausalSelfAttention(cfg)
+        self.attn = CausalSelfAttention(cfg, layer_idx)
         self.mlp = MLP(cfg)
         self.attn_scale = nn.Parameter(torch.ones(cfg.model_dim))
         self.mlp_scale = nn.Parameter(torch.ones(cfg.model_dim))
         # resid_mix[0] scales the running stream, resid_mix[1] re-injects the embedding x0.
         self.resid_mix = nn.Parameter(torch.stack((torch.ones(cfg.model_dim), torch.zeros(cfg.model_dim))))
+        # LN scale damps the normalised input of deeper blocks (#315); 1.0 keeps the baseline exact.
+        self.ln_scale = (layer_idx + 1) ** -0.5 if cfg.ln_scale else 1.0
 
-    def forward(self, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+    def norm(self, x: torch.Tensor) -> torch.Tensor:
+        n = rms_norm(x)
+        return n * self.ln_scale if self.ln_scale != 1.0 else n
+
+    def forward(self, x: torch.Tensor, x0: torch.Tensor, ve: torch.Tensor | None = None) -> torch.Tensor:
         mix = self.resid_mix.to(x.dtype)
         x = mix[0] * x + mix[1] * x0
-        x = x + self.attn_scale.to(x.dtype) * self.attn(rms_norm(x))
-        x = x + self.mlp_scale.to(x.dtype) * self.mlp(rms_norm(x))
+        x = x + self.attn_scale.to(x.dtype) * self.attn(self.norm(x), ve)
+        x = x + self.mlp_scale.to(x.dtype) * self.mlp(self.norm(x))
         return x
 
 
 class GPT(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        validate_model_config(cfg)
         self.cfg = cfg
-        if cfg.logit_softcap <= 0:
-            raise ValueError(f"logit_softcap must be > 0, got {cfg.logit_softcap}")
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.model_dim)
+        self.bigram = (BigramHash(cfg.bigram_hash, cfg.bigram_buckets, cfg.bigram_dim, cfg.model_dim,
+                                  cfg.bigram_scale_init) if cfg.bigram_hash != "off" else None)
+        self.smear = (SmearGate(cfg.smear_gate, cfg.model_dim, window=cfg.smear_window, bos_id=cfg.bos_id)
+                      if cfg.smear_gate != "off" else None)
+        kv_dim = cfg.num_kv_heads * (cfg.model_dim // cfg.num_heads)
+        self.ve = (ValueEmbedding(cfg.vocab_size, cfg.ve_dim, kv_dim, cfg.ve_layers, cfg.ve_scale_init)
+                   if cfg.ve_dim > 0 else None)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_layers))
         self.num_encoder_layers = cfg.num_layers // 2 if cfg.unet_skips else 0
         self.num_decoder_layers = cfg.num_layers - self.num_encoder_layers
         num_skips = min(self.num_encoder_layers, self.num_decoder_layers)
         self.skip_weights = nn.Parameter(torch.ones(num_skips, cfg.model_dim)) if num_skips else None
+        self.skip_gates = (nn.Parameter(torch.zeros(num_skips, cfg.model_dim))
+                           if num_skips and cfg.skip_gates else None)
+        if cfg.backout:
+            self.backout_layer = cfg.backout_layer if cfg.backout_layer >= 0 else cfg.num_layers // 2
+            self.backout_lambda = nn.Parameter(torch.tensor(float(cfg.backout_lambda_init)))
+        else:
+            self.backout_layer = -1
+            self.backout_lambda = None
         self.lm_head = None if cfg.tie_embeddings else CastedLinear(cfg.model_dim, cfg.vocab_size, zero_init=True)
         self._init_weights()
 
     def _init_weights(self) -> None:
+        """Baseline: tied embedding N(0, std^2), flagged projections zero, other linears nn.Linear's
+        default. OrthoInit (§3.12) as the records apply it: the zero flag is checked first, so the
+        attention/MLP output projections stay exactly zero and the 1/sqrt(2L) factor lands only on
+        unflagged `.proj` linears (BigramHash v2 and VE projections)."""
         nn.init.normal_(self.tok_emb.weight, mean=0.0, std=self.cfg.tied_embed_init_std)
-        for module in self.modules():
-            if isinstance(module, CastedLinear) and module.zero_init:
+        factor = ortho_proj_factor(self.cfg.num_layers)
+        for name, module in self.named_modules():
+            if not isinstance(module, CastedLinear) or module.weight.is_meta:
+                continue
+            if module.zero_init:
                 nn.init.zeros_(module.weight)
+            elif self.cfg.ortho_init and min(module.weight.shape) >= 64:
+                with torch.no_grad():
+                    nn.init.orthogonal_(module.weight, gain=1.0)
+                    if self.cfg.ortho_proj_scale and name.endswith(".proj"):
+                        module.weight.mul_(factor)
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """x0: token (+ bigram) embedding, smeared and RMS-normalised in the order of each variant."""
+        x = self.tok_emb(input_ids)
+        if self.bigram is not None:
+            x = x + self.bigram(input_ids).to(x.dtype)
+        if self.smear is not None and self.smear.version != "v2":
+            x = self.smear(x, input_ids)  # v1 and v3 act on the raw embedding
+        x = rms_norm(x)
+        if self.smear is not None and self.smear.version == "v2":
+            x = self.smear(x, input_ids)  # v2 acts after the norm; x0 is the smeared tensor
+        return x
 
     def hidden(self, input_ids: torch.Tensor) -> torch.Tensor:
-        x = rms_norm(self.tok_emb(input_ids))
+        x = self.embed(input_ids)
         x0 = x
+        ve_base = self.ve(input_ids) if self.ve is not None else None
         skips: list[torch.Tensor] = []
-        for i in range(self.num_encoder_layers):
-            x = self.blocks[i](x, x0)
-            skips.append(x)
-        for j in range(self.num_decoder_layers):
-            if skips:
-                x = x + self.skip_weights[j].to(x.dtype) * skips.pop()
-            x = self.blocks[self.num_encoder_layers + j](x, x0)
+        h_mid = None
+        for i, block in enumerate(self.blocks):
+            if i >= self.num_encoder_layers and skips:
+                j = i - self.num_encoder_layers
+                skip = self.skip_weights[j].to(x.dtype) * skips.pop()
+                if self.skip_gates is not None:
+                    x = torch.lerp(skip, x, torch.sigmoid(self.skip_gates[j]).to(x.dtype))
+                else:
+                    x = x + skip
+            ve = self.ve.for_layer(ve_base, i) if ve_base is not None else None
+            x = block(x, x0, ve)
+            if i < self.num_encoder_layers:
+                skips.append(x)
+            if i == self.backout_layer:
+                h_mid = x
+        if h_mid is not None:
+            x = x - self.backout_lambda.to(x.dtype) * h_mid
         return rms_norm(x)
 
     def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -192,9 +242,12 @@ def flops_per_token(cfg: ModelConfig, n_params: int, seq_len: int) -> float:
 
 
 def prepare_for_device(model: GPT, device: torch.device) -> GPT:
-    """CUDA: embeddings in bf16 like the baseline, linear weights and control tensors stay fp32.
-    CPU: everything fp32 (bit-reproducible, no autocast)."""
+    """CUDA: embedding tables in bf16 like the records (tok_emb, BigramHash and VE tables), linear
+    weights and control tensors stay fp32. CPU: everything fp32 (bit-reproducible, no autocast)."""
     model = model.to(device)
     if device.type == "cuda":
         model.tok_emb.to(torch.bfloat16)
+        for extra in (model.bigram, model.ve):
+            if extra is not None:
+                extra.table.to(torch.bfloat16)
     return model

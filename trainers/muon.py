@@ -1,7 +1,9 @@
-"""Muon: momentum + Newton-Schulz orthogonalisation of each 2-D update (from modded-nanogpt).
+"""Muon: momentum + Newton-Schulz orthogonalisation of each 2-D update (from modded-nanogpt), with the
+record options: decoupled weight decay scaled by the scheduled LR, MuonEq-R row normalisation and
+Polar Express per-iteration coefficients (techniques.md §3.15).
 
 Under DDP the gradients are already averaged; each rank orthogonalises the parameters with
-index % world_size == rank into one flat bf16 buffer and a single all-reduce(SUM) shares the results.
+index % world_size == rank into one flat buffer and a single all-reduce(SUM) shares the results.
 """
 from __future__ import annotations
 
@@ -9,27 +11,52 @@ import torch
 import torch.distributed as dist
 
 # Quintic coefficients (a, b, c) tuned so the iteration drives singular values towards ~1 fast.
-NS_QUINTIC = (3.4445, -4.7750, 2.0315)
+NS_QUINTIC = ((3.4445, -4.7750, 2.0315),)
+# Polar Express (#1344 -> #1787): one tuple per iteration, aggressive first, converging last. Values
+# as listed in techniques.md §3.15 (4 decimals); iterations past the fifth reuse the last tuple.
+NS_POLAR_EXPRESS = (
+    (8.1566, -22.4833, 15.8788),
+    (4.0429, -2.8089, 0.5000),
+    (3.8917, -2.7725, 0.5061),
+    (3.2858, -2.3681, 0.4645),
+    (2.3465, -1.7098, 0.4232),
+)
+NS_COEFFS = {"quintic": NS_QUINTIC, "polar_express": NS_POLAR_EXPRESS}
 
 
-def newton_schulz(g: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
+def ns_coefficients(name: str) -> tuple[tuple[float, float, float], ...]:
+    if name not in NS_COEFFS:
+        raise ValueError(f"optim.muon_ns_coeffs must be one of {', '.join(NS_COEFFS)}, got {name!r}")
+    return NS_COEFFS[name]
+
+
+def newton_schulz(g: torch.Tensor, steps: int = 5, eps: float = 1e-7,
+                  coeffs: tuple[tuple[float, float, float], ...] = NS_QUINTIC) -> torch.Tensor:
     """Approximate the orthogonal polar factor U V^T of g (2-D) with `steps` quintic iterations."""
-    a, b, c = NS_QUINTIC
     compute_dtype = torch.bfloat16 if g.is_cuda else torch.float32
     x = g.to(compute_dtype)
     x = x / (x.norm() + eps)
     transposed = x.size(0) > x.size(1)
     if transposed:
         x = x.T
-    for _ in range(steps):
+    for i in range(steps):
+        a, b, c = coeffs[min(i, len(coeffs) - 1)]
         m = x @ x.T
         x = a * x + (b * m + c * (m @ m)) @ x
     return x.T if transposed else x
 
 
+def row_normalize(g: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """MuonEq-R: equalise row norms before NS so no output unit dominates the polar factor."""
+    return g / (g.norm(dim=1, keepdim=True) + eps)
+
+
 class Muon(torch.optim.Optimizer):
-    def __init__(self, params, lr: float, momentum: float, backend_steps: int = 5, nesterov: bool = True):
-        super().__init__(params, dict(lr=lr, momentum=momentum, backend_steps=backend_steps, nesterov=nesterov))
+    def __init__(self, params, lr: float, momentum: float, backend_steps: int = 5, nesterov: bool = True,
+                 weight_decay: float = 0.0, row_norm: bool = False, ns_coeffs: str = "quintic"):
+        super().__init__(params, dict(lr=lr, momentum=momentum, backend_steps=backend_steps, nesterov=nesterov,
+                                      weight_decay=weight_decay, row_norm=row_norm,
+                                      ns_coeffs=ns_coefficients(ns_coeffs)))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -55,14 +82,20 @@ class Muon(torch.optim.Optimizer):
                         g = g.add(buf, alpha=group["momentum"])
                     else:
                         g = buf
-                    u = newton_schulz(g, steps=group["backend_steps"])
+                    if group["row_norm"]:
+                        g = row_normalize(g)
+                    u = newton_schulz(g, steps=group["backend_steps"], coeffs=group["ns_coeffs"])
                     # Scale so tall matrices get updates of comparable RMS to square ones.
                     u = u * max(1.0, g.size(0) / g.size(1)) ** 0.5
                     flat[offset:offset + p.numel()] = u.reshape(-1).to(flat.dtype)
                 offset += p.numel()
             if distributed:
                 dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            lr, wd = group["lr"], group["weight_decay"]
             offset = 0
             for p in params:
-                p.add_(flat[offset:offset + p.numel()].view_as(p).to(p.dtype), alpha=-group["lr"])
+                if wd > 0:
+                    # Decoupled and tied to the scheduled LR, so the decay fades out with the warmdown.
+                    p.mul_(1.0 - lr * wd)
+                p.add_(flat[offset:offset + p.numel()].view_as(p).to(p.dtype), alpha=-lr)
                 offset += p.numel()

@@ -1,4 +1,4 @@
-"""Parameter groups, optimizers and the LR / momentum schedules of the baseline."""
+"""Parameter groups, optimizers and the LR / momentum schedules (techniques.md §3.15-§3.17)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,30 +7,34 @@ import torch
 from torch import nn
 
 from .config import OptimConfig, ScheduleConfig
-from .model import GPT, is_control
+from .model import GPT, TOKEN_TABLES, is_control
 from .muon import Muon
 
 
 @dataclass
 class ParamGroups:
-    matrix: list[tuple[str, nn.Parameter]]  # Muon
-    token: list[tuple[str, nn.Parameter]]  # Adam at the tied/embedding LR
-    scalar: list[tuple[str, nn.Parameter]]  # Adam at the scalar LR
+    matrix: list[tuple[str, nn.Parameter]]  # Muon: block matrices + BigramHash/VE projections
+    token: list[tuple[str, nn.Parameter]]  # Adam(W) at the tied/embedding LR: tok_emb, BigramHash/VE tables
+    scalar: list[tuple[str, nn.Parameter]]  # Adam(W) at the scalar LR: vectors, scalars, control tensors
     head: list[tuple[str, nn.Parameter]]  # Adam at the head LR (untied only)
 
 
 def split_params(model: GPT) -> ParamGroups:
     groups = ParamGroups([], [], [], [])
     for name, p in model.named_parameters():
-        if name.startswith("tok_emb."):
+        if name in TOKEN_TABLES:
             groups.token.append((name, p))
         elif name.startswith("lm_head."):
             groups.head.append((name, p))
-        elif name.startswith("blocks.") and p.ndim == 2 and not is_control(name):
+        elif p.ndim == 2 and not is_control(name):
             groups.matrix.append((name, p))
         else:
             groups.scalar.append((name, p))
     return groups
+
+
+def _wd(override: float, default: float) -> float:
+    return default if override < 0 else override
 
 
 def build_optimizers(model: GPT, cfg: OptimConfig) -> list[torch.optim.Optimizer]:
@@ -38,41 +42,57 @@ def build_optimizers(model: GPT, cfg: OptimConfig) -> list[torch.optim.Optimizer
     fused = next(model.parameters()).is_cuda
     betas = (cfg.beta1, cfg.beta2)
 
-    def adam(named, lr):
+    def adam(named, lr, wd=0.0):
         params = [p for _, p in named]
-        opt = torch.optim.Adam([{"params": params, "lr": lr, "base_lr": lr}], betas=betas, eps=cfg.adam_eps, fused=fused)
-        return opt
+        group = [{"params": params, "lr": lr, "base_lr": lr}]
+        if wd > 0:
+            # AdamW's decay is lr * wd with the scheduled group LR, like Muon WD.
+            return torch.optim.AdamW(group, betas=betas, eps=cfg.adam_eps, weight_decay=wd, fused=fused)
+        return torch.optim.Adam(group, betas=betas, eps=cfg.adam_eps, fused=fused)
 
     token_lr = cfg.tied_embed_lr if model.cfg.tie_embeddings else cfg.embed_lr
-    optimizers: list[torch.optim.Optimizer] = [adam(groups.token, token_lr)]
+    optimizers: list[torch.optim.Optimizer] = [adam(groups.token, token_lr, _wd(cfg.token_wd, cfg.adam_wd))]
     muon = Muon([p for _, p in groups.matrix], lr=cfg.matrix_lr, momentum=cfg.muon_momentum,
-                backend_steps=cfg.muon_backend_steps)
+                backend_steps=cfg.muon_backend_steps, weight_decay=cfg.muon_wd, row_norm=cfg.muon_row_norm,
+                ns_coeffs=cfg.muon_ns_coeffs)
     for g in muon.param_groups:
         g["base_lr"] = cfg.matrix_lr
     optimizers.append(muon)
-    optimizers.append(adam(groups.scalar, cfg.scalar_lr))
+    optimizers.append(adam(groups.scalar, cfg.scalar_lr, _wd(cfg.scalar_wd, cfg.adam_wd)))
     if groups.head:
         optimizers.append(adam(groups.head, cfg.head_lr))
     return optimizers
 
 
-def lr_scale(step: int, elapsed_ms: float, sched: ScheduleConfig) -> float:
-    """Multiplier on every base LR: 1, then a linear warmdown to 0.
+def warmdown_scale(step: int, elapsed_ms: float, sched: ScheduleConfig, cap_seconds: float | None = None) -> float:
+    """1, then a linear warmdown to 0 (before the min_lr floor).
 
     With a wall-clock cap the warmdown is placed by time (estimated from the mean step time so far),
-    as the baseline does; without one it is placed by step count (deterministic).
+    as the records do; without one it is placed by step count (deterministic). `warmdown_frac` > 0
+    sizes it as a fraction of the iterations / of the cap instead of `warmdown_iters`.
     """
-    if sched.warmdown_iters <= 0:
+    cap_s = sched.max_wallclock_seconds if cap_seconds is None else cap_seconds
+    if sched.warmdown_frac <= 0 and sched.warmdown_iters <= 0:
         return 1.0
-    if sched.max_wallclock_seconds <= 0:
-        start = max(sched.iterations - sched.warmdown_iters, 0)
+    if cap_s <= 0:
+        span = sched.warmdown_frac * sched.iterations if sched.warmdown_frac > 0 else float(sched.warmdown_iters)
+        start = max(sched.iterations - span, 0.0)
         if step < start:
             return 1.0
-        return max((sched.iterations - step) / sched.warmdown_iters, 0.0)
-    step_ms = elapsed_ms / max(step, 1)
-    warmdown_ms = sched.warmdown_iters * step_ms
-    remaining_ms = max(sched.max_wallclock_seconds * 1000.0 - elapsed_ms, 0.0)
+        return max((sched.iterations - step) / max(span, 1e-9), 0.0)
+    if sched.warmdown_frac > 0:
+        warmdown_ms = sched.warmdown_frac * cap_s * 1000.0
+    else:
+        warmdown_ms = sched.warmdown_iters * elapsed_ms / max(step, 1)
+    remaining_ms = max(cap_s * 1000.0 - elapsed_ms, 0.0)
     return remaining_ms / max(warmdown_ms, 1e-9) if remaining_ms <= warmdown_ms else 1.0
+
+
+def lr_scale(step: int, elapsed_ms: float, sched: ScheduleConfig, cap_seconds: float | None = None) -> float:
+    """Multiplier on every base LR: the warmdown, floored at `min_lr` (#1787). Late triggers (SWA,
+    late QAT) key off this value."""
+    s = warmdown_scale(step, elapsed_ms, sched, cap_seconds)
+    return max(s, sched.min_lr) if sched.min_lr > 0 else s
 
 
 def muon_momentum(step: int, cfg: OptimConfig) -> float:

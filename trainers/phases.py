@@ -14,6 +14,7 @@ PHASE_POLICY: dict[str, str] = {
     "swa_apply": "train",
     "gptq_calibration": "train",
     "prequant_eval": "report_only",  # diagnostic, not part of the scored pipeline
+    "prune": "report_only",  # weights only, no data: like quantization
     "quantize": "report_only",
     "compress": "report_only",
     "serialize": "report_only",

@@ -2,10 +2,12 @@
 
 Layout: MAGIC | u32 header length | UTF-8 JSON header | raw little-endian tensor bytes.
 The header lists every tensor (dtype, shape, offset, nbytes) plus free-form metadata, so loading a
-downloaded artifact never executes code (torch.load would unpickle).
+downloaded artifact never executes code (torch.load would unpickle). A SHA-256 of the payload in
+the header turns silent corruption (a flipped bit that still decompresses) into a clear error.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import lzma
 import struct
@@ -35,13 +37,15 @@ def pack(tensors: dict[str, torch.Tensor], meta: dict) -> bytes:
         dtype = str(t.dtype).removeprefix("torch.")
         if dtype not in _DTYPES:
             raise BlobError(f"tensor {name}: dtype {dtype} is not serialisable")
-        raw = t.view(torch.uint8).numpy().tobytes() if t.dtype == torch.bfloat16 else t.numpy().tobytes()
+        raw = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.dtype == torch.bfloat16 else t.numpy().tobytes()
         entries.append({"name": name, "dtype": dtype, "shape": list(t.shape), "offset": offset, "nbytes": len(raw)})
         chunks.append(raw)
         offset += len(raw)
-    header = json.dumps({"tensors": entries, "meta": meta, "payload_bytes": offset},
+    payload = b"".join(chunks)
+    header = json.dumps({"tensors": entries, "meta": meta, "payload_bytes": offset,
+                         "payload_sha256": hashlib.sha256(payload).hexdigest()},
                         sort_keys=True, separators=(",", ":")).encode()
-    return MAGIC + struct.pack("<I", len(header)) + header + b"".join(chunks)
+    return MAGIC + struct.pack("<I", len(header)) + header + payload
 
 
 def unpack(blob: bytes) -> tuple[dict[str, torch.Tensor], dict]:
@@ -53,15 +57,25 @@ def unpack(blob: bytes) -> tuple[dict[str, torch.Tensor], dict]:
         raise BlobError(f"truncated header: needs {hlen} bytes, {len(blob) - start} present")
     try:
         header = json.loads(blob[start:start + hlen])
-    except ValueError as exc:
+        entries = header["tensors"]
+        if not isinstance(entries, list) or not isinstance(header.get("meta"), dict):
+            raise ValueError("header lacks a tensor list or metadata")
+    except (ValueError, KeyError, TypeError) as exc:
         raise BlobError(f"corrupt header: {exc}") from exc
     payload = memoryview(blob)[start + hlen:]
     if len(payload) != header.get("payload_bytes"):
         raise BlobError(f"payload is {len(payload)} bytes, header says {header.get('payload_bytes')} (truncated or padded)")
+    digest = header.get("payload_sha256")
+    if digest is not None and hashlib.sha256(payload).hexdigest() != digest:
+        raise BlobError("payload checksum mismatch: the blob is corrupt")
     tensors = {}
-    for e in header["tensors"]:
-        dtype = _DTYPES.get(e["dtype"])
-        if dtype is None or e["offset"] + e["nbytes"] > len(payload):
+    for e in entries:
+        try:
+            dtype = _DTYPES.get(e["dtype"])
+            bad_range = not (0 <= e["offset"] and 0 <= e["nbytes"] and e["offset"] + e["nbytes"] <= len(payload))
+        except (KeyError, TypeError) as exc:
+            raise BlobError(f"corrupt header entry {e!r}: {exc}") from exc
+        if dtype is None or bad_range:
             raise BlobError(f"tensor {e.get('name')}: bad dtype or range")
         buf = bytearray(payload[e["offset"]:e["offset"] + e["nbytes"]])
         if dtype == torch.bfloat16:
@@ -81,13 +95,15 @@ def compress(data: bytes, compressor: str, level: int, threads: int = 0) -> byte
         return zlib.compress(data, level)
     if compressor == "zstd":
         import zstandard  # imported here so a missing wheel is a loud error, never a silent zlib fallback
-        return zstandard.ZstdCompressor(level=level, threads=threads).compress(data)
+        return zstandard.ZstdCompressor(level=level, threads=threads, write_checksum=True).compress(data)
     if compressor == "lzma":
         return lzma.compress(data, preset=level)
     raise ValueError(f"unknown compressor '{compressor}' (expected zlib, zstd or lzma)")
 
 
 def decompress(data: bytes) -> bytes:
+    if not data:
+        raise BlobError("empty blob")
     try:
         if data.startswith(_ZSTD_MAGIC):
             import zstandard

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import time
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -23,10 +24,13 @@ from .events import EventLog
 from .fingerprint import data_fingerprint, environment
 from .loader import DistributedTokenLoader, load_validation_tokens
 from .shards import list_shards
-from .model import GPT, count_parameters, flops_per_token, prepare_for_device
+from . import qat
+from .averaging import WeightAverager, check_avg_config
+from .model import GPT, count_parameters, flops_per_token, prepare_for_device, validate_model_config
+from .prune import magnitude_prune
 from .optim import apply_schedules, build_optimizers, lr_scale, muon_momentum
 from .faults import after_step
-from .posttrain import RunContext, finish_run
+from .posttrain import RunContext, finish_run, train_schedule
 
 
 def setup_distributed(device_pref: str) -> tuple[Dist, torch.device]:
@@ -56,6 +60,11 @@ def validate_config(cfg: TrainConfig, world_size: int) -> int:
         raise ConfigError(f"schedule.iterations must be > 0, got {s.iterations}")
     if cfg.model.vocab_size > 65536:
         raise ConfigError("model.vocab_size > 65536 cannot be stored in uint16 shards")
+    try:
+        validate_model_config(cfg.model)
+        check_avg_config(cfg.avg)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return accum
 
 
@@ -74,10 +83,42 @@ def seed_everything(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
+def average_and_prune(cfg: TrainConfig, model: GPT, averager: WeightAverager, raw_val, phases: dict,
+                      log: EventLog, evaluate_fn, is_cuda: bool):
+    """End of the loop: EMA/SWA -> magnitude pruning -> pre-quant eval of the model that gets quantized.
+    Returns the evaluation the artifact starts from (the loop's last one when nothing changed)."""
+    method = "ema" if cfg.avg.ema_decay > 0 else "swa" if cfg.avg.swa_apply else "none"
+    with timed(phases, f"{method}_apply", is_cuda) if method != "none" else nullcontext():
+        applied = averager.apply()
+    info = {"avg/method": applied, "avg/ema_updates": averager.ema_updates, "avg/swa_checkpoints": averager.swa_count}
+    if cfg.avg.swa_every > 0 and applied != "swa":
+        log.log(f"swa: {averager.swa_count} checkpoints collected, not applied "
+                f"({'swa_apply = false' if not cfg.avg.swa_apply else 'fewer than 2'})")
+    pruned: dict[str, int] = {}
+    if cfg.avg.prune_frac > 0:
+        with timed(phases, "prune", is_cuda):
+            pruned = magnitude_prune(model, cfg.avg.prune_frac, cfg.avg.prune_min_numel)
+        info["prune/zeroed"] = sum(pruned.values())
+        info["prune/tensors"] = len(pruned)
+    log.event("averaging", **info)
+    if applied == "none" and not pruned:
+        return raw_val
+    with timed(phases, "prequant_eval", is_cuda):
+        r = evaluate_fn()
+    log.event("prequant", **{"prequant/val_loss": r.val_loss, "prequant/val_bpb": r.val_bpb,
+                             "prequant/raw_val_loss": raw_val.val_loss, "prequant/raw_val_bpb": raw_val.val_bpb})
+    log.log(f"prequant after {applied}{' + prune' if pruned else ''}: val_loss:{r.val_loss:.4f} val_bpb:{r.val_bpb:.4f} "
+            f"(end of loop: val_loss:{raw_val.val_loss:.4f} val_bpb:{raw_val.val_bpb:.4f})")
+    if not math.isfinite(r.val_loss):
+        raise RunFailure(f"validation loss after averaging is {r.val_loss}", 1)
+    return r
+
+
 def run_training(cfg: TrainConfig) -> dict:
     """Run one seed end to end. Returns the result dict (also written to result.json on rank 0)."""
     ddp, device = setup_distributed(cfg.run.device)
     accum = validate_config(cfg, ddp.world_size)
+    loop_schedule = train_schedule(cfg)  # checks quant/eval/ttt; the cap minus the GPTQ calibration reserve
     if cfg.run.threads > 0:
         torch.set_num_threads(cfg.run.threads)
     seed_everything(cfg.run.seed)
@@ -108,6 +149,9 @@ def run_training(cfg: TrainConfig) -> dict:
         raise RunFailure(f"bad data: {exc}", EXIT_BAD_DATA) from exc
     if int(val_tokens.max()) >= cfg.model.vocab_size:
         raise RunFailure(f"validation token id {int(val_tokens.max())} >= model.vocab_size {cfg.model.vocab_size}", EXIT_BAD_DATA)
+    if cfg.model.smear_gate == "v3" and int(sp.bos_id()) != cfg.model.bos_id:
+        raise RunFailure(f"bad config: model.bos_id = {cfg.model.bos_id} but the tokenizer's BOS id is "
+                         f"{int(sp.bos_id())} (SmearGate v3 masks BOS positions)", EXIT_BAD_CONFIG)
     data_fp = data_fingerprint(train_files, val_files, cfg.data.tokenizer_path, int(val_tokens.numel()))
     log.log("data: " + json.dumps(data_fp, sort_keys=True))
 
@@ -116,6 +160,10 @@ def run_training(cfg: TrainConfig) -> dict:
     n_params = count_parameters(base_model)
     fpt = flops_per_token(cfg.model, n_params, cfg.data.train_seq_len)
     log.log(f"model_params: {n_params}  flops_per_token: {fpt:.4g}  world_size: {ddp.world_size}  grad_accum: {accum}")
+    late_qat = cfg.avg.late_qat_threshold > 0
+    if late_qat:
+        # The fake-quant branch must exist before compiling; its buffer flag flips it later.
+        qat.arm(base_model)
     model: torch.nn.Module = base_model
     if is_cuda and cfg.run.compile:
         model = torch.compile(base_model, dynamic=False)
@@ -127,8 +175,8 @@ def run_training(cfg: TrainConfig) -> dict:
     def make_loader():
         return DistributedTokenLoader(train_files, ddp.rank, ddp.world_size, device)
 
-    def train_step(loader, step: int, elapsed_ms: float) -> float:
-        scale = lr_scale(step, elapsed_ms, cfg.schedule)
+    def train_step(loader, step: int, elapsed_ms: float) -> tuple[float, float]:
+        scale = lr_scale(step, elapsed_ms, loop_schedule)
         apply_schedules(optimizers, scale, muon_momentum(step, cfg.optim))
         total = torch.zeros((), device=device)
         for micro in range(accum):
@@ -145,7 +193,7 @@ def run_training(cfg: TrainConfig) -> dict:
             opt.step()
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
-        return float(total.item()) / accum
+        return float(total.item()) / accum, scale
 
     # ---- compile warm-up, rolled back (not an LR warm-up) --------------------------------------
     if cfg.schedule.warmup_steps > 0:
@@ -163,8 +211,10 @@ def run_training(cfg: TrainConfig) -> dict:
         log.log(f"warmup: {cfg.schedule.warmup_steps} steps in {phases['warmup']:.2f}s, state restored")
 
     # ---- main loop -----------------------------------------------------------------------------
+    averager = WeightAverager(base_model, cfg.avg)  # after the rollback: EMA starts from the initial weights
+    qat_on = False
     loader = make_loader()
-    cap_ms = cfg.schedule.max_wallclock_seconds * 1000.0
+    cap_ms = loop_schedule.max_wallclock_seconds * 1000.0
     train_ms = 0.0
     stop_after: int | None = None
     last_val = None
@@ -194,9 +244,18 @@ def run_training(cfg: TrainConfig) -> dict:
         if last_step:
             break
         elapsed_ms = train_ms + 1000.0 * (time.perf_counter() - t0)
+        if cap_ms > 0:
+            # One clock for all ranks, so LR, SWA and late-QAT decisions agree across ranks.
+            elapsed_ms = _all_reduce_max(elapsed_ms, device)
         t_step = time.perf_counter()
-        loss = train_step(loader, step, elapsed_ms)
+        loss, scale = train_step(loader, step, elapsed_ms)
         step += 1
+        averager.after_step(step, scale)
+        if late_qat and not qat_on and scale < cfg.avg.late_qat_threshold:
+            qat.set_enabled(base_model, True)
+            qat_on = True
+            log.event("late_qat", step=step, lr_scale=scale)
+            log.log(f"late_qat:enabled step:{step} scale:{scale:.4f}")
         after_step(step, cfg.faults)
         if not math.isfinite(loss):
             raise RunFailure(f"training loss is {loss} at step {step}", 1)
@@ -208,7 +267,7 @@ def run_training(cfg: TrainConfig) -> dict:
             elapsed_ms = train_ms + 1000.0 * (time.perf_counter() - t0)
             tok_s = tokens_per_step / max(step_ms / 1000.0, 1e-9)
             log.event("train", step=step, **{"train/loss": loss, "train/step_ms": step_ms, "train/tokens_per_s": tok_s,
-                                             "lr_scale": lr_scale(step, elapsed_ms, cfg.schedule)})
+                                             "lr_scale": lr_scale(step, elapsed_ms, loop_schedule)})
             log.log(f"step:{step}/{cfg.schedule.iterations} train_loss:{loss:.4f} train_time:{elapsed_ms:.0f}ms "
                     f"step_avg:{elapsed_ms / step:.2f}ms")
         if cap_ms > 0 and stop_after is None:
@@ -218,11 +277,15 @@ def run_training(cfg: TrainConfig) -> dict:
                 log.log(f"stopping_early: wallclock_cap train_time:{elapsed_ms:.0f}ms step:{step}")
     phases["train"] = train_ms / 1000.0
     steps_done = step
+    last_val = average_and_prune(cfg, base_model, averager, last_val, phases, log,
+                                 lambda: evaluate(base_model, val_tokens, luts, seq_len=cfg.data.train_seq_len,
+                                                  batch_tokens=cfg.eval.val_batch_size, device=device,
+                                                  rank=ddp.rank, world_size=ddp.world_size), is_cuda)
 
     ctx = RunContext(cfg=cfg, ddp=ddp, device=device, model=base_model, luts=luts, val_tokens=val_tokens,
                      train_files=train_files, phases=phases, log=log, env=env, data_fp=data_fp, config_hash=chash,
                      code_version=version, steps=steps_done, last_val=last_val, n_params=n_params,
-                     flops_per_token=fpt)
+                     flops_per_token=fpt, train_loader=loader)
     try:
         result = finish_run(ctx)
     finally:

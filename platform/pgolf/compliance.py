@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from pgolf.trainers.phases import PHASE_POLICY
+
 __all__ = [
     "BUDGETS",
     "DEFAULT_PHASE_MAP",
@@ -38,28 +40,9 @@ __all__ = [
 Budget = Literal["train", "eval", "report_only"]
 BUDGETS: tuple[str, ...] = ("train", "eval", "report_only")
 
-DEFAULT_PHASE_MAP: dict[str, str] = {
-    # Compile warmup steps are rolled back and excluded from the baseline's training timer.
-    "warmup": "report_only",
-    "train": "train",
-    # Anything that reads training data after the loop counts against the train cap (GPTQ calibration on
-    # train data after the window was ruled illegal); EMA/SWA application finishes the training result.
-    "ema_apply": "train",
-    "swa_apply": "train",
-    "gptq_calibration": "train",
-    # Pure quantization and compression touch no data; the challenge has reported them outside both caps.
-    "quantize": "report_only",
-    "compress": "report_only",
-    "serialize": "report_only",
-    # Pre-quant eval is a diagnostic that does not produce the score, and the baseline pauses its timer
-    # for validation.
-    "prequant_eval": "report_only",
-    # Everything between loading the artifact and the final score is evaluation.
-    "dequantize": "eval",
-    "roundtrip_eval": "eval",
-    "sliding_eval": "eval",
-    "ttt": "eval",
-}
+# One policy for trainer and platform: the trainer writes time/train_s and time/eval_s with it, and
+# compliance re-derives them from the per-phase timings with the same table.
+DEFAULT_PHASE_MAP: dict[str, str] = dict(PHASE_POLICY)
 
 NO_TTT_MODES = frozenset({"", "off", "none", "disabled"})
 

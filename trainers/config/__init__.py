@@ -14,6 +14,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from .avg import AvgConfig
 from .data import DataConfig
 from .eval import EvalConfig
 from .faults import FaultConfig
@@ -26,7 +27,7 @@ from .ttt import TTTConfig
 
 __all__ = [
     "ConfigError", "TrainConfig", "ModelConfig", "OptimConfig", "ScheduleConfig", "DataConfig",
-    "EvalConfig", "QuantConfig", "TTTConfig", "RunConfig", "FaultConfig", "SECTIONS", "config_hash", "parse_value", "set_field",
+    "EvalConfig", "QuantConfig", "TTTConfig", "RunConfig", "FaultConfig", "AvgConfig", "SECTIONS", "config_hash", "parse_value", "set_field",
 ]
 
 
@@ -39,6 +40,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    avg: AvgConfig = field(default_factory=AvgConfig)
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)

@@ -1,20 +1,44 @@
-"""Model shape and architecture fields. Defaults = the official baseline (root train_gpt.py)."""
+"""Model shape and architecture fields. Defaults = the official baseline (root train_gpt.py); every
+technique of the seed stacks is a field that is off by default. Record numbers (#N) are the PRs of
+techniques.md §3/§4 that introduced or used the value."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(kw_only=True)
 class ModelConfig:
     vocab_size: int = 1024  # sp1024 tokenizer
-    num_layers: int = 9
+    num_layers: int = 9  # 9 baseline; 10 in #180/#366; 11 in #198 onward
     model_dim: int = 512
     num_heads: int = 8
     num_kv_heads: int = 4  # GQA: 8 query heads share 4 KV heads
-    mlp_mult: float = 2.0  # hidden = mlp_mult * model_dim (baseline 2x, records 3x)
+    mlp_mult: float = 2.0  # hidden = mlp_mult * model_dim (baseline 2x; 3x from #102/#162 on)
+    activation: str = "relu2"  # relu2 = relu(h)^2 (baseline) | leaky_relu2 = leaky_relu(h, leaky_slope)^2 (#493, #549)
+    leaky_slope: float = 0.5  # negative slope of leaky_relu2; 0.5 in #549
     tie_embeddings: bool = True
     tied_embed_init_std: float = 0.005
-    logit_softcap: float = 30.0  # logits = c * tanh(z / c)
+    logit_softcap: float = 30.0  # logits = c * tanh(z / c); 30 in every record
     rope_base: float = 10000.0
-    qk_gain_init: float = 1.5  # learnable per-head gain on q after QK-norm + RoPE
+    rope_ntk_ref_len: int = 0  # NTK RoPE: base *= (T/ref)^(D/(D-2)) when seq len T > ref; 0 = off; 1024 in #198..#691 (hard-coded there while training at 2048)
+    rope_dims: int = 0  # partial RoPE: rotate the first rope_dims dims of each head, pass the rest; 0 = whole head (baseline); 16 of 64 in #315 onward
+    qk_gain_init: float = 1.5  # learnable per-head gain on q after QK-norm + RoPE; 1.5 baseline and seed stacks
+    ln_scale: bool = False  # multiply block l's normed attn/MLP inputs by 1/sqrt(l+1); off baseline; #315 onward
     unet_skips: bool = True  # encoder/decoder skip connections (baseline has them)
+    skip_gates: bool = False  # sigmoid-gated skips: x <- lerp(s*skip, x, sigmoid(g)), g per dim init 0; off; #1089/#1218
+    smear_gate: str = "off"  # off | v1 (#65: gate init 3, before norm) | v2 (#102/#135, #162 lineage: gate init 0, after norm) | v3 (#1667/#1855: input-dependent, BOS mask)
+    smear_window: int = 12  # v3 only: the gate reads x_t[0:smear_window]; 12 in #1855 (GATE_WINDOW)
+    bos_id: int = 1  # BOS token id for SmearGate v3's mask (sp1024 and the demo tokenizer: <s> = 1)
+    bigram_hash: str = "off"  # off | v1 (#65: (prev*92821+cur) mod B) | v2 (#135, all seed PRs: XOR hash, bucket B-1 reserved, zero table, scale 0.05)
+    bigram_buckets: int = 4096  # hash table rows B; 4096 #162, 10240 #180/#366, 2048 #198..#691, 1536 #549
+    bigram_dim: int = 128  # table width before the projection to model_dim; 128 (64 in #264)
+    bigram_scale_init: float = 0.05  # v2 only: learned scalar on the projected bigram embedding; 0.05 (#135)
+    ve_dim: int = 0  # value embeddings: shared vocab x ve_dim table, projected to kv_dim, added to v; 0 = off; 128 in #374/#414/#691
+    ve_layers: list[int] = field(default_factory=list)  # layers receiving VE; [9, 10] in #374/#414/#691
+    ve_scale_init: float = 0.1  # shared VE scale init (per-layer scales init 1); #374
+    ortho_init: bool = False  # orthogonal init of every non-zero-init linear with both dims >= 64; off; #135/#162 onward
+    ortho_proj_scale: bool = True  # with ortho_init: x 1/sqrt(2L) on non-zero-init `.proj` linears (BigramHash/VE proj, as the records apply it)
+    xsa_last_n: int = 0  # exclusive self attention on the last N layers (GQA-efficient form); 0 = off; 3 #265, 4 #287..#691
+    backout: bool = False  # before the final norm x <- x - lambda * h_mid; off; #339 -> seed #366
+    backout_lambda_init: float = 0.2  # initial lambda (#339 BACKOUT_LAMBDA_INIT)
+    backout_layer: int = -1  # block whose output is h_mid; -1 = num_layers // 2 (#339 BACKOUT_LAYER)

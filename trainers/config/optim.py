@@ -1,4 +1,5 @@
-"""Optimizer fields: Muon for block matrices, Adam for token/scalar/head groups. Baseline defaults."""
+"""Optimizer fields: Muon for block matrices, Adam(W) for token/scalar/head groups. Baseline defaults;
+record numbers (#N) as in techniques.md §3.15/§3.16."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,16 +7,22 @@ from dataclasses import dataclass
 
 @dataclass(kw_only=True)
 class OptimConfig:
-    matrix_lr: float = 0.04  # Muon group (2-D block weights)
-    scalar_lr: float = 0.04  # Adam group: vectors, scalars, control tensors, skip weights
-    tied_embed_lr: float = 0.05  # Adam group for the tied embedding
+    matrix_lr: float = 0.04  # Muon group (2-D block weights + BigramHash/VE proj); 0.02 #162/#180, 0.025 #198..#691
+    scalar_lr: float = 0.04  # Adam group: vectors, scalars, control tensors, skip weights; 0.02 #162, 0.025 #198..#691
+    tied_embed_lr: float = 0.05  # Adam token group (tied embedding + BigramHash/VE tables); 0.03 #162/#180, 0.035 #198..#691
     embed_lr: float = 0.6  # untied embedding only
     head_lr: float = 0.008  # untied head only
-    muon_momentum: float = 0.95
-    muon_momentum_warmup_start: float = 0.85
-    muon_momentum_warmup_steps: int = 500
+    muon_momentum: float = 0.95  # 0.99 from #102/#162 on
+    muon_momentum_warmup_start: float = 0.85  # momentum ramps linearly from here; 0.92 from #102/#162 on
+    muon_momentum_warmup_steps: int = 500  # 1500 from #102/#162 on
     muon_backend_steps: int = 5  # Newton-Schulz iterations
+    muon_wd: float = 0.0  # decoupled Muon WD: W *= 1 - lr_t*wd before each update (lr_t scheduled); 0 baseline, 0.04 #162..#691
+    muon_row_norm: bool = False  # MuonEq-R: divide each row of the Nesterov update by its L2 norm before NS; off; #1217/#1285
+    muon_ns_coeffs: str = "quintic"  # quintic (3.4445, -4.7750, 2.0315; baseline) | polar_express (5 per-iteration tuples; #1344/#1787)
     beta1: float = 0.9
     beta2: float = 0.95
     adam_eps: float = 1e-8
-    grad_clip_norm: float = 0.0  # global norm clip; 0 = off (baseline)
+    adam_wd: float = 0.0  # AdamW decoupled WD of the token and scalar groups; 0 baseline, 0.01 #162, 0.04 #180..#691
+    token_wd: float = -1.0  # token-group WD override (tok_emb, BigramHash/VE tables); < 0 = adam_wd; 0.085 at SP4096+ (#1218)
+    scalar_wd: float = -1.0  # scalar-group WD override; < 0 = adam_wd; 0.02 at SP4096+
+    grad_clip_norm: float = 0.0  # global norm clip; 0 = off (baseline); 0.3 from #135/#162 on

@@ -1,9 +1,33 @@
-"""Test-time training on the validation stream (off in the baseline)."""
+"""Test-time training on the validation stream (off in the baseline). techniques.md 3.27.
+
+Modes: off | score_first (legal chunked score-first TTT, #461/#549/#691) | pre_eval_full (the flagged
+multi-epoch full-model SGD of #264/#317/#366: trains on val tokens before scoring them, so its trace
+fails verification) | lora_doc (legal per-document LoRA TTT, #77/#1530).
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(kw_only=True)
 class TTTConfig:
-    mode: str = "off"  # off (baseline); further modes arrive with the TTT implementation
+    mode: str = "off"
+    chunk_tokens: int = 32_768  # score_first chunk; also the "last chunk" the trace must leave untrained
+    lr: float = 0.002
+    lr_schedule: str = "cosine"  # cosine (over chunks for score_first, over steps otherwise) | constant
+    momentum: float = 0.9
+    epochs: int = 3
+    freeze_blocks: int = 0  # the first N blocks stay frozen
+    grad_clip: float = 1.0  # 0 = off
+    batch_seqs: int = 32  # training sequences per rank per optimizer step
+    rank0_only: bool = False  # pre_eval_full as #264 ran it: rank 0 trains alone, then broadcasts
+    # lora_doc: rank-r adapters on these Linear modules (name suffixes), reset per document.
+    lora_rank: int = 8
+    lora_alpha: float = 0.0  # 0 = rank (scale 1)
+    lora_lr: float = 0.01
+    lora_beta1: float = 0.9
+    lora_beta2: float = 0.95
+    lora_targets: list[str] = field(default_factory=lambda: ["attn.c_q", "attn.c_v"])
+    lora_chunk_tokens: int = 256
+    lora_window: int = 0  # context window per scored chunk; 0 = train_seq_len
+    lora_batch_docs: int = 64

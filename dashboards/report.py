@@ -1,0 +1,253 @@
+"""One experiment's report: load from MLflow, aggregate, plot, format for the terminal, write HTML and
+attach it to the newest validate/tune (parent) run so it also shows in the MLflow UI."""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pgolf import compliance
+from pgolf.dashboards import plots as P
+from pgolf.dashboards import query as Q
+
+__all__ = ["Report", "build_report", "format_runs", "format_text", "log_to_parent", "write_report"]
+
+REPORT_ARTIFACT_DIR = "report"
+
+
+@dataclass
+class Report:
+    data: Q.ExperimentData
+    groups: pd.DataFrame
+    curves: pd.DataFrame
+    axes: dict[str, pd.Series]
+    baseline: Q.Baseline | None
+    caps: compliance.Caps
+    margin_nats: float
+    alpha: float
+    min_seeds: int
+    threshold_bpb: float | None = None
+    threshold_label: str = "record threshold"
+    plots: list[P.PlotFile] = field(default_factory=list)
+    html_path: str | None = None
+    logged_to: str | None = None  # parent run id the HTML was attached to
+
+    @property
+    def experiment(self) -> str:
+        return self.data.experiment
+
+
+def build_report(tracking_uri: str, experiment: str, *, parent_run_id: str | None = None,
+                 baseline: str | None = None, caps: compliance.Caps | None = None, min_seeds: int = 3,
+                 margin_nats: float = 0.005, alpha: float = 0.01, curves: bool = True) -> Report:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    data = Q.load_experiment(tracking_uri, experiment, parent_run_id=parent_run_id)
+    caps = caps or _caps_from_parents(data)
+    base = Q.baseline_from_spec(baseline, data.runs) if baseline else None
+    groups = Q.group_table(data.runs, data.results, baseline=base, data=data, caps=caps, min_seeds=min_seeds,
+                           margin_nats=margin_nats, alpha=alpha)
+    ok_ids = data.runs.loc[(data.runs["counted"] == "yes") & (data.runs["status"] == "FINISHED"), "run_id"] \
+        if not data.runs.empty else []
+    curve_data = Q.load_curves(tracking_uri, ok_ids) if curves else pd.DataFrame(columns=["run_id", "key", "step", "value"])
+    rep = Report(data=data, groups=groups, curves=curve_data, axes=Q.sweep_axes(data.runs), baseline=base, caps=caps,
+                 margin_nats=margin_nats, alpha=alpha, min_seeds=min_seeds)
+    rep.threshold_bpb, rep.threshold_label = _threshold(rep)
+    return rep
+
+
+def _caps_from_parents(data: Q.ExperimentData) -> compliance.Caps:
+    """The experiment's own [budget] as the newest invocation recorded it (parent params), else the
+    record-track caps."""
+    pid = data.newest_parent()
+    if pid is None:
+        return compliance.Caps()
+    try:
+        params = Q.client(data.tracking_uri).get_run(pid).data.params
+        return compliance.Caps(artifact_bytes=int(float(params.get("budget.artifact_bytes", 16_000_000))),
+                               train_seconds=float(params.get("budget.train_seconds", 600.0)),
+                               eval_seconds=float(params.get("budget.eval_seconds", 600.0)))
+    except Exception:  # noqa: BLE001 - caps default to the rules when the parent cannot be read
+        return compliance.Caps()
+
+
+def _threshold(rep: Report) -> tuple[float | None, str]:
+    tpbs = [v for v in rep.groups.get("tokens_per_byte", []) if v is not None and not pd.isna(v)]
+    tpb = float(np.mean(tpbs)) if tpbs else None
+    if rep.baseline is not None and rep.baseline.kind != "group":
+        try:
+            return rep.baseline.threshold_bpb(rep.margin_nats, tpb), f"{rep.baseline.label} - {rep.margin_nats:g} nats"
+        except ValueError:
+            return None, ""
+    if rep.baseline is not None:
+        return rep.baseline.threshold_bpb(rep.margin_nats, tpb), f"{rep.baseline.label} - {rep.margin_nats:g} nats"
+    # The significance test the validate run logged already carries the threshold in nats.
+    for pid in reversed(list(rep.data.parents.get("run_id", []))):
+        sig = (rep.data.summaries.get(pid) or {}).get("significance") or {}
+        for t in (sig.get("tests") or {}).values():
+            thr, t_tpb = t.get("threshold_nats"), t.get("tokens_per_byte") or tpb
+            if isinstance(thr, (int, float)) and t_tpb:
+                from pgolf import stats
+
+                return float(stats.nats_to_bpb(thr, t_tpb)), f"{sig.get('baseline') or 'baseline'} - {t.get('margin_nats', rep.margin_nats):g} nats"
+    return None, ""
+
+
+# --------------------------------------------------------------------------------------------------
+# text
+
+
+def _f(x: Any, fmt: str = ".4f") -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)) or (not isinstance(x, str) and pd.isna(x)):
+        return "-"
+    return format(x, fmt)
+
+
+def _i(x: Any) -> str:
+    return "-" if x is None or pd.isna(x) else f"{int(x):,}"
+
+
+def _p(x: Any) -> str:
+    if x is None or pd.isna(x):
+        return "-"
+    return f"{x:.2g}" if x >= 1e-4 else f"{x:.1e}"
+
+
+def _table(head: list[str], rows: list[list[str]], right: set[int] | None = None) -> str:
+    right = right or set()
+    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
+
+    def fmt(r):
+        return "  ".join(str(c).rjust(w) if i in right else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+
+    return "\n".join([fmt(head), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows])
+
+
+def score_rows(groups: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    head = ["variant", "config", "seeds", "val_bpb mean ± std", "95% CI", "val_loss mean ± std",
+            "Δ nats", "Δ bpb", "p", "test"]
+    rows = []
+    for r in Q.records(groups):
+        ok = f"{r['n_ok']}/{r['n_ok'] + r['n_failed']}"
+        test = r["test"] or r["test_source"] or "-"
+        if r["holm_p"] is not None:
+            test += f", Holm p={_p(r['holm_p'])}"
+        if r["significant"] is True:
+            test += " *"
+        scored = r["bpb_mean"] is not None
+        rows.append([
+            str(r["variant"]), r["config_hash"][:12], ok,
+            f"{_f(r['bpb_mean'])} ± {_f(r['bpb_std'])}" if scored else "-",
+            f"[{_f(r['bpb_ci_low'])}, {_f(r['bpb_ci_high'])}]" if r["bpb_ci_low"] is not None else "-",
+            f"{_f(r['loss_mean'])} ± {_f(r['loss_std'])}" if scored else "-", _f(r["delta_nats"], "+.4f"), _f(r["delta_bpb"], "+.4f"),
+            _p(r["p"]), test,
+        ])
+    return head, rows
+
+
+def budget_rows(groups: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    head = ["variant", "config", "bytes max", "headroom", "steps", "ms/step", "train s (cap)", "eval s (cap)",
+            "hardware", "compliant"]
+    rows = []
+    for r in Q.records(groups):
+        rows.append([
+            str(r["variant"]), r["config_hash"][:12], _i(r["artifact_bytes_max"]), _i(r["headroom_min"]),
+            _f(r["steps_mean"], ".0f"), _f(r["step_ms_mean"], ".1f"),
+            f"{_f(r['train_s_max'], '.1f')} ({r['train_cap']:g})", f"{_f(r['eval_s_max'], '.1f')} ({r['eval_cap']:g})",
+            r["hardware"] or "-", "yes" if r["compliant"] else "NO",
+        ])
+    return head, rows
+
+
+def format_runs(runs: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    head = ["run", "seed", "config", "status", "counted", "val_bpb", "bytes", "train s", "eval s", "reason"]
+    rows = []
+    for r in runs.to_dict("records"):
+        rows.append([str(r["run_name"]), "-" if pd.isna(r["seed"]) else str(int(r["seed"])), str(r["config_hash"])[:12],
+                     str(r["status"]), str(r["counted"]), _f(r.get("final/val_bpb")), _i(r.get("artifact/bytes")),
+                     _f(r.get("time/train_s"), ".1f"), _f(r.get("time/eval_s"), ".1f"),
+                     str(r["status_reason"] or "")[:80]])
+    return head, rows
+
+
+def format_text(rep: Report, *, all_runs: bool = False) -> str:
+    d = rep.data
+    lines = [f"experiment {d.experiment!r}: {len(d.runs)} trial run(s) in {len(rep.groups)} variant(s) "
+             f"(config hashes), {len(d.parents)} validate/tune invocation(s); store {Q.relpath_or_uri(d.tracking_uri)}"]
+    if d.empty:
+        lines.append("no trial runs in this experiment yet")
+        return "\n".join(lines)
+    lines += ["", "scores (final/val_bpb in bits per byte, final/val_loss in nats per token; std ddof=1)",
+              _table(*score_rows(rep.groups), right=set()),
+              "", f"budgets and compliance (caps: {rep.caps.artifact_bytes:,} bytes, train {rep.caps.train_seconds:g} s, "
+                  f"eval {rep.caps.eval_seconds:g} s; >= {rep.min_seeds} seeds)",
+              _table(*budget_rows(rep.groups), right={2, 3, 4, 5})]
+    base = rep.baseline.label if rep.baseline else None
+    sources = sorted({str(s) for s in rep.groups["test_source"] if s and not pd.isna(s)})
+    if base:
+        lines.append(f"\nbaseline: {base}; margin {rep.margin_nats:g} nats, alpha {rep.alpha:g} "
+                     f"(one-sided; * = significant{', Holm-adjusted' if rep.groups['holm_p'].notna().any() else ''})")
+    elif sources:
+        bl = sorted({str(b) for b in rep.groups["baseline"] if b and not pd.isna(b)})
+        lines.append(f"\nsignificance as logged by {', '.join(sources)} against {', '.join(bl)} (* = significant)")
+    else:
+        lines.append("\nno baseline: deltas and p-values need `--baseline HASH|VARIANT|NUMBER|PRESET` or a "
+                     "[baseline] in the experiment file")
+    for r in Q.records(rep.groups):
+        if not r["compliant"]:
+            lines.append(f"  {r['variant']} ({r['config_hash'][:12]}) not compliant: " + "; ".join(r["compliance_reasons"]))
+    bad = d.runs[(d.runs["status"] != "FINISHED") | (d.runs["counted"] != "yes")]
+    if all_runs:
+        lines += ["", "runs", _table(*format_runs(d.runs))]
+    elif not bad.empty:
+        lines += ["", f"runs not counted or not finished ({len(bad)} of {len(d.runs)}; all runs: --all-runs)",
+                  _table(*format_runs(bad))]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# files
+
+
+def make_plots(rep: Report, plot_dir: str) -> list[P.PlotFile]:
+    d = rep.data
+    made = [
+        P.seed_scatter(d.runs, rep.groups, plot_dir, threshold_bpb=rep.threshold_bpb,
+                       threshold_label=rep.threshold_label or "record threshold"),
+        P.bpb_vs_bytes(d.runs, rep.groups, plot_dir, cap=rep.caps.artifact_bytes),
+        P.curves(rep.curves, d.runs, rep.groups, plot_dir),
+        P.sweep_axes(d.runs, rep.groups, rep.axes, plot_dir),
+        P.phase_times(d.runs, rep.groups, d.results, plot_dir, caps=rep.caps),
+    ]
+    rep.plots = [p for p in made if p is not None]
+    return rep.plots
+
+
+def write_report(rep: Report, out_dir: str) -> str:
+    """Plots (PNG + SVG) under out_dir/plots and one self-contained out_dir/report.html."""
+    from pgolf.dashboards import html
+
+    os.makedirs(out_dir, exist_ok=True)
+    make_plots(rep, os.path.join(out_dir, "plots"))
+    path = os.path.join(out_dir, "report.html")
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(html.render(rep))
+    rep.html_path = path
+    rep.groups.drop(columns=["pass_fractions"]).to_csv(os.path.join(out_dir, "variants.csv"), index=False)
+    cols = [c for c in rep.data.runs.columns if not c.startswith("params.")]
+    rep.data.runs[cols].to_csv(os.path.join(out_dir, "runs.csv"), index=False)
+    return path
+
+
+def log_to_parent(rep: Report, parent_run_id: str | None = None) -> str | None:
+    """Attach report.html to a parent run (default: the newest validate/tune invocation) so the MLflow
+    UI shows it; returns the run id, or None when the experiment has no parent run."""
+    pid = parent_run_id or rep.data.newest_parent()
+    if pid is None or rep.html_path is None:
+        return None
+    Q.client(rep.data.tracking_uri).log_artifact(pid, rep.html_path, REPORT_ARTIFACT_DIR)
+    rep.logged_to = pid
+    return pid

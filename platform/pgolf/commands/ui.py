@@ -1,0 +1,50 @@
+"""pgolf ui: the MLflow UI on the project's tracking store, bound to 127.0.0.1."""
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--tracking-uri", default=None,
+                   help="default: $PGOLF_TRACKING_URI, else sqlite:///<cwd>/mlflow.db")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="bind address (default 127.0.0.1; reach a remote box with ssh -L PORT:localhost:PORT)")
+    p.add_argument("--dry-run", action="store_true", help="print the command instead of starting it")
+
+
+def command(uri: str, artifact_root: str | None, host: str, port: int) -> list[str]:
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    if artifact_root:
+        # Only for experiments created in the UI itself; pgolf's experiments carry their own location.
+        cmd += ["--artifacts-destination", artifact_root]
+    return cmd
+
+
+def run(args) -> int:
+    from pgolf.tracking import resolve_tracking_uri
+
+    uri, artifact_root = resolve_tracking_uri(args.tracking_uri)
+    if not uri.startswith("sqlite:"):
+        print(f"pgolf ui: {uri} is a tracking server; open it in a browser (its UI is already running)")
+        return 0
+    db = uri[len("sqlite:///"):]
+    cmd = command(uri, artifact_root, args.host, args.port)
+    url = f"http://{args.host}:{args.port}"
+    if args.dry_run:
+        print(shlex.join(cmd))
+        print(f"URL: {url}")
+        return 0
+    if not os.path.exists(db):
+        print(f"pgolf ui: no tracking store at {db} yet; run `pgolf validate` first or pass --tracking-uri",
+              file=sys.stderr)
+        return 2
+    print(f"pgolf ui: MLflow UI for {uri} at {url} (Ctrl-C to stop)", flush=True)
+    env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY=os.environ.get("MLFLOW_DISABLE_TELEMETRY", "true"))
+    try:
+        return subprocess.call(cmd, env=env)
+    except KeyboardInterrupt:
+        return 0

@@ -1,0 +1,441 @@
+"""MLflow tracking for pgolf: where the store is, the experiment, parent and child runs, what a trial
+logs, and the (config_hash, seed) lookup that `--resume` uses.
+
+Everything goes through an explicit `MlflowClient(tracking_uri)`, never the fluent API: trials of one
+Ray worker process would otherwise share mlflow's global active-run stack, and a stray `MLFLOW_RUN_ID`
+in the environment would silently override `parent_run_id` (mlflow#15713).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+ENV_TRACKING_URI = "PGOLF_TRACKING_URI"
+DB_NAME = "mlflow.db"
+ARTIFACTS_DIR = "mlartifacts"
+
+# Tag keys (design.md "MLflow structure"). `pgolf.kind` separates trial runs from parents in searches.
+KIND = "pgolf.kind"
+KIND_TRIAL = "trial"
+TRIAL_TAGS = ("config_hash", "seed", "variant", "git_sha", "trainer", "ray_trial_id", "node_class", "status_reason")
+
+# MLflow 3.17 limits (mlflow/utils/validation.py).
+MAX_PARAMS_PER_BATCH = 100
+MAX_METRICS_PER_BATCH = 1000
+MAX_PARAM_VALUE = 6000
+MAX_TAG_VALUE = 8000
+
+# Files of a trainer run directory that become artifacts of the child run, when present.
+RUN_FILES = ("resolved_config.json", "train.log", "result.json", "metrics.jsonl", "byte_report.json",
+             "ttt_trace.jsonl", "train_gpt.py", "trainer_output.log", "log_tail.txt")
+
+_BAD_METRIC_CHARS = re.compile(r"[^\w.\- /:]")
+
+
+# --------------------------------------------------------------------------------------------------
+# where the store is
+
+
+def _abs_sqlite(uri: str, cwd: str) -> str:
+    """`sqlite:///rel.db` is relative to the working directory of whoever opens it; Ray trials run in
+    their own directories, so every sqlite URI is made absolute once, on the driver."""
+    path = uri[len("sqlite:///"):]
+    if path.startswith("/"):
+        return uri
+    return "sqlite:///" + os.path.abspath(os.path.join(cwd, path))
+
+
+def resolve_tracking_uri(cli_uri: str | None = None, cwd: str | None = None) -> tuple[str, str | None]:
+    """(tracking URI, artifact root or None). Order: `--tracking-uri`, `$PGOLF_TRACKING_URI`, then
+    `sqlite:///<abs cwd>/mlflow.db` with artifacts in `<abs cwd>/mlartifacts`.
+
+    For a sqlite store the artifact root sits beside the database file, so a store can be moved or
+    copied as one folder. For a server (http/https/databricks/postgres...) the server decides."""
+    cwd = os.path.abspath(cwd or os.getcwd())
+    uri = cli_uri or os.environ.get(ENV_TRACKING_URI) or ""
+    if not uri:
+        uri = "sqlite:///" + os.path.join(cwd, DB_NAME)
+    if uri.startswith("sqlite:///"):
+        uri = _abs_sqlite(uri, cwd)
+        return uri, os.path.join(os.path.dirname(uri[len("sqlite:///"):]), ARTIFACTS_DIR)
+    if uri.startswith("file:") or "://" not in uri:
+        raise ValueError(
+            f"tracking URI {uri!r}: MLflow 3.17 refuses the ./mlruns file store. Use "
+            f"sqlite:///ABSOLUTE/PATH/mlflow.db or an MLflow server (http://host:5000) via --tracking-uri "
+            f"or ${ENV_TRACKING_URI}")
+    return uri, None
+
+
+def client(uri: str):
+    from mlflow.tracking import MlflowClient
+    return MlflowClient(tracking_uri=uri)
+
+
+def get_or_create_experiment(uri: str, name: str, artifact_root: str | None) -> str:
+    """Experiment id for `name`, created with an explicit artifact location. Called once on the driver
+    before any trial starts: concurrent first use of a fresh sqlite DB races on schema migration and
+    experiment creation (mlflow#4123)."""
+    from mlflow.exceptions import MlflowException
+
+    c = client(uri)
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            raise ValueError(f"MLflow experiment {name!r} is deleted in {uri}; restore it "
+                             f"(mlflow experiments restore --experiment-id {exp.experiment_id}) or rename [experiment] name")
+        return exp.experiment_id
+    location = None
+    if artifact_root:
+        location = Path(artifact_root, _safe_dir(name)).resolve().as_uri()
+    try:
+        return c.create_experiment(name, artifact_location=location)
+    except MlflowException:
+        exp = c.get_experiment_by_name(name)  # another driver created it in between
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def _safe_dir(name: str) -> str:
+    return re.sub(r"[^\w.\-]+", "_", name).strip("._") or "experiment"
+
+
+def metric_key(name: str) -> str:
+    """A string MLflow accepts as a metric key (variant names such as `muon_wd=0.02` are not)."""
+    key = _BAD_METRIC_CHARS.sub("_", name)
+    return key.replace("..", "_").strip("/") or "_"
+
+
+# --------------------------------------------------------------------------------------------------
+# provenance
+
+
+def git_state(cwd: str | None = None) -> tuple[str, bool]:
+    """(commit sha, dirty). Computed on the driver and handed to trials: a Ray job's working_dir copy
+    has no .git, so trials cannot find it themselves."""
+    where = cwd or os.path.dirname(os.path.abspath(__file__))
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5)
+        if sha.returncode != 0:
+            return "unknown", False
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
+                               capture_output=True, text=True, timeout=5)
+        return sha.stdout.strip(), bool(dirty.stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        return "unknown", False
+
+
+# --------------------------------------------------------------------------------------------------
+# batching within MLflow's limits
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    return None
+
+
+def _chunks(items: list, n: int) -> Iterable[list]:
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
+
+
+def log_params(c, run_id: str, params: Mapping[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(str(k)[:250], _clip(_as_text(v), MAX_PARAM_VALUE)) for k, v in params.items()]
+    for chunk in _chunks(items, MAX_PARAMS_PER_BATCH):
+        c.log_batch(run_id, params=chunk)
+
+
+def set_tags(c, run_id: str, tags: Mapping[str, Any]) -> None:
+    from mlflow.entities import RunTag
+
+    items = [RunTag(str(k)[:250], _clip(_as_text(v), MAX_TAG_VALUE)) for k, v in tags.items()]
+    for chunk in _chunks(items, MAX_PARAMS_PER_BATCH):
+        c.log_batch(run_id, tags=chunk)
+
+
+def log_metrics(c, run_id: str, metrics: Iterable[tuple[str, Any, int]], timestamp_ms: int | None = None) -> int:
+    """Log (key, value, step) triples; non-numeric and non-finite values are skipped (MLflow rejects NaN
+    in some stores and the UI cannot plot it). Returns how many were logged."""
+    from mlflow.entities import Metric
+
+    ts = timestamp_ms or int(time.time() * 1000)
+    items = []
+    for key, value, step in metrics:
+        v = _num(value)
+        if v is not None:
+            items.append(Metric(metric_key(key), v, ts, int(step)))
+    for chunk in _chunks(items, MAX_METRICS_PER_BATCH):
+        c.log_batch(run_id, metrics=chunk)
+    return len(items)
+
+
+def _as_text(v: Any) -> str:
+    if isinstance(v, str):
+        return v
+    if isinstance(v, (dict, list, tuple)):
+        return json.dumps(v, sort_keys=True, default=str)
+    return str(v)
+
+
+def _clip(text: str, n: int) -> str:
+    marker = "...[truncated]"
+    return text if len(text) <= n else text[: n - len(marker)] + marker
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# parent run
+
+
+def start_parent_run(uri: str, experiment_id: str, *, run_name: str, tags: Mapping[str, Any],
+                     params: Mapping[str, Any] | None = None) -> str:
+    c = client(uri)
+    run = c.create_run(experiment_id, run_name=run_name, tags={k: _as_text(v) for k, v in tags.items()})
+    if params:
+        log_params(c, run.info.run_id, params)
+    return run.info.run_id
+
+
+def finish_run(uri: str, run_id: str, status: str) -> None:
+    client(uri).set_terminated(run_id, status=status)
+
+
+# --------------------------------------------------------------------------------------------------
+# child (trial) runs
+
+
+def trial_run_name(variant: str, seed: int) -> str:
+    return f"{variant}-s{seed}"
+
+
+class TrialRecorder:
+    """The MLflow side of one trial: created before the trainer starts (so even a trial that dies at
+    once leaves a run), fed step metrics while it runs, closed with a status and a reason."""
+
+    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, *, variant: str, seed: int,
+                 config_hash: str, git_sha: str, trainer: str, ray_trial_id: str, params: Mapping[str, Any],
+                 extra_tags: Mapping[str, Any] | None = None):
+        self.uri = uri
+        self.c = client(uri)
+        tags = {
+            "mlflow.parentRunId": parent_run_id, KIND: KIND_TRIAL, "config_hash": config_hash,
+            "seed": str(seed), "variant": variant, "git_sha": git_sha, "trainer": trainer,
+            "ray_trial_id": ray_trial_id, "node_class": "unknown", "status_reason": "running",
+            **(extra_tags or {}),
+        }
+        run = self.c.create_run(experiment_id, run_name=trial_run_name(variant, seed),
+                                tags={k: _as_text(v) for k, v in tags.items()})
+        self.run_id = run.info.run_id
+        log_params(self.c, self.run_id, params)
+        self._fingerprinted = False
+        self._pending: list[tuple[str, Any, int]] = []
+
+    def log_events(self, events: list[dict]) -> int:
+        """Step-wise metrics from metrics.jsonl events (train, val, phase). The final event is logged by
+        `finish` from result.json, which is the authoritative copy. Metrics that the store refused (a
+        locked sqlite file under many writers) stay queued and go with the next call."""
+        for ev in events:
+            kind = ev.get("event")
+            if kind in ("train", "val"):
+                step = int(ev.get("step", 0))
+                self._pending.extend((k, v, step) for k, v in ev.items() if k not in ("event", "time", "step"))
+            elif kind == "phase" and "name" in ev:
+                self._pending.append((f"time/{ev['name']}_s", ev.get("seconds"), 0))
+        return self.flush()
+
+    def flush(self, attempts: int = 1) -> int:
+        for i in range(attempts):
+            if not self._pending:
+                return 0
+            try:
+                n = log_metrics(self.c, self.run_id, self._pending)
+                self._pending = []
+                return n
+            except Exception:
+                if i == attempts - 1:
+                    raise
+                time.sleep(0.5 * (i + 1))
+        return 0
+
+    def fingerprint(self, env: Mapping[str, Any] | None, data: Mapping[str, Any] | None) -> None:
+        """Environment and data fingerprints as tags (`env.*`, `data.*`), node_class from the env."""
+        if self._fingerprinted or not (env or data):
+            return
+        tags: dict[str, Any] = {}
+        if env:
+            tags.update({f"env.{k}": v for k, v in env.items()})
+            if env.get("node_class"):
+                tags["node_class"] = env["node_class"]
+        if data:
+            tags.update({f"data.{k}": v for k, v in flatten(data).items()})
+        set_tags(self.c, self.run_id, tags)
+        self._fingerprinted = bool(env)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        set_tags(self.c, self.run_id, tags)
+
+    def finish(self, *, status: str, reason: str, run_dir: str, result: Mapping[str, Any] | None,
+               extra_metrics: Mapping[str, Any] | None = None) -> None:
+        """Final metrics, artifacts, status. Every step is attempted even when an earlier one fails, so a
+        broken artifact upload cannot leave the run RUNNING."""
+        errors = []
+        try:
+            self.flush(attempts=5)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(f"step metrics: {exc}")
+        try:
+            if result:
+                step = int(result.get("steps", 0) or 0)
+                finals = [(k, v, step) for k, v in result.items() if _num(v) is not None and k not in ("seed",)]
+                finals += [(k, v, step) for k, v in (extra_metrics or {}).items()]
+                log_metrics(self.c, self.run_id, finals)
+                self.fingerprint(result.get("env"), result.get("data"))
+                if isinstance(result.get("ttt"), Mapping):
+                    set_tags(self.c, self.run_id, {f"ttt.{k}": v for k, v in flatten(result["ttt"]).items()})
+            elif extra_metrics:
+                log_metrics(self.c, self.run_id, [(k, v, 0) for k, v in extra_metrics.items()])
+        except Exception as exc:  # noqa: BLE001 - recorded below; the run must still be closed
+            errors.append(f"metrics: {exc}")
+        try:
+            self.log_run_files(run_dir, result)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(f"artifacts: {exc}")
+        tags = {"status_reason": reason}
+        if errors:
+            tags["tracking_errors"] = "; ".join(errors)
+        try:
+            set_tags(self.c, self.run_id, tags)
+        finally:
+            self.c.set_terminated(self.run_id, status=status)
+
+    def log_run_files(self, run_dir: str, result: Mapping[str, Any] | None) -> None:
+        if not run_dir or not os.path.isdir(run_dir):
+            return
+        if result and not os.path.exists(os.path.join(run_dir, "byte_report.json")):
+            write_byte_report(run_dir, result)
+        for name in RUN_FILES:
+            path = os.path.join(run_dir, name)
+            if os.path.isfile(path):
+                self.c.log_artifact(self.run_id, path)
+        for name in sorted(os.listdir(run_dir)):
+            if name.startswith("final_model.") and name.endswith(".ptz"):
+                self.c.log_artifact(self.run_id, os.path.join(run_dir, name))
+
+
+def write_byte_report(run_dir: str, result: Mapping[str, Any]) -> str:
+    """What the 16,000,000-byte cap counts, from the files on disk (not only the trainer's numbers)."""
+    files = {}
+    blob = result.get("artifact/blob")
+    for name in ("train_gpt.py", blob):
+        if name and os.path.isfile(os.path.join(run_dir, name)):
+            files[name] = os.path.getsize(os.path.join(run_dir, name))
+    cap = result.get("artifact/bytes", 0) + result.get("artifact/headroom_bytes", 0) \
+        if _num(result.get("artifact/headroom_bytes")) is not None else None
+    report = {
+        "files": files,
+        "total_bytes_on_disk": sum(files.values()),
+        "artifact/bytes": result.get("artifact/bytes"),
+        "artifact/model_bytes": result.get("artifact/model_bytes"),
+        "artifact/code_bytes": result.get("artifact/code_bytes"),
+        "artifact/code_raw_bytes": result.get("artifact/code_raw_bytes"),
+        "artifact/headroom_bytes": result.get("artifact/headroom_bytes"),
+        "cap_bytes": cap,
+        "under_cap": (result.get("artifact/headroom_bytes", -1) >= 0) if cap is not None else None,
+    }
+    path = os.path.join(run_dir, "byte_report.json")
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(report, fh, indent=2, sort_keys=True)
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# lookups
+
+
+def _runs(c, experiment_ids: list[str], filter_string: str) -> list:
+    out, token = [], None
+    while True:
+        page = c.search_runs(experiment_ids, filter_string=filter_string, max_results=1000, page_token=token)
+        out.extend(page)
+        token = page.token
+        if not token:
+            return out
+
+
+def finished_trials(uri: str, experiment_id: str) -> dict[tuple[str, int], Any]:
+    """(config_hash, seed) -> the newest FINISHED trial run. `--resume` skips these pairs."""
+    c = client(uri)
+    found: dict[tuple[str, int], Any] = {}
+    runs = _runs(c, [experiment_id], f"tags.`{KIND}` = '{KIND_TRIAL}' and attributes.status = 'FINISHED'")
+    for run in sorted(runs, key=lambda r: r.info.start_time or 0):
+        tags = run.data.tags
+        try:
+            found[(tags["config_hash"], int(tags["seed"]))] = run
+        except (KeyError, ValueError):
+            continue
+    return found
+
+
+def child_runs(uri: str, experiment_id: str, parent_run_id: str) -> list:
+    c = client(uri)
+    return _runs(c, [experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
+
+
+def runs_of_hash(uri: str, experiment_id: str, config_hash: str) -> list:
+    return _runs(client(uri), [experiment_id],
+                 f"tags.`{KIND}` = '{KIND_TRIAL}' and tags.config_hash = '{config_hash}' "
+                 f"and attributes.status = 'FINISHED'")
+
+
+def load_result(uri: str, run) -> dict | None:
+    """The run's result.json artifact (compliance needs its nested env/data/phases/ttt), or a dict
+    rebuilt from metrics and tags when the artifact is missing."""
+    import tempfile
+
+    c = client(uri)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = c.download_artifacts(run.info.run_id, "result.json", tmp)
+            with open(path, encoding="utf-8") as fh:
+                return json.load(fh)
+    except Exception:  # noqa: BLE001 - no artifact: fall back to what the run itself holds
+        if not run.data.metrics:
+            return None
+        out: dict[str, Any] = dict(run.data.metrics)
+        out["seed"] = int(run.data.tags.get("seed", -1))
+        out["config_hash"] = run.data.tags.get("config_hash")
+        return out
+
+
+def mark_stale_children(uri: str, experiment_id: str, parent_run_id: str, reason: str) -> list[str]:
+    """Children of a parent still RUNNING after Tune returned were stopped from outside (scheduler,
+    Ctrl-C, a killed worker) before they could close themselves; record them as KILLED."""
+    c = client(uri)
+    stale = [r for r in child_runs(uri, experiment_id, parent_run_id) if r.info.status == "RUNNING"]
+    for r in stale:
+        set_tags(c, r.info.run_id, {"status_reason": reason})
+        c.set_terminated(r.info.run_id, status="KILLED")
+    return [r.info.run_id for r in stale]

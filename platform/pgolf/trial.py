@@ -1,0 +1,421 @@
+"""One Ray Tune trial: run the trainer for one (config, seed) in its own process group, follow its
+metrics.jsonl, report intermediate metrics to Tune, enforce a wall-clock deadline and record everything
+in an MLflow child run.
+
+The trainer is a subprocess (torchrun on more than one GPU) rather than code in the Tune actor, so the
+trial runs exactly what a submission runs, and a crash, a SIGKILL or a hang of the trainer cannot take
+the trial down with it: the trial always closes its MLflow run with a status and a reason and reports a
+final result, so the other trials go on.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pgolf import tracking
+
+POLL_SECONDS = 0.5
+TERM_GRACE_SECONDS = 5.0
+# Startup (imports, data, compile warm-up), quantization and compression on top of the two caps when
+# budget.trial_timeout_seconds is 0.
+DEADLINE_SLACK_SECONDS = 300.0
+LOG_TAIL_LINES = 60
+
+EXIT_REASONS = {1: "trainer crashed", 2: "bad config", 3: "bad data", 4: "over budget"}
+
+
+@dataclass
+class TrialSpec:
+    """Everything one trial needs about its config; built and hashed on the driver."""
+    key: str  # unique within an invocation: "<variant>-s<seed>"
+    variant: str
+    seed: int
+    config_hash: str
+    config: dict[str, dict[str, Any]]  # the resolved TrainConfig as a dict, absolute data paths
+    overrides: dict[str, Any] = field(default_factory=dict)  # sweep axis values of this variant
+
+
+@dataclass
+class TrialContext:
+    """Shared by every trial of one invocation (put in Ray's object store once)."""
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    git_sha: str
+    trainer: str
+    runs_dir: str  # absolute; trial run dirs go below it
+    gpus: int
+    cpus: int
+    deadline_seconds: float
+    demo_root: str | None = None  # set when the data is the demo corpus: built on the trial's node if missing
+    specs: dict[str, TrialSpec] = field(default_factory=dict)
+    kind: str = "validation"
+    # Searcher mode (optuna): trials get sampled axis values, not a spec key, and resolve the spec here.
+    experiment: Any = None
+    seeds: list[int] = field(default_factory=list)
+    data_root: str | None = None
+    resume: bool = False
+    poll_seconds: float = POLL_SECONDS
+    caps: dict[str, float] = field(default_factory=dict)  # compliance.Caps fields from [budget]
+
+
+def deadline_for(budget) -> float:
+    """The trial's own wall-clock limit: budget.trial_timeout_seconds, or both caps plus slack."""
+    if budget.trial_timeout_seconds > 0:
+        return float(budget.trial_timeout_seconds)
+    return float(budget.train_seconds + budget.eval_seconds + DEADLINE_SLACK_SECONDS)
+
+
+# --------------------------------------------------------------------------------------------------
+# following the trainer
+
+
+class MetricsTail:
+    """Reads the complete lines appended to metrics.jsonl since the last call (the trainer flushes
+    after every event; a half-written last line waits for the next call)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.offset = 0
+        self.buffer = b""
+
+    def read(self) -> list[dict]:
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self.offset)
+                chunk = fh.read()
+        except FileNotFoundError:
+            return []
+        self.offset += len(chunk)
+        data = self.buffer + chunk
+        lines = data.split(b"\n")
+        self.buffer = lines.pop()  # incomplete (or empty) tail
+        events = []
+        for line in lines:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue  # a corrupt line must not kill the trial; the raw file is kept as an artifact
+            if isinstance(ev, dict):
+                events.append(ev)
+        return events
+
+
+def kill_group(proc: subprocess.Popen, grace: float = TERM_GRACE_SECONDS) -> None:
+    """SIGTERM the trainer's whole process group (torchrun and its ranks), SIGKILL what is left after
+    `grace` seconds. Safe to call on a finished process: it also reaps stragglers of the group."""
+    try:
+        pgid = os.getpgid(proc.pid) if proc.poll() is None else proc.pid
+    except ProcessLookupError:
+        pgid = proc.pid
+    if proc.poll() is None:
+        _signal_group(pgid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+    _signal_group(pgid, signal.SIGKILL)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _tail(path: str, n: int = LOG_TAIL_LINES) -> list[str]:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.read().splitlines()[-n:]
+    except OSError:
+        return []
+
+
+def _fingerprints_from_log(path: str) -> tuple[dict | None, dict | None]:
+    """The trainer writes its environment and data fingerprints near the top of train.log; a run that
+    died before result.json still gets them this way."""
+    env = data = None
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            for _, line in zip(range(400), fh):
+                if line.startswith("environment: "):
+                    env = json.loads(line[len("environment: "):])
+                elif line.startswith("data: "):
+                    data = json.loads(line[len("data: "):])
+    except (OSError, ValueError):
+        pass
+    return env, data
+
+
+def _load_json(path: str) -> dict | None:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            out = json.load(fh)
+        return out if isinstance(out, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def classify(returncode: int | None, result: dict | None, *, timed_out: bool, stopped: bool,
+             deadline: float, output_tail: list[str], last_step: int | None) -> tuple[str, str]:
+    """(MLflow status, status_reason). KILLED: the platform ended the run (deadline, scheduler, Ctrl-C);
+    FAILED: the trainer failed or finished outside the rules."""
+    at = f" after step {last_step}" if last_step is not None else ""
+    if stopped:
+        return "KILLED", f"stopped by Ray Tune (scheduler decision or shutdown){at}"
+    if timed_out:
+        return "KILLED", (f"timed out: no result within the trial deadline of {deadline:g} s{at}; the trainer's "
+                          f"process group was killed (raise budget.trial_timeout_seconds if the run is legitimately slower)")
+    last = next((line.strip() for line in reversed(output_tail) if line.strip()), "")
+    if returncode == 0:
+        if result and result.get("status") == "ok":
+            return "FINISHED", "ok"
+        if result and result.get("status") == "over_budget":
+            return "FAILED", f"over budget: {result.get('status_reason', '')}".rstrip(": ")
+        return "FAILED", "trainer exited 0 but wrote no result.json with status ok"
+    if returncode is not None and returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return "FAILED", f"trainer killed by {name}{at} (out of memory, or killed from outside)"
+    if returncode == 4 and result and result.get("status_reason"):
+        return "FAILED", f"over budget: {result['status_reason']}"
+    label = EXIT_REASONS.get(returncode or 0, "trainer failed")
+    return "FAILED", f"{label} (exit {returncode}){at}: {last}" if last else f"{label} (exit {returncode}){at}"
+
+
+# --------------------------------------------------------------------------------------------------
+# the trial
+
+
+def _write_config(spec: TrialSpec, run_dir: str, threads: int) -> str:
+    from pgolf.trainers.config import TrainConfig
+
+    cfg = TrainConfig.from_dict(spec.config, source=f"trial {spec.key}")
+    cfg.run.run_dir = run_dir
+    cfg.run.seed = spec.seed
+    if cfg.run.threads <= 0:
+        cfg.run.threads = threads
+    os.makedirs(run_dir, exist_ok=True)
+    path = os.path.join(run_dir, "resolved_config.json")
+    cfg.write_json(path)
+    return path
+
+
+def _trainer_env(threads: int) -> dict[str, str]:
+    env = dict(os.environ)
+    # Ray sets OMP_NUM_THREADS to the trial's CPU count (1 unless asked); the trainer's ranks inherit it,
+    # so say what is meant instead of relying on that.
+    env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(max(threads, 1))
+    env.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
+    env.setdefault("NCCL_DEBUG", "WARN")
+    env.pop("MLFLOW_RUN_ID", None)  # a trainer that imported mlflow must never log into our run
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def execute_trial(spec: TrialSpec, ctx: TrialContext, *, trial_id: str = "local",
+                  report: Callable[[dict], None] | None = None) -> dict:
+    """Run one trial end to end; returns the final report. `report` is `tune.report` inside Tune."""
+    from pgolf.launch import trainer_command
+
+    report = report or (lambda metrics: None)
+    run_dir = os.path.join(ctx.runs_dir, tracking.trial_run_name(spec.variant, spec.seed) + f"-{trial_id}")
+    threads = int(spec.config.get("run", {}).get("threads") or 0) or max(ctx.cpus, 1)
+    params = tracking.flatten(spec.config)
+    params.pop("run.run_dir", None)
+    rec = tracking.TrialRecorder(
+        ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, variant=spec.variant, seed=spec.seed,
+        config_hash=spec.config_hash, git_sha=ctx.git_sha, trainer=ctx.trainer, ray_trial_id=trial_id,
+        params=params, extra_tags={"pgolf.run_dir": run_dir, "pgolf.invocation": ctx.kind,
+                                   **({"overrides": json.dumps(spec.overrides, sort_keys=True)} if spec.overrides else {})})
+    proc: subprocess.Popen | None = None
+    timed_out = stopped = False
+    result: dict | None = None
+    last: dict[str, Any] = {}
+    status, reason = "FAILED", "trial did not start the trainer"
+    out_path = os.path.join(run_dir, "trainer_output.log")
+    try:
+        try:
+            if ctx.demo_root:
+                from pgolf.datasets import ensure_demo
+                ensure_demo(ctx.demo_root, progress=None)
+            cfg_path = _write_config(spec, run_dir, threads)
+        except Exception as exc:  # noqa: BLE001 - any setup failure is this trial's failure, not the sweep's
+            reason = f"trial setup failed: {type(exc).__name__}: {exc}"
+            raise _SetupFailed() from exc
+        cmd = trainer_command(cfg_path, ctx.gpus)
+        with open(out_path, "ab") as out:
+            proc = subprocess.Popen(cmd, cwd=run_dir, env=_trainer_env(threads), stdout=out,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        with open(os.path.join(run_dir, "trainer.pid"), "w") as fh:
+            fh.write(f"{proc.pid}\n")
+        tail = MetricsTail(os.path.join(run_dir, "metrics.jsonl"))
+        started = time.monotonic()
+        while True:
+            rc = proc.poll()
+            events = tail.read()
+            if events:
+                _follow(events, rec, run_dir, last, report)
+            if rc is not None:
+                break
+            if time.monotonic() - started > ctx.deadline_seconds:
+                timed_out = True
+                kill_group(proc)
+                break
+            time.sleep(ctx.poll_seconds)
+        events = tail.read()
+        if events:
+            _follow(events, rec, run_dir, last, report=None)
+        result = _load_json(os.path.join(run_dir, "result.json"))
+        status, reason = classify(proc.returncode, result, timed_out=timed_out, stopped=False,
+                                  deadline=ctx.deadline_seconds, output_tail=_tail(out_path),
+                                  last_step=last.get("step"))
+    except _SetupFailed:
+        pass
+    except (SystemExit, KeyboardInterrupt):
+        # tune.report raises SystemExit inside the trial thread when Tune stops the trial (ASHA, Ctrl-C).
+        stopped = True
+        status, reason = classify(None, None, timed_out=False, stopped=True, deadline=ctx.deadline_seconds,
+                                  output_tail=[], last_step=last.get("step"))
+        raise
+    except Exception as exc:
+        status, reason = "FAILED", f"platform error in the trial: {type(exc).__name__}: {exc}"
+        raise
+    finally:
+        if proc is not None:
+            kill_group(proc, grace=1.0 if stopped else TERM_GRACE_SECONDS)
+        _close(rec, status, reason, run_dir, result, out_path, ctx.caps)
+    final = _final_report(spec, rec.run_id, status, reason, result, last)
+    report(final)
+    return final
+
+
+class _SetupFailed(Exception):
+    pass
+
+
+def _follow(events: list[dict], rec: tracking.TrialRecorder, run_dir: str, last: dict,
+            report: Callable[[dict], None] | None) -> None:
+    try:
+        rec.log_events(events)
+    except Exception:  # noqa: BLE001 - a busy store must not end a healthy run; the events stay queued
+        pass
+    for ev in events:
+        kind = ev.get("event")
+        if kind == "start":
+            env, data = _fingerprints_from_log(os.path.join(run_dir, "train.log"))
+            try:
+                rec.fingerprint(env, data)
+            except Exception:  # noqa: BLE001 - retried from result.json at the end
+                pass
+        elif kind == "train":
+            last["step"] = ev.get("step")
+            if "train/loss" in ev:
+                last["train/loss"] = ev["train/loss"]
+        elif kind == "val":
+            last["step"] = ev.get("step")
+            for k in ("val/loss", "val/bpb"):
+                if k in ev:
+                    last[k] = ev[k]
+            if report is not None:
+                report({k: v for k, v in last.items() if isinstance(v, (int, float))})
+
+
+def _close(rec: tracking.TrialRecorder, status: str, reason: str, run_dir: str, result: dict | None,
+           out_path: str, caps: dict[str, float]) -> None:
+    extra = {"trial/ok": 1.0 if status == "FINISHED" else 0.0}
+    if status != "FINISHED":
+        tail = _tail(out_path)
+        if tail and os.path.isdir(run_dir):
+            with open(os.path.join(run_dir, "log_tail.txt"), "w", encoding="utf-8") as fh:
+                fh.write("\n".join(tail) + "\n")
+        env, data = _fingerprints_from_log(os.path.join(run_dir, "train.log"))
+        try:
+            rec.fingerprint(env, data)
+        except Exception:  # noqa: BLE001 - fingerprints are best effort; closing the run is not
+            pass
+    if result is not None:
+        try:
+            from pgolf.compliance import Caps, check_seed
+            verdict = check_seed(result, caps=Caps(**caps))
+            rec.set_tags({"compliant": "yes" if verdict.compliant else "no",
+                          "compliance_reasons": "; ".join(verdict.reasons)})
+        except Exception:  # noqa: BLE001
+            pass
+    rec.finish(status=status, reason=reason, run_dir=run_dir, result=result, extra_metrics=extra)
+
+
+FINAL_KEYS = ("final/val_bpb", "final/val_loss", "artifact/bytes", "artifact/headroom_bytes", "time/train_s",
+              "time/eval_s", "data/tokens_per_byte", "steps")
+
+
+def _final_report(spec: TrialSpec, run_id: str, status: str, reason: str, result: dict | None,
+                  last: dict) -> dict:
+    out: dict[str, Any] = {
+        "pgolf_done": True, "ok": status == "FINISHED", "status": status, "status_reason": reason,
+        "mlflow_run_id": run_id, "variant": spec.variant, "seed": spec.seed, "config_hash": spec.config_hash,
+        "step": int(last.get("step") or 0),
+    }
+    for k in ("val/bpb", "val/loss", "train/loss"):
+        if k in last:
+            out[k] = last[k]
+    if status == "FINISHED" and result:
+        # Only an OK run's score reaches the searcher: an over-budget run must not look like a good config.
+        out.update({k: result[k] for k in FINAL_KEYS if isinstance(result.get(k), (int, float))})
+        out["step"] = int(result.get("steps", out["step"]))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Tune entry point
+
+
+def run_trial(config: dict, ctx: TrialContext) -> None:
+    """The function trainable (`tune.with_parameters(run_trial, ctx=...)`)."""
+    from ray import tune
+
+    trial_id = tune.get_context().get_trial_id() or "local"
+    if "key" in config:
+        spec = ctx.specs[config["key"]]
+    else:
+        spec = spec_from_sample(ctx, config)
+        if ctx.resume:
+            done = tracking.finished_trials(ctx.tracking_uri, ctx.experiment_id).get((spec.config_hash, spec.seed))
+            if done is not None:
+                tune.report(_resumed_report(spec, done))
+                return
+    execute_trial(spec, ctx, trial_id=trial_id, report=tune.report)
+
+
+def spec_from_sample(ctx: TrialContext, config: dict) -> TrialSpec:
+    """A searcher's suggestion (axis values + Repeater index) -> the spec of one seed of it."""
+    from pgolf.orchestrate import build_spec
+
+    index = int(config.get("__trial_index__", 0))
+    seed = ctx.seeds[index % len(ctx.seeds)]
+    return build_spec(ctx.experiment, None, seed, dict(config.get("axes", {})), ctx.data_root)
+
+
+def _resumed_report(spec: TrialSpec, run) -> dict:
+    m = run.data.metrics
+    out = {"pgolf_done": True, "ok": True, "status": "FINISHED", "status_reason": "resumed: finished earlier",
+           "mlflow_run_id": run.info.run_id, "variant": spec.variant, "seed": spec.seed,
+           "config_hash": spec.config_hash, "resumed": True, "step": int(m.get("steps", 0))}
+    out.update({k: m[k] for k in FINAL_KEYS if k in m})
+    return out

@@ -1,0 +1,100 @@
+"""Shared pytest fixtures."""
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory):
+    """The offline demo corpus, built once per test session (a few seconds on CPU)."""
+    from pgolf.datasets import build_demo
+
+    return build_demo(tmp_path_factory.mktemp("demo_data"), progress=None)
+
+
+# --------------------------------------------------------------------------------------------------
+# Ray and MLflow for the orchestration tests (test_tracking, test_trial, test_validate, test_reliability,
+# test_cluster).
+
+import os  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+# Set for the whole session, before anything imports ray: token auth would write ~/.ray/auth_token and
+# a later `ray start` (the cluster test) would then demand it; usage stats and MLflow telemetry would
+# try the network; Tune would wait 600 s before force-killing a stuck trial.
+_TEST_ENV = {
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "TUNE_FORCE_TRIAL_CLEANUP_S": "5",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
+}
+for _k, _v in _TEST_ENV.items():
+    os.environ.setdefault(_k, _v)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "ray_cluster: starts its own Ray head node with `ray start`; runs after every other test, "
+                   "once the session's local Ray is shut down")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    # Two Ray clusters on one machine collide on the dashboard agent's fixed port (52365), which
+    # ray.init cannot move. The `ray start` test moves every port of its own cluster, and also runs
+    # last, after `stop_session_ray` has shut the session cluster down, so the two never overlap.
+    items.sort(key=lambda item: item.get_closest_marker("ray_cluster") is not None)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole test session: 2 CPUs, 8 logical GPUs (8-GPU trials schedule one at a
+    time, CPU trials two at a time). Its own temp dir, so it never attaches to another cluster."""
+    import ray
+
+    if not ray.is_initialized():
+        temp = tempfile.mkdtemp(prefix="pgray", dir="/tmp")  # short: Ray's socket paths must fit 107 chars
+        ray.init(address="local", num_cpus=2, num_gpus=8, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False, _temp_dir=temp)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def stop_session_ray():
+    """For the `ray start` cluster test: make sure the session's local cluster is gone first."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    yield
+
+
+@pytest.fixture(scope="session")
+def _mlflow_template(tmp_path_factory):
+    """An MLflow sqlite store migrated once (about 2.5 s); tests get copies of the file."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow_template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def tracking_uri(_mlflow_template, tmp_path, monkeypatch):
+    """A fresh sqlite tracking store for one test, also exported as $PGOLF_TRACKING_URI."""
+    db = tmp_path / "mlflow.db"
+    shutil.copyfile(_mlflow_template, db)
+    uri = f"sqlite:///{db}"
+    monkeypatch.setenv("PGOLF_TRACKING_URI", uri)
+    return uri
+
+
+@pytest.fixture(scope="session")
+def data_root(demo_data, tmp_path_factory):
+    """A data root whose `demo/` is the session's demo corpus (what `data = "demo"` experiments read)."""
+    root = tmp_path_factory.mktemp("data_root")
+    os.symlink(demo_data.root, root / "demo")
+    return root

@@ -1,0 +1,125 @@
+"""experiments/stacks/: every file loads along its lineage with the exact parameter counts of the
+records, and every stack trains in smoke mode (CPU, demo data) with finite, decreasing loss."""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from pgolf import smoke
+from pgolf.experiment import load_experiment
+from pgolf.trainers.model import GPT, count_parameters
+
+STACKS = os.path.join(os.path.dirname(__file__), "..", "experiments", "stacks")
+
+# file -> (parent, parameter count). Counts marked "record" are the ones the records log; the others
+# follow from the same shapes (see docs/stacks.md).
+EXPECTED = {
+    "baseline": (None, 17_059_912),  # record
+    "pr162": ("baseline", 22_368_841),
+    "pr180": ("pr162", 25_517_137),  # record
+    "pr264": ("pr180", 26_666_073),  # README: 26.67 M
+    "pr366": ("pr180", 25_517_138),  # #180 + backout lambda
+    "pr198": ("pr162", 26_829_913),
+    "pr287": ("pr198", 26_829_913),  # record
+    "pr317": ("pr287", 26_829_913),  # record
+    "pr315": ("pr287", 26_829_913),
+    "pr414": ("pr315", 26_993_756),  # record
+    "pr549": ("pr414", 26_928_220),
+    "pr691": ("pr414", 26_993_756),  # record
+}
+
+
+def _path(name: str) -> str:
+    return os.path.abspath(os.path.join(STACKS, f"{name}.toml"))
+
+
+def test_stack_files_are_exactly_the_expected_set():
+    assert sorted(f[:-5] for f in os.listdir(STACKS) if f.endswith(".toml")) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_stack_loads_resolves_and_counts(name):
+    parent, count = EXPECTED[name]
+    exp = load_experiment(_path(name))
+    assert exp.meta.name == name and exp.resources.gpus == 8
+    assert exp.budget.train_seconds == 600 and exp.budget.artifact_bytes == 16_000_000
+    if parent is not None:
+        assert exp.lineage[-2] == _path(parent)
+    cfg = exp.resolved(None, exp.meta.seeds[0])
+    with torch.device("meta"):
+        assert count_parameters(GPT(cfg.model)) == count
+    with open(_path(name), encoding="utf-8") as fh:
+        lines = [ln.strip() for ln in fh if ln.strip().startswith("[")]
+    order = ["[experiment]", "[resources]", "[budget]", "[config.model]", "[config.optim]", "[config.schedule]",
+             "[config.data]", "[config.avg]"]
+    mine = [ln for ln in lines if ln in order]
+    assert mine == sorted(mine, key=order.index), f"{name}: tables out of order"
+
+
+def test_stack_hyperparameters_follow_the_records():
+    cfg = {n: load_experiment(_path(n)).config for n in ("pr162", "pr180", "pr264", "pr287", "pr366", "pr414", "pr691")}
+    assert cfg["pr162"].avg.swa_apply and cfg["pr162"].avg.swa_every == 50 and cfg["pr162"].optim.muon_wd == 0.04
+    assert cfg["pr180"].avg.prune_frac == 0.03 and cfg["pr180"].avg.swa_start_frac == 0.4
+    assert cfg["pr264"].model.bigram_dim == 64 and cfg["pr264"].avg.prune_frac == 0.0
+    assert cfg["pr287"].avg.ema_decay == 0.997 and cfg["pr287"].model.xsa_last_n == 4
+    assert cfg["pr287"].model.rope_ntk_ref_len == 1024 and cfg["pr287"].data.train_seq_len == 2048
+    assert cfg["pr366"].model.backout and cfg["pr366"].avg.ema_start_step == 50 and cfg["pr366"].avg.swa_every == 0
+    for n in ("pr414", "pr691"):
+        a = cfg[n].avg
+        assert (a.swa_every, a.swa_start_frac, a.swa_apply, a.late_qat_threshold) == (50, 0.2, False, 0.15)
+        assert cfg[n].model.ve_layers == [9, 10] and cfg[n].model.rope_dims == 16 and cfg[n].model.ln_scale
+        assert cfg[n].schedule.warmdown_iters == 3500
+
+
+def test_smoke_shrink_keeps_every_technique_on():
+    exp = load_experiment(_path("pr414"), smoke=True)
+    m, a = exp.config.model, exp.config.avg
+    assert (m.num_layers, m.model_dim, m.num_heads, m.num_kv_heads) == (4, 128, 4, 2)
+    assert m.ve_layers == [2, 3] and m.ve_dim == 64 and m.xsa_last_n == 2
+    assert m.rope_dims == 8 and m.rope_ntk_ref_len == 32 and m.ln_scale and m.ortho_init
+    assert m.bigram_hash == "v2" and m.bigram_buckets == 256 and m.smear_gate == "v2"
+    assert 0.5 <= a.ema_decay < 0.997 and a.swa_every >= 1 and a.late_qat_threshold == 0.15
+    assert exp.config.run.device == "cpu" and exp.resources.gpus == 0
+    pr180 = load_experiment(_path("pr180"), smoke=True).config
+    assert pr180.avg.prune_min_numel == 4096 and pr180.avg.prune_frac == 0.03
+    assert smoke.smoke_layers(9) == 3 and smoke.smoke_layers(11) == 4
+
+
+@pytest.fixture
+def fast_smoke(monkeypatch):
+    monkeypatch.setitem(smoke.SMOKE_SHAPE, "schedule.iterations", 20)
+    monkeypatch.setitem(smoke.SMOKE_SHAPE, "data.train_batch_tokens", 64 * 8)
+    monkeypatch.setitem(smoke.SMOKE_SHAPE, "data.val_tokens_limit", 4096)
+    monkeypatch.setitem(smoke.SMOKE_SHAPE, "eval.train_log_every", 19)
+
+
+def run_smoke(name: str, data_root, run_dir, seed: int = 1) -> tuple[dict, list[dict]]:
+    from pgolf.launch import prepare_run
+    from pgolf.trainers.train import run_training
+
+    exp = load_experiment(_path(name), smoke=True)
+    cfg, _ = prepare_run(exp, None, seed, str(run_dir), str(data_root))
+    result = run_training(cfg)
+    with open(os.path.join(cfg.run.run_dir, "metrics.jsonl"), encoding="utf-8") as fh:
+        events = [json.loads(line) for line in fh]
+    return result, events
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_stack_trains_in_smoke_mode(name, fast_smoke, data_root, tmp_path):
+    result, events = run_smoke(name, data_root, tmp_path / name)
+    losses = [e["train/loss"] for e in events if e["event"] == "train"]
+    assert len(losses) >= 2 and all(math.isfinite(x) for x in losses)
+    assert losses[-1] < losses[0] - 0.5, losses
+    assert result["steps"] == 20
+    assert math.isfinite(result["final/val_loss"]) and result["final/val_loss"] < math.log(1024)
+    cfg = load_experiment(_path(name), smoke=True).config
+    kinds = {e["event"] for e in events}
+    if cfg.avg.late_qat_threshold > 0:
+        assert "late_qat" in kinds
+    if cfg.avg.ema_decay > 0 or cfg.avg.swa_apply or cfg.avg.prune_frac > 0:
+        assert "prequant" in kinds
