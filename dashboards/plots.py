@@ -102,7 +102,7 @@ def seed_scatter(runs: pd.DataFrame, groups: pd.DataFrame, out_dir: str, *, thre
         return None
     ok = _counted_ok(runs)
     n = len(groups)
-    fig = _figure(max(6.0, 1.1 * n + 3), 4.6)
+    fig = _figure(min(max(6.0, 1.1 * n + 3), 18.0), 4.6 if n <= 10 else 5.6)
     ax = fig.add_subplot()
     colors = variant_colors(list(groups["config_hash"]))
     rng = np.random.default_rng(0)
@@ -133,7 +133,10 @@ def seed_scatter(runs: pd.DataFrame, groups: pd.DataFrame, out_dir: str, *, thre
                     label=once("mean"))
         fails = f", {row['n_failed']} failed" if row["n_failed"] else ""
         ticks.append(f"{_short(str(row['variant']), 22)}\n{row['config_hash'][:8]}\n{row['n_ok']} ok{fails}")
-    ax.set_xticks(range(n), ticks, fontsize=8)
+    if n <= 10:
+        ax.set_xticks(range(n), ticks, fontsize=8)
+    else:  # a wide sweep: one slanted line per variant keeps the labels readable
+        ax.set_xticks(range(n), [t.replace("\n", " ") for t in ticks], fontsize=6.5, rotation=60, ha="right")
     ax.set_xlim(-0.6, n - 0.4)
     ax.set_ylabel("final/val_bpb (bits per byte, lower is better)")
     ax.grid(axis="y", alpha=0.3)

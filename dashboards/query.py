@@ -26,7 +26,6 @@ from pgolf import compliance, stats
 from pgolf.tracking import KIND, KIND_TRIAL
 
 __all__ = [
-    "ARTIFACT_CAP",
     "Baseline",
     "ExperimentData",
     "GROUP_COLUMNS",
@@ -39,10 +38,11 @@ __all__ = [
     "load_trials",
     "result_of",
     "runs_frame",
+    "records",
+    "relpath_or_uri",
     "sweep_axes",
 ]
 
-ARTIFACT_CAP = 16_000_000
 SUMMARY_ARTIFACT = "validation_summary.json"
 PARENT_KINDS = ("validation", "sweep")
 
@@ -120,6 +120,7 @@ def load_experiment(tracking_uri: str, experiment: str, *, parent_run_id: str | 
                               f"validate/tune runs match in experiment {experiment!r}")
         parent_run_id = matches[0]
         runs = runs[runs["parent_run_id"] == parent_run_id].reset_index(drop=True)
+        runs["counted"] = _counted(runs)  # within this invocation only
         parents = parents[parents["run_id"] == parent_run_id].reset_index(drop=True)
     data = ExperimentData(tracking_uri, experiment, exp.experiment_id, runs, parents)
     data.summaries = {pid: s for pid in parents.get("run_id", []) if (s := _download_json(c, pid, SUMMARY_ARTIFACT))}
@@ -253,11 +254,9 @@ def result_of(c, run_id: str) -> dict | None:
     m, tags = run.data.metrics, run.data.tags
     if not m:
         return None
+    # No "phases" here: the metric time/train_s is both the train phase and the train total, so
+    # rebuilt phases would be ambiguous; compliance then judges time/train_s and time/eval_s.
     out: dict[str, Any] = dict(m)
-    out["phases"] = {k[len("time/"):-2]: v for k, v in m.items()
-                     if k.startswith("time/") and k.endswith("_s") and k not in ("time/train_s", "time/eval_s")}
-    if not out["phases"]:
-        out.pop("phases")
     env = {k[4:]: _tag_value(v) for k, v in tags.items() if k.startswith("env.")}
     if env:
         out["env"] = env
@@ -344,21 +343,22 @@ _NUMBER = re.compile(r"^\s*(?:record:)?([0-9]*\.?[0-9]+)\s*(bpb|nats)?\s*$", re.
 def baseline_from_spec(spec: str, runs: pd.DataFrame) -> Baseline:
     """`--baseline` values: a number (BPB unless suffixed `nats`), a published record preset name
     (pgolf.stats.RECORD_PRESETS, e.g. "#549"), a config hash (or unique prefix) or a variant name."""
+    ok = runs[(runs["status"] == "FINISHED") & (runs["counted"] == "yes")] if not runs.empty else runs
+    # A hash (or prefix) in the store wins over reading the text as a number: hashes can be all digits.
+    hashes = sorted({h for h in ok.get("config_hash", []) if len(spec) >= 6 and str(h).startswith(spec)})
+    if not hashes and not ok.empty:
+        hashes = sorted(set(ok.loc[ok["variant"] == spec, "config_hash"]))
     m = _NUMBER.match(spec)
-    if m:
+    if m and not hashes:
         unit = (m.group(2) or "bpb").lower()
         return Baseline("record", f"record {float(m.group(1)):g} {unit}", float(m.group(1)), unit=unit)
-    if spec in stats.RECORD_PRESETS:
+    if spec in stats.RECORD_PRESETS and not hashes:
         p = stats.RECORD_PRESETS[spec]
         values: Any = dict(zip(p.seeds, p.per_seed_bpb)) if p.seeds else list(p.per_seed_bpb)
         if len(p.per_seed_bpb) == 1:
             return Baseline("record", f"{p.name} ({p.per_seed_bpb[0]:g} bpb)", p.per_seed_bpb[0], unit="bpb")
         return Baseline("seeds", f"{p.name} ({len(p.per_seed_bpb)} published seeds, mean {p.mean_bpb:.5f} bpb)",
                         values, unit="bpb")
-    ok = runs[(runs["status"] == "FINISHED") & (runs["counted"] == "yes")] if not runs.empty else runs
-    hashes = sorted({h for h in ok.get("config_hash", []) if str(h).startswith(spec)})
-    if not hashes and not ok.empty:
-        hashes = sorted(set(ok.loc[ok["variant"] == spec, "config_hash"]))
     if len(hashes) != 1:
         known = ", ".join(sorted(stats.RECORD_PRESETS))
         what = "matches several config hashes: " + ", ".join(hashes) if hashes else "matches no finished variant"
@@ -568,8 +568,9 @@ def _coerce(values: pd.Series) -> pd.Series:
 
 
 def sweep_axes(runs: pd.DataFrame) -> dict[str, pd.Series]:
-    """Config keys whose value differs between config hashes (excluding seeds, paths and thread
-    counts), each as a Series aligned with `runs`. The sweep's own `overrides` tag comes first."""
+    """Config keys whose value differs between config hashes, each as a Series aligned with `runs`:
+    the sweep's own axes (the trials' `overrides` tag) when there are any, otherwise every differing
+    param except seeds, paths, thread counts and fault injection."""
     if runs.empty or runs["config_hash"].nunique() < 2:
         return {}
     axes: dict[str, pd.Series] = {}
@@ -579,7 +580,8 @@ def sweep_axes(runs: pd.DataFrame) -> dict[str, pd.Series]:
             over_keys += [k for k in json.loads(raw) if k not in over_keys]
         except (ValueError, TypeError):
             continue
-    candidates = over_keys + sorted(c[len("params."):] for c in runs.columns if c.startswith("params."))
+    # A sweep names its axes; without that (variants of a validate run) every differing key is one.
+    candidates = over_keys or sorted(c[len("params."):] for c in runs.columns if c.startswith("params."))
     for key in dict.fromkeys(candidates):
         if NON_AXIS_PARAMS.match(key):
             continue
@@ -590,14 +592,6 @@ def sweep_axes(runs: pd.DataFrame) -> dict[str, pd.Series]:
         if per_hash.dropna().nunique() > 1:
             axes[key] = _coerce(runs[col])
     return axes
-
-
-def phase_budget(phase: str, policy: compliance.PhasePolicy = compliance.DEFAULT_POLICY) -> str:
-    return policy.budget_of(phase)
-
-
-def phase_columns(runs: pd.DataFrame) -> list[str]:
-    return [c for c in runs.columns if c.startswith("time/") and c.endswith("_s") and c not in ("time/train_s", "time/eval_s")]
 
 
 def records(df: pd.DataFrame) -> list[dict]:

@@ -246,6 +246,17 @@ def test_self_check_reports_a_broken_train_gpt(store, tmp_path):
     assert not chk.ok and "exited 3" in chk.detail and "boom" in chk.output_tail
 
 
+def test_self_check_cannot_lean_on_the_installed_pgolf(store, tmp_path):
+    """A train_gpt.py that imports the installed pgolf instead of carrying its code must fail, while
+    third-party packages stay importable."""
+    folder = tmp_path / "leaning"
+    folder.mkdir()
+    (folder / "train_gpt.py").write_text("import numpy\nimport pgolf.trainers.gpt\n")
+    demo = store["demo"]
+    chk = SUB.self_check(str(folder), data_path=str(demo.data_path), tokenizer_path=str(demo.tokenizer_path))
+    assert not chk.ok and "No module named 'pgolf'" in chk.output_tail
+
+
 def test_bundle_contents_reads_the_packed_trainer(store):
     b = SUB.bundle_contents(os.path.join(store["runs"][0][0], "train_gpt.py"))
     assert b is not None and "train.py" in b["files"] and b["config"]["run"]["seed"] == 1

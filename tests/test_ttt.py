@@ -1,7 +1,6 @@
 """Test-time training: the trace verifier on a legal trace and illegal ones, and the three TTT modes
 on a tiny model (score-first and per-document LoRA verify as compliant, pre-eval full TTT does not)."""
 import copy
-import json
 
 import pytest
 import torch

@@ -30,8 +30,21 @@ sys.exit(main(["--config-json",json.dumps(d["config"])]+sys.argv[1:]))
 '''
 
 
+_SOURCES: dict[str, str] | None = None
+
+
 def trainer_sources() -> dict[str, str]:
-    """Every .py file of the trainer package, keyed by path relative to it (sorted, stable)."""
+    """Every .py file of the trainer package, keyed by path relative to it (sorted, stable).
+
+    Read once per process: the code that is hashed into config_hash at start-up must be the code that
+    is packed into train_gpt.py at the end, even if someone edits the checkout in between."""
+    global _SOURCES
+    if _SOURCES is None:
+        _SOURCES = _read_sources()
+    return dict(_SOURCES)
+
+
+def _read_sources() -> dict[str, str]:
     files = {}
     for root, dirs, names in os.walk(PACKAGE_DIR):
         dirs[:] = sorted(d for d in dirs if d != "__pycache__")

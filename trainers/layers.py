@@ -99,19 +99,19 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 # ---- exclusive self attention ------------------------------------------------------------------
 
 
-def exclusive_self_attention(y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def exclusive_self_attention(y: torch.Tensor, v: torch.Tensor, heads_dim: int = 1) -> torch.Tensor:
     """Remove from each head's output its component along the token's own value direction (§3.13).
 
-    y: [B, H, T, D] attention output; v: [B, H_kv, T, D] the values fed to attention. Query head h
-    uses KV head h // group (SDPA's GQA grouping), so y is viewed as [B, H_kv, group, T, D] and the
-    unit value broadcasts over the group instead of being repeat-interleaved to H heads.
+    y: attention output with H heads on axis `heads_dim` ([B, H, T, D] for SDPA, [B, T, H, D] for
+    FlashAttention); v: the values fed to attention, H_kv heads on the same axis. Query head h uses KV
+    head h // group (the GQA grouping of SDPA and FA alike), so the head axis of y is split into
+    (H_kv, group) and the unit value broadcasts over the group instead of being repeat-interleaved.
     """
-    b, h, t, d = y.shape
-    hkv = v.size(1)
-    yg = y.reshape(b, hkv, h // hkv, t, d)
-    vn = F.normalize(v, dim=-1).unsqueeze(2)
+    hkv = v.size(heads_dim)
+    yg = y.unflatten(heads_dim, (hkv, y.size(heads_dim) // hkv))
+    vn = F.normalize(v, dim=-1).unsqueeze(heads_dim + 1)
     yg = yg - (yg * vn).sum(dim=-1, keepdim=True) * vn
-    return yg.reshape(b, h, t, d)
+    return yg.flatten(heads_dim, heads_dim + 1)
 
 
 # ---- token-level add-ons -----------------------------------------------------------------------

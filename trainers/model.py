@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import attention
 from .config import ModelConfig
 from .layers import (BigramHash, CastedLinear, Rotary, SmearGate, ValueEmbedding, apply_rotary,
                      exclusive_self_attention, ortho_proj_factor, rms_norm)
@@ -78,22 +79,23 @@ class CausalSelfAttention(nn.Module):
         self.xsa = layer_idx >= cfg.num_layers - cfg.xsa_last_n
 
     def forward(self, x: torch.Tensor, ve: torch.Tensor | None = None) -> torch.Tensor:
-        bsz, seqlen, dim = x.shape
-        q = self.c_q(x).reshape(bsz, seqlen, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.c_k(x).reshape(bsz, seqlen, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        backend = attention.active()
+        hd = backend.heads_dim
+        q = backend.split_heads(self.c_q(x), self.num_heads)
+        k = backend.split_heads(self.c_k(x), self.num_kv_heads)
         v = self.c_v(x)
         if ve is not None:
             v = v + ve
-        v = v.reshape(bsz, seqlen, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = backend.split_heads(v, self.num_kv_heads)
         q, k = rms_norm(q), rms_norm(k)
-        cos, sin = self.rotary(seqlen, x.device, q.dtype)
+        cos, sin = self.rotary(x.size(1), x.device, q.dtype)
+        cos, sin = backend.rotary_table(cos), backend.rotary_table(sin)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        q = q * self.q_gain.to(q.dtype)[None, :, None, None]
-        y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, enable_gqa=self.num_kv_heads != self.num_heads)
+        q = q * self.q_gain.to(q.dtype).view(-1, *([1] * (q.dim() - 1 - hd)))
+        y = backend.fn(q, k, v)
         if self.xsa:
-            y = exclusive_self_attention(y, v)
-        return self.proj(y.transpose(1, 2).reshape(bsz, seqlen, dim))
+            y = exclusive_self_attention(y, v, hd)
+        return self.proj(backend.merge_heads(y))
 
 
 class MLP(nn.Module):

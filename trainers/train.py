@@ -24,7 +24,7 @@ from .events import EventLog
 from .fingerprint import data_fingerprint, environment
 from .loader import DistributedTokenLoader, load_validation_tokens
 from .shards import list_shards
-from . import qat
+from . import attention, qat
 from .averaging import WeightAverager, check_avg_config
 from .model import GPT, count_parameters, flops_per_token, prepare_for_device, validate_model_config
 from .prune import magnitude_prune
@@ -125,6 +125,13 @@ def run_training(cfg: TrainConfig) -> dict:
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
     is_cuda = device.type == "cuda"
+    try:
+        # Resolved before any model is built or compiled; every model of the run reads it, the fresh
+        # round-trip model included.
+        backend = attention.configure(cfg.run.attention_backend, device, torch.bfloat16 if is_cuda else torch.float32,
+                                      cfg.model.model_dim // cfg.model.num_heads)
+    except attention.AttentionBackendError as exc:
+        raise ConfigError(str(exc)) from None
     run_dir = cfg.run.run_dir
     log = EventLog(run_dir, enabled=ddp.is_main)
     phases: dict[str, float] = {}
@@ -136,6 +143,7 @@ def run_training(cfg: TrainConfig) -> dict:
     log.log(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
     log.log(f"config_hash: {chash}  code_version: {version}")
     log.log("environment: " + json.dumps(env, sort_keys=True))
+    log.log(f"attention_backend: {backend.describe()}")
 
     # ---- data -------------------------------------------------------------------------------
     try:
@@ -220,7 +228,8 @@ def run_training(cfg: TrainConfig) -> dict:
     last_val = None
     step = 0
     tokens_per_step = cfg.data.train_batch_tokens
-    log.event("start", config_hash=chash, params=n_params, flops_per_token=fpt, world_size=ddp.world_size)
+    log.event("start", config_hash=chash, params=n_params, flops_per_token=fpt, world_size=ddp.world_size,
+              attention_backend=backend.name, attention_backend_detail=backend.describe())
     if is_cuda:
         torch.cuda.synchronize()
     t0 = time.perf_counter()

@@ -161,6 +161,14 @@ def optuna_space(exp: Experiment) -> dict[str, Any]:
     return space
 
 
+def _probe_point(exp: Experiment) -> dict[str, Any]:
+    out = {}
+    for axis, spec in exp.sweep.axes.items():
+        kind, arg = axis_kind(exp, axis, spec)
+        out[axis] = arg[0]
+    return out
+
+
 def check_sweep(exp: Experiment, kind: str) -> None:
     """Sweep settings that cannot work, reported before anything starts."""
     sw = exp.sweep
@@ -254,10 +262,14 @@ def _progress_callback(total: int):
         def on_trial_complete(self, iteration, trials, trial, **info):
             self.done += 1
             r = trial.last_result or {}
-            name = f"{r.get('variant', '?')}-s{r.get('seed', '?')}"
+            key = trial.config.get("key") or f"{r.get('variant', '?')}-s{r.get('seed', '?')}"
+            if not r.get("pgolf_done"):
+                print(f"  [{self.done}/{total}] {key:<28} {'STOPPED':<9} at step {r.get('step', '?')} "
+                      f"(val/bpb {r.get('val/bpb', float('nan')):.4f})", flush=True)
+                return
             score = r.get("final/val_bpb")
             tail = f"final/val_bpb {score:.4f}" if isinstance(score, float) else r.get("status_reason", "")
-            print(f"  [{self.done}/{total}] {name:<28} {r.get('status', 'done'):<9} {tail}", flush=True)
+            print(f"  [{self.done}/{total}] {key:<28} {r.get('status', 'done'):<9} {tail}", flush=True)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             self.done += 1
@@ -300,8 +312,10 @@ def run_tuner(ctx: TrialContext, exp: Experiment, plan: Plan, *, kind: str, max_
         from ray.tune.schedulers import ASHAScheduler
 
         cfg = exp.config
+        # max_t one past the last step: ASHA stops a trial whose time_attr reaches max_t, and the last
+        # periodic validation (step == iterations) comes before quantization and the scored evaluation.
         scheduler = ASHAScheduler(time_attr="step", metric=ASHA_METRIC, mode="min",
-                                  max_t=max(cfg.schedule.iterations, 1),
+                                  max_t=max(cfg.schedule.iterations, 1) + 1,
                                   grace_period=max(cfg.eval.val_loss_every, 1), reduction_factor=2)
 
     def dirname(trial) -> str:
@@ -341,26 +355,26 @@ class SeedRecord:
     def ok(self) -> bool:
         return self.status == "FINISHED"
 
+    @property
+    def early_stopped(self) -> bool:
+        return self.status == "KILLED" and self.reason.startswith("stopped")
+
 
 def collect(uri: str, experiment_id: str, parent_run_id: str, plan: Plan,
             extra_specs: list[TrialSpec] | None = None) -> list[SeedRecord]:
-    """One record per requested (variant, seed), from MLflow. Within this invocation a pair may have
-    several runs only by accident; the newest FINISHED one wins, else the newest."""
-    by_pair: dict[tuple[str, int], Any] = {}
+    """One record per requested (variant, seed), from MLflow. Within this invocation a spec may have
+    several runs only by accident (a searcher repeating a point); the newest FINISHED one wins."""
+    by_key: dict[str, Any] = {}
     for run in sorted(tracking.child_runs(uri, experiment_id, parent_run_id), key=lambda r: r.info.start_time or 0):
-        tags = run.data.tags
-        try:
-            pair = (tags["config_hash"], int(tags["seed"]))
-        except (KeyError, ValueError):
-            continue
-        prev = by_pair.get(pair)
-        if prev is None or prev.info.status != "FINISHED" or run.info.status == "FINISHED":
-            by_pair[pair] = run
+        key = run.data.tags.get("pgolf.spec_key")
+        prev = by_key.get(key)
+        if key and (prev is None or prev.info.status != "FINISHED" or run.info.status == "FINISHED"):
+            by_key[key] = run
     records = []
     for spec in plan.specs + (extra_specs or []):
         src_key = plan.duplicate_of.get(spec.key, spec.key)
         resumed = plan.resumed.get(src_key)
-        run = resumed or by_pair.get((spec.config_hash, spec.seed))
+        run = resumed or by_key.get(src_key)
         if run is None:
             records.append(SeedRecord(spec.key, spec.variant, spec.seed, spec.config_hash, "MISSING",
                                       "no MLflow run: the trial never started or could not reach the store",
@@ -371,8 +385,8 @@ def collect(uri: str, experiment_id: str, parent_run_id: str, plan: Plan,
         if resumed is not None:
             reason = f"resumed: finished earlier (run {run.info.run_id[:8]})"
         result = tracking.load_result(uri, run)
-        records.append(SeedRecord(spec.key, spec.variant, spec.seed, spec.config_hash, status, reason,
-                                  run.info.run_id, result, resumed=resumed is not None))
+        records.append(SeedRecord(spec.key, spec.variant, spec.seed, run.data.tags.get("config_hash", spec.config_hash),
+                                  status, reason, run.info.run_id, result, resumed=resumed is not None))
     return records
 
 
@@ -611,9 +625,8 @@ def run(args, kind: str) -> int:
 
     data_root = os.path.abspath(args.data_dir) if args.data_dir else str(default_data_dir())
     if kind == "sweep" and exp.sweep.search == "optuna":
-        specs = []  # points come from the searcher; probe one config so a bad axis fails now
-        probe = {a: (v[0] if isinstance(v, list) else v.get("values", [v.get("low")])[0]) for a, v in exp.sweep.axes.items()}
-        build_spec(exp, None, seeds[0], probe, data_root)
+        specs = []  # points come from the searcher; build one config now so a bad axis fails before Ray
+        build_spec(exp, None, seeds[0], _probe_point(exp), data_root)
     elif kind == "sweep":
         specs = sweep_specs(exp, seeds, data_root)
     else:
@@ -703,9 +716,11 @@ def run(args, kind: str) -> int:
         extra_specs = _optuna_specs(grid, ctx, plan, uri)
     errors = [r for r in (grid or []) if r.error is not None]
     records = collect(uri, experiment_id, parent_id, plan, extra_specs)
+    # In a sweep with ASHA, stopping weak configs early is the point, not a failure.
+    early_ok = kind == "sweep" and exp.sweep.scheduler == "asha"
     summary = aggregate(exp, records, uri, experiment_id,
                         overrides={s.variant: s.overrides for s in plan.specs + extra_specs})
-    all_ok = all(r.ok for r in records) and not errors and bool(records)
+    all_ok = all(r.ok or (early_ok and r.early_stopped) for r in records) and not errors and bool(records)
     summary.update({"experiment": exp.meta.name, "experiment_file": exp.path, "kind": kind, "seeds": seeds,
                     "parent_run_id": parent_id, "tracking_uri": uri, "all_ok": all_ok,
                     "trial_errors": [str(r.error).splitlines()[0][:500] for r in errors],
@@ -734,12 +749,14 @@ def run(args, kind: str) -> int:
     tracking.log_metrics(c, parent_id, [(k, v, 0) for k, v in parent_metrics(summary).items()])
     c.log_dict(parent_id, json.loads(json.dumps(summary, default=str)), "validation_summary.json")
     c.log_text(parent_id, format_table(summary, order) + "\n" + details + "\n", "validation_table.txt")
-    n_bad = sum(not r.ok for r in records)
+    n_bad = sum(not r.ok and not (early_ok and r.early_stopped) for r in records)
     tracking.set_tags(c, parent_id, {"status_reason": "ok" if all_ok else
                                      f"{n_bad} of {len(records)} requested seed(s) did not finish OK"})
     status = "FINISHED" if all_ok else "FAILED"
     tracking.finish_run(uri, parent_id, status)
-    print(f"{'all' if all_ok else 'NOT all'} {len(records)} requested seed(s) finished OK; "
+    n_early = sum(r.early_stopped for r in records) if early_ok else 0
+    early = f" ({n_early} stopped early by ASHA)" if n_early else ""
+    print(f"{'all' if all_ok else 'NOT all'} {len(records)} requested seed(s) finished OK{early}; "
           f"parent run {parent_id} ({summary['wall_seconds']:.0f} s)", flush=True)
     return 0 if all_ok else 1
 

@@ -318,13 +318,14 @@ class SelfCheck:
     seconds: float
     val_bpb: float | None = None
     output_tail: str = ""
+    skipped: bool = False  # nothing was run (e.g. no data with a matching tokenizer); ok is False
 
 
 def self_check(folder: str, *, data_path: str, tokenizer_path: str, sets: Sequence[str] = DEFAULT_SELF_CHECK_SETS,
                seed: int = 1, timeout: float = 600.0, python: str | None = None) -> SelfCheck:
     """Copy the folder into an empty temporary directory and run its train_gpt.py there on a tiny CPU
-    config, from that directory, with the repo's import path cleared: proves the shipped file is all
-    the code the run needs."""
+    config, from that directory, with pgolf itself not importable: proves the shipped file is all the
+    code the run needs."""
     import time
 
     tmp = tempfile.mkdtemp(prefix="pgolf_selfcheck_")
@@ -332,8 +333,17 @@ def self_check(folder: str, *, data_path: str, tokenizer_path: str, sets: Sequen
         dest = os.path.join(tmp, os.path.basename(os.path.normpath(folder)) or "submission")
         shutil.copytree(folder, dest)
         run_dir = os.path.join(tmp, "run")
-        cmd = [python or sys.executable, "train_gpt.py"] + [x for s in sets for x in ("--set", s)]
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP")}
+        if python is None:
+            # `-S` skips site's .pth processing, so the editable install of pgolf is invisible and only
+            # third-party packages (torch, numpy, ...) stay importable through PYTHONPATH: the run can
+            # only succeed on the trainer packed inside train_gpt.py.
+            site_dirs = [p for p in sys.path if p.rstrip("/").endswith(("site-packages", "dist-packages"))]
+            cmd = [sys.executable, "-S", "train_gpt.py"]
+            env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(site_dirs))
+        else:
+            cmd = [python, "train_gpt.py"]
+        cmd += [x for s in sets for x in ("--set", s)]
         env.update(DATA_PATH=str(data_path), TOKENIZER_PATH=str(tokenizer_path), RUN_DIR=run_dir, SEED=str(seed),
                    OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1", PYTHONNOUSERSITE="1")
         t0 = time.monotonic()
@@ -634,7 +644,8 @@ def build_submission(tracking_uri: str, ref: str, out_dir: str, *, experiment: s
             demo = ensure_demo(os.path.join(data_dir, "demo") if data_dir else default_data_dir() / "demo", progress=None)
             if vocab not in (None, demo.vocab_size):
                 check = SelfCheck(False, f"skipped: the config has vocab_size {vocab} but the demo tokenizer has "
-                                         f"{demo.vocab_size}; run train_gpt.py on matching data by hand", [], 0.0)
+                                         f"{demo.vocab_size}; run train_gpt.py on matching data by hand", [], 0.0,
+                                  skipped=True)
             else:
                 say(f"self-check: running train_gpt.py from a clean copy of {out_dir} (2 steps, CPU) ...")
                 check = self_check(out_dir, data_path=str(demo.data_path), tokenizer_path=str(demo.tokenizer_path),
@@ -765,7 +776,7 @@ def _write_readme(path: str, doc: dict, group: Group, verdict: compliance.Varian
               "- " + ", ".join(f"`train_seed{s}.log`" for s in doc["seeds"]) + ": each seed's train log, unmodified",
               "- `submission.json`, `requirements.txt`", ""]
     if check is not None:
-        lines += ["## Self-check", "",
-                  f"{'✅' if check.ok else '❌'} {check.detail} ({check.seconds:.0f} s)", ""]
+        mark = "⚠️" if check.skipped else ("✅" if check.ok else "❌")
+        lines += ["## Self-check", "", f"{mark} {check.detail}" + ("" if check.skipped else f" ({check.seconds:.0f} s)"), ""]
     with open(path, "w", encoding="utf-8") as fh:
         fh.write("\n".join(lines))

@@ -240,6 +240,7 @@ class TrialRecorder:
                  extra_tags: Mapping[str, Any] | None = None):
         self.uri = uri
         self.c = client(uri)
+        self.config_hash = config_hash
         tags = {
             "mlflow.parentRunId": parent_run_id, KIND: KIND_TRIAL, "config_hash": config_hash,
             "seed": str(seed), "variant": variant, "git_sha": git_sha, "trainer": trainer,

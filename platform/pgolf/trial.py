@@ -230,11 +230,14 @@ def _trainer_env(threads: int) -> dict[str, str]:
 
 
 def execute_trial(spec: TrialSpec, ctx: TrialContext, *, trial_id: str = "local",
-                  report: Callable[[dict], None] | None = None) -> dict:
-    """Run one trial end to end; returns the final report. `report` is `tune.report` inside Tune."""
+                  report: Callable[[dict], None] | None = None,
+                  should_stop: Callable[[], bool] | None = None) -> dict:
+    """Run one trial end to end; returns the final report. Inside Tune, `report` is `tune.report` and
+    `should_stop` tells when Tune has decided to stop the trial (ASHA, Ctrl-C)."""
     from pgolf.launch import trainer_command
 
     report = report or (lambda metrics: None)
+    should_stop = should_stop or (lambda: False)
     run_dir = os.path.join(ctx.runs_dir, tracking.trial_run_name(spec.variant, spec.seed) + f"-{trial_id}")
     threads = int(spec.config.get("run", {}).get("threads") or 0) or max(ctx.cpus, 1)
     params = tracking.flatten(spec.config)
@@ -242,7 +245,7 @@ def execute_trial(spec: TrialSpec, ctx: TrialContext, *, trial_id: str = "local"
     rec = tracking.TrialRecorder(
         ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, variant=spec.variant, seed=spec.seed,
         config_hash=spec.config_hash, git_sha=ctx.git_sha, trainer=ctx.trainer, ray_trial_id=trial_id,
-        params=params, extra_tags={"pgolf.run_dir": run_dir, "pgolf.invocation": ctx.kind,
+        params=params, extra_tags={"pgolf.run_dir": run_dir, "pgolf.invocation": ctx.kind, "pgolf.spec_key": spec.key,
                                    **({"overrides": json.dumps(spec.overrides, sort_keys=True)} if spec.overrides else {})})
     proc: subprocess.Popen | None = None
     timed_out = stopped = False
@@ -274,6 +277,10 @@ def execute_trial(spec: TrialSpec, ctx: TrialContext, *, trial_id: str = "local"
                 _follow(events, rec, run_dir, last, report)
             if rc is not None:
                 break
+            if should_stop():
+                stopped = True
+                kill_group(proc, grace=1.0)
+                break
             if time.monotonic() - started > ctx.deadline_seconds:
                 timed_out = True
                 kill_group(proc)
@@ -283,7 +290,7 @@ def execute_trial(spec: TrialSpec, ctx: TrialContext, *, trial_id: str = "local"
         if events:
             _follow(events, rec, run_dir, last, report=None)
         result = _load_json(os.path.join(run_dir, "result.json"))
-        status, reason = classify(proc.returncode, result, timed_out=timed_out, stopped=False,
+        status, reason = classify(proc.returncode, result, timed_out=timed_out, stopped=stopped,
                                   deadline=ctx.deadline_seconds, output_tail=_tail(out_path),
                                   last_step=last.get("step"))
     except _SetupFailed:
@@ -302,7 +309,8 @@ def execute_trial(spec: TrialSpec, ctx: TrialContext, *, trial_id: str = "local"
             kill_group(proc, grace=1.0 if stopped else TERM_GRACE_SECONDS)
         _close(rec, status, reason, run_dir, result, out_path, ctx.caps)
     final = _final_report(spec, rec.run_id, status, reason, result, last)
-    report(final)
+    if not stopped:  # a stopped trial must not report again: Tune would end the thread right there
+        report(final)
     return final
 
 
@@ -350,6 +358,10 @@ def _close(rec: tracking.TrialRecorder, status: str, reason: str, run_dir: str, 
             rec.fingerprint(env, data)
         except Exception:  # noqa: BLE001 - fingerprints are best effort; closing the run is not
             pass
+    if result is not None and result.get("config_hash") and result["config_hash"] != rec.config_hash:
+        # The trainer sources changed between the driver hashing them and the trainer starting: record
+        # what actually ran, so --resume and the statistics never mix this run with the planned config.
+        rec.set_tags({"config_hash": result["config_hash"], "planned_config_hash": rec.config_hash})
     if result is not None:
         try:
             from pgolf.compliance import Caps, check_seed
@@ -400,7 +412,21 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
             if done is not None:
                 tune.report(_resumed_report(spec, done))
                 return
-    execute_trial(spec, ctx, trial_id=trial_id, report=tune.report)
+    execute_trial(spec, ctx, trial_id=trial_id, report=tune.report, should_stop=_tune_stop_requested)
+
+
+def _tune_stop_requested() -> bool:
+    """Whether Tune has asked this trial to stop. Tune only delivers a stop inside `tune.report`, which
+    a trial waiting for its next validation may not call for minutes of GPU time; the session's stop
+    event is not public API, so any change to it degrades to "never" (the trial then stops at its next
+    report, and Ray kills the trainer with the worker)."""
+    try:
+        from ray.train._internal.session import get_session
+
+        session = get_session()
+        return bool(session is not None and session.stop_event.is_set())
+    except Exception:  # noqa: BLE001
+        return False
 
 
 def spec_from_sample(ctx: TrialContext, config: dict) -> TrialSpec:

@@ -143,8 +143,11 @@ def set_field(cfg: TrainConfig, dotted: str, value: Any, *, source: str = "confi
     setattr(obj, key, coerce(value, hints[key], f"{source}: config.{section}.{key}"))
 
 
-# Fields that identify a run rather than a variant: seeds of one variant share everything else.
-_HASH_EXCLUDED = {("run", "seed"), ("run", "run_dir"), ("run", "threads")}
+# Fields that identify a run or a machine rather than a variant: seeds of one variant share everything
+# else. Data *locations* are excluded (the same shards live at different paths on a laptop and on a
+# cluster node); the data *content* is pinned by the data fingerprint recorded with every run.
+_HASH_EXCLUDED = {("run", "seed"), ("run", "run_dir"), ("run", "threads"),
+                  ("data", "data_path"), ("data", "tokenizer_path")}
 
 
 def config_hash(cfg: TrainConfig, code_version: str = "") -> str:
