@@ -95,6 +95,13 @@ def matmul_peak(device: torch.device, tiny: bool) -> tuple[float, str]:
     return rate, f"{str(dtype).replace('torch.', '')} {n}^3 matmul"
 
 
+def graphs_compiled() -> int:
+    """Graphs dynamo has compiled so far: a rise inside a timed section is a recompile being timed."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
 def synthetic_luts(vocab: int, device: torch.device):
     from pgolf.trainers.bpb import ByteLUTs
 
@@ -118,6 +125,10 @@ def build(cfg, device: torch.device, path: Path, *, arm_qat: bool):
     from pgolf.trainers.model import GPT, prepare_for_device
 
     attention.set_active(path.backend)
+    if path.compile:
+        # Each measurement compiles from scratch, as a run does; without this the graphs of earlier
+        # measurements count against dynamo's per-function recompile limit, past which it runs eager.
+        torch._dynamo.reset()
     torch.manual_seed(0)
     base = prepare_for_device(GPT(cfg.model), device)
     if arm_qat:
@@ -129,13 +140,13 @@ def build(cfg, device: torch.device, path: Path, *, arm_qat: bool):
 # ---- measurements ------------------------------------------------------------------------------
 
 
-def bench_train(cfg, device: torch.device, path: Path, steps: int, warmup: int) -> dict:
+def bench_train(cfg, device: torch.device, path: Path, steps: int, warmup: int, qat_branch: bool = True) -> dict:
     from pgolf.trainers.averaging import WeightAverager
     from pgolf.trainers.evaluate import autocast_for
     from pgolf.trainers.model import count_parameters, flops_per_token
     from pgolf.trainers.optim import apply_schedules, build_optimizers
 
-    base, model = build(cfg, device, path, arm_qat=cfg.avg.late_qat_threshold > 0)
+    base, model = build(cfg, device, path, arm_qat=qat_branch and cfg.avg.late_qat_threshold > 0)
     optimizers = build_optimizers(base, cfg.optim)
     averager = WeightAverager(base, cfg.avg)
     trainable = [p for p in base.parameters() if p.requires_grad]
@@ -143,12 +154,13 @@ def bench_train(cfg, device: torch.device, path: Path, steps: int, warmup: int) 
     micro = cfg.data.train_batch_tokens // (accum * seq)
     gen = torch.Generator(device=device).manual_seed(1)
     data = torch.randint(0, cfg.model.vocab_size, (accum, micro, seq + 1), device=device, generator=gen)
+    xs, ys = data[..., :-1].contiguous(), data[..., 1:].contiguous()  # contiguous, as the loader gives them
 
     def step(i: int) -> None:
         apply_schedules(optimizers, 1.0, cfg.optim.muon_momentum)
         for k in range(accum):
             with autocast_for(device):
-                loss = model(data[k, :, :-1], data[k, :, 1:])
+                loss = model(xs[k], ys[k])
             (loss / accum).backward()
         if cfg.optim.grad_clip_norm > 0:
             torch.nn.utils.clip_grad_norm_(trainable, cfg.optim.grad_clip_norm)
@@ -166,6 +178,7 @@ def bench_train(cfg, device: torch.device, path: Path, steps: int, warmup: int) 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times = []
+    g0 = graphs_compiled()
     for i in range(steps):
         sync(device)
         t0 = time.perf_counter()
@@ -176,9 +189,10 @@ def bench_train(cfg, device: torch.device, path: Path, steps: int, warmup: int) 
     fpt = flops_per_token(cfg.model, n_params, seq)
     ms = 1000 * sorted(times)[len(times) // 2]  # median: robust to a stray slow step
     out = {"ms_per_step": ms, "ms_per_step_mean": 1000 * sum(times) / len(times), "warmup_s": warm_s,
+           "recompiles_timed": graphs_compiled() - g0,
            "tokens_per_s": cfg.data.train_batch_tokens / (ms / 1000), "params": n_params, "flops_per_token": fpt,
            "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None}
-    del base, model, optimizers, averager, data
+    del base, model, optimizers, averager, data, xs, ys
     free(device)
     return out
 
@@ -231,12 +245,13 @@ def bench_sliding(cfg, device: torch.device, path: Path, windows: int) -> dict:
     evaluate_sliding(model, val, luts, **kw)
     sync(device)
     warm_s = time.perf_counter() - t0
+    g0 = graphs_compiled()
     t0 = time.perf_counter()
     r = evaluate_sliding(model, val, luts, **kw)
     sync(device)
     dt = time.perf_counter() - t0
     tok_s = r.tokens / dt
-    out = {"windows": windows, "scored_tokens": r.tokens, "seconds": dt, "warmup_s": warm_s, "tokens_per_s": tok_s,
+    out = {"recompiles_timed": graphs_compiled() - g0, "windows": windows, "scored_tokens": r.tokens, "seconds": dt, "warmup_s": warm_s, "tokens_per_s": tok_s,
            "window_tokens_per_s": windows * seq / dt, "projected_8gpu_s": (VAL_TOKENS - 1) / (NODE_GPUS * tok_s)}
     del model
     free(device)
@@ -250,23 +265,26 @@ def bench_ttt(cfg, device: torch.device, path: Path, chunks: int) -> dict:
     luts = synthetic_luts(cfg.model.vocab_size, device)
     chunk = cfg.ttt.chunk_tokens
     results = []
+    _, model = build(cfg, device, path, arm_qat=False)
     with tempfile.TemporaryDirectory() as tmp:
-        for i, k in enumerate((2, chunks)):  # the first run compiles every shape the second one meets
-            _, model = build(cfg, device, path, arm_qat=False)
+        # The first run compiles every shape the second meets: with n_pos a multiple of the chunk every
+        # window is full length, and chunk 0 / later chunks give the same per-rank batches in both.
+        for i, k in enumerate((2, chunks)):
             val = torch.randint(0, cfg.model.vocab_size, (k * chunk + 1,), generator=torch.Generator().manual_seed(3))
             trace = TraceWriter(os.path.join(tmp, f"trace{i}.jsonl"))
+            g0 = graphs_compiled()
             t0 = time.perf_counter()
             res = run_score_first(model, val, luts, cfg, device, 0, NODE_GPUS, trace)
             sync(device)
             trace.close()
-            results.append((time.perf_counter() - t0, res.info))
-            del model
-            free(device)
-    total, info = results[1]
+            results.append((time.perf_counter() - t0, res.info, graphs_compiled() - g0))
+    del model
+    free(device)
+    total, info, recompiles = results[1]
     score_pc = info["score_s"] / info["chunks"]
     train_pc = info["train_s"] / max(info["chunks"] - 1, 1)
     full = math.ceil((VAL_TOKENS - 1) / chunk)
-    return {"chunks": info["chunks"], "seconds": total, "warmup_s": results[0][0], "score_s_per_chunk": score_pc,
+    return {"recompiles_timed": recompiles, "chunks": info["chunks"], "seconds": total, "warmup_s": results[0][0], "score_s_per_chunk": score_pc,
             "train_s_per_chunk": train_pc, "s_per_chunk": score_pc + train_pc, "full_chunks": full,
             "projected_8gpu_s": full * score_pc + (full - 1) * train_pc}
 
@@ -288,7 +306,8 @@ def report(meta: dict, res: dict) -> str:
              f"matmul peak measured: {meta['peak_flops'] / 1e12:.3f} TFLOP/s ({meta['peak_label']}); "
              f"datasheet basis {H100_BF16_PEAK / 1e12:.0f} TFLOP/s",
              f"train step: {meta['tokens_per_step']:,} tokens = {meta['grad_accum']} x {meta['micro_batch']} x "
-             f"{meta['seq_len']}",
+             f"{meta['seq_len']}; late-QAT branch {'armed (flag off)' if meta['qat_branch'] else 'not armed'}; "
+             f"sliding batch {meta['sliding_batch']} windows; TTT as rank 0 of {meta['ttt_world']}",
              ""]
     rows = []
 
@@ -325,6 +344,10 @@ def report(meta: dict, res: dict) -> str:
         row("  of which scoring", "score_s_per_chunk", "ttt", ".4f")
         row("  of which SGD epochs", "train_s_per_chunk", "ttt", ".4f")
         row("TTT projected 8 GPUs (s)", "projected_8gpu_s", "ttt", ".1f")
+    for section in ("train", "sliding", "ttt"):
+        n = fast.get(section, {}).get("recompiles_timed", 0)
+        if n:
+            rows.append((f"WARNING: {section} compiled {n} new graph(s) inside its timed part", "", "", ""))
     w = max(len(r[0]) for r in rows)
     lines.append(f"{'metric':{w}s} {'fast':>14s} {'ref':>14s} {'fast better by':>15s}")
     lines += [f"{n:{w}s} {a:>14s} {b:>14s} {r:>15s}" for n, a, b, r in rows]
@@ -351,11 +374,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tiny", action="store_true", help="tiny shapes and few steps (CPU smoke test of this script)")
     ap.add_argument("--device", default="auto", help="auto | cuda | cpu")
     ap.add_argument("--backend", default="auto", help="fast-path attention backend: auto | fa3 | fa2 | sdpa")
-    ap.add_argument("--no-compile", action="store_true", help="fast path without torch.compile")
+    ap.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                    help="torch.compile the fast path: auto = on CUDA only (CPU compile is slow, for checks)")
     ap.add_argument("--steps", type=int, default=0, help="timed training steps (default 10, tiny 2)")
     ap.add_argument("--warmup", type=int, default=0, help="untimed training steps first (default 3, tiny 1)")
     ap.add_argument("--sliding-windows", type=int, default=0, help="windows per sliding measurement (default 4096)")
     ap.add_argument("--ttt-chunks", type=int, default=0, help="chunks in the timed TTT run (default 6, tiny 3)")
+    ap.add_argument("--sliding-batch", type=int, default=0, help="windows per forward (default: the stack's, 32)")
+    ap.add_argument("--no-qat-branch", action="store_true",
+                    help="train without the armed late-QAT branch (its fake quant runs every forward while off)")
     ap.add_argument("--only", default="train,muon,sliding,ttt", help="comma list of train,muon,sliding,ttt")
     ap.add_argument("--json", help="also write every figure to this file")
     args = ap.parse_args(argv)
@@ -367,10 +394,10 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(dev_name)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     tiny = args.tiny
     cfg = load_stack(args.stack, tiny)
+    if args.sliding_batch:
+        cfg.eval.sliding_batch_seqs = args.sliding_batch
     steps = args.steps or (2 if tiny else 10)
     warmup = args.warmup or (1 if tiny else 3)
     windows = args.sliding_windows or (24 if tiny else 4096)
@@ -379,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     head_dim = cfg.model.model_dim // cfg.model.num_heads
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     fast = Path("fast", attention.resolve(args.backend, device, dtype, head_dim),
-                device.type == "cuda" and not args.no_compile)
+                args.compile == "on" or (args.compile == "auto" and device.type == "cuda"))
     ref = Path("ref", attention.SDPA, False)
     peak, peak_label = matmul_peak(device, tiny)
     n_params = count_parameters(GPT(cfg.model))
@@ -391,13 +418,15 @@ def main(argv: list[str] | None = None) -> int:
             "flops_per_token": flops_per_token(cfg.model, n_params, cfg.data.train_seq_len),
             "fast_path": fast.describe(), "ref_path": ref.describe(), "peak_flops": peak, "peak_label": peak_label,
             "tokens_per_step": cfg.data.train_batch_tokens, "grad_accum": accum,
+            "qat_branch": not args.no_qat_branch and cfg.avg.late_qat_threshold > 0,
+            "sliding_batch": cfg.eval.sliding_batch_seqs, "ttt_world": NODE_GPUS,
             "micro_batch": cfg.data.train_batch_tokens // (accum * cfg.data.train_seq_len),
             "command": " ".join([os.path.basename(sys.argv[0])] + (sys.argv[1:] if argv is None else list(argv)))}
     res: dict = {"fast": {}, "ref": {}}
     for path in (fast, ref):
         side = res[path.label]
         if "train" in only:
-            side["train"] = bench_train(cfg, device, path, steps, warmup)
+            side["train"] = bench_train(cfg, device, path, steps, warmup, not args.no_qat_branch)
         if "sliding" in only:
             side["sliding"] = bench_sliding(cfg, device, path, windows)
         if "ttt" in only:

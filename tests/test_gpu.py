@@ -34,13 +34,13 @@ def gpu(test):
     return pytest.mark.gpu(pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")(test))
 
 
-def flash_backends() -> list[str]:
-    return ["fa3", "fa2"]
+FLASH = ["fa3", "fa2"]
+HEAD_DIM = 64  # early FA3 builds compile only head dims 64, 128 and 256
 
 
 def backend_or_skip(name: str) -> attention.AttentionBackend:
     try:
-        return attention.resolve(name, CUDA, torch.bfloat16, 16)
+        return attention.resolve(name, CUDA, torch.bfloat16, HEAD_DIM)
     except attention.AttentionBackendError as exc:
         pytest.skip(str(exc))
 
@@ -55,7 +55,7 @@ def _restore_backend():
 
 
 def tiny_cfg(**kw) -> ModelConfig:
-    base = dict(num_layers=2, model_dim=64, num_heads=4, num_kv_heads=2, vocab_size=128, mlp_mult=2.0, rope_dims=8,
+    base = dict(num_layers=2, model_dim=4 * HEAD_DIM, num_heads=4, num_kv_heads=2, vocab_size=128, mlp_mult=2.0, rope_dims=16,
                 xsa_last_n=2, ve_dim=16, ve_layers=[1], bigram_hash="v2", bigram_buckets=32, bigram_dim=16,
                 smear_gate="v2", ln_scale=True, rope_ntk_ref_len=16)
     base.update(kw)
@@ -79,12 +79,15 @@ def batch(b=4, t=64, vocab=128, seed=1):
     return x, y
 
 
-def assert_bf16_close(got: torch.Tensor, want: torch.Tensor, what: str, max_frac=0.05, mean_frac=0.02):
-    """bf16 carries ~3 significant digits: errors measured against the scale of the reference."""
+def assert_bf16_close(got: torch.Tensor, want: torch.Tensor, what: str, rel: float = 0.04):
+    """bf16 keeps ~3 significant digits: relative L2 error within `rel`, no element far off. Measured
+    on the CPU for this model, bf16 autocast vs fp32 gives 0.014 on logits and up to 0.07 on the grads
+    of scalar parameters (long bf16 reductions)."""
     got, want = got.float().cpu(), want.float().cpu()
-    err = (got - want).abs()
-    assert err.max() <= max_frac * want.abs().max() + 1e-6, f"{what}: max err {err.max():.4g} vs |ref| max {want.abs().max():.4g}"
-    assert err.mean() <= mean_frac * want.abs().mean() + 1e-6, f"{what}: mean err {err.mean():.4g} vs |ref| mean {want.abs().mean():.4g}"
+    err = (got - want).norm() / want.norm().clamp_min(1e-12)
+    worst = (got - want).abs().max() / want.abs().max().clamp_min(1e-12)
+    assert err <= rel, f"{what}: relative L2 error {err:.4g} > {rel}"
+    assert worst <= max(3 * rel, 0.1), f"{what}: max error {worst:.4g} of max |ref|"
 
 
 def forward_backward(model, x, y, device):
@@ -105,7 +108,7 @@ def test_cuda_logits_match_cpu(name):
     cpu_model = random_model()
     x, _ = batch()
     want = cpu_model.logits(x)
-    backend = attention.configure(name, CUDA, torch.bfloat16, 16)
+    backend = attention.configure(name, CUDA, torch.bfloat16, HEAD_DIM)
     cuda_model = prepare_for_device(copy.deepcopy(cpu_model), CUDA)
     with torch.no_grad(), autocast_for(CUDA):
         got = cuda_model.logits(x.to(CUDA))
@@ -119,7 +122,7 @@ def test_cuda_logits_match_cpu(name):
 @gpu
 @pytest.mark.parametrize("name", ["auto", "sdpa"])
 def test_compiled_matches_eager(name):
-    attention.configure(name, CUDA, torch.bfloat16, 16)
+    attention.configure(name, CUDA, torch.bfloat16, HEAD_DIM)
     model = prepare_for_device(random_model(), CUDA)
     x, y = batch()
     loss_e, grads_e = forward_backward(model, x, y, CUDA)
@@ -128,7 +131,7 @@ def test_compiled_matches_eager(name):
     assert abs(loss_c.item() - loss_e.item()) <= 1e-2 * abs(loss_e.item())
     for n, g in grads_e.items():
         key = n if n in grads_c else f"_orig_mod.{n}"
-        assert_bf16_close(grads_c.get(key, grads_c.get(n)), g, f"grad {n}", max_frac=0.1, mean_frac=0.05)
+        assert_bf16_close(grads_c[key], g, f"grad {n}", rel=0.1)
 
 
 @gpu
@@ -136,7 +139,7 @@ def test_compiled_matches_eager(name):
 def test_compiled_training_step_has_no_graph_breaks(name):
     """A graph break per layer (e.g. a flash build whose autograd.Function dynamo cannot trace)
     costs milliseconds per step; the trainer compiles without fullgraph, so catch it here."""
-    backend = attention.configure(name, CUDA, torch.bfloat16, 16)
+    backend = attention.configure(name, CUDA, torch.bfloat16, HEAD_DIM)
     model = prepare_for_device(random_model(), CUDA)
     qat.arm(model)
     x, y = (t.to(CUDA) for t in batch())
@@ -154,7 +157,7 @@ def test_compiled_training_step_has_no_graph_breaks(name):
 
 
 @gpu
-@pytest.mark.parametrize("name", flash_backends())
+@pytest.mark.parametrize("name", FLASH)
 def test_flash_kernel_matches_sdpa(name):
     backend = backend_or_skip(name)
     g = torch.Generator(device=CUDA).manual_seed(0)
@@ -172,7 +175,7 @@ def test_flash_kernel_matches_sdpa(name):
 
 
 @gpu
-@pytest.mark.parametrize("name", flash_backends())
+@pytest.mark.parametrize("name", FLASH)
 def test_flash_model_matches_sdpa(name):
     backend = backend_or_skip(name)
     x, y = batch()
@@ -189,7 +192,7 @@ def test_flash_model_matches_sdpa(name):
     assert_bf16_close(logits_f, logits_s, f"{name} logits vs SDPA")
     assert abs(loss_f.item() - loss_s.item()) <= 1e-2 * abs(loss_s.item())
     for n, g in grads_s.items():
-        assert_bf16_close(grads_f[n], g, f"{name} grad {n}", max_frac=0.1, mean_frac=0.05)
+        assert_bf16_close(grads_f[n], g, f"{name} grad {n}", rel=0.1)
 
 
 # ---- late QAT under compile ---------------------------------------------------------------------------
@@ -197,7 +200,7 @@ def test_flash_model_matches_sdpa(name):
 
 @gpu
 def test_late_qat_switches_the_compiled_forward():
-    attention.configure("auto", CUDA, torch.bfloat16, 16)
+    attention.configure("auto", CUDA, torch.bfloat16, HEAD_DIM)
     base = prepare_for_device(random_model(std=0.05), CUDA)
     qat.arm(base)
     base.train()
@@ -234,22 +237,31 @@ def test_batched_muon_on_cuda_matches_per_matrix_reference():
     from pgolf.trainers.muon import Muon
 
     opts = CASES[1]
-    params = [torch.nn.Parameter(t.to(CUDA)) for t in make_params()]
-    opt = Muon(params, lr=opts["lr"], momentum=opts["momentum"], nesterov=opts["nesterov"],
-               weight_decay=opts["wd"], row_norm=opts["row_norm"], ns_coeffs=opts["ns"])
+    kw = dict(lr=opts["lr"], momentum=opts["momentum"], nesterov=opts["nesterov"], weight_decay=opts["wd"],
+              row_norm=opts["row_norm"], ns_coeffs=opts["ns"])
+    batched = [torch.nn.Parameter(t.to(CUDA)) for t in make_params()]
+    single = [torch.nn.Parameter(t.to(CUDA)) for t in make_params()]
+    opt = Muon(batched, **kw)
+    singles = [Muon([p], **kw) for p in single]  # one matrix at a time, the same bf16 NS code
     ref = make_params()
     bufs = [torch.zeros_like(p) for p in ref]
     for s in range(3):
         grads = make_grads(s)
-        for p, g in zip(params, grads):
+        for p, q, g in zip(batched, single, grads):
             p.grad = None if g is None else g.to(CUDA)
+            q.grad = None if g is None else g.to(CUDA)
         opt.step()
+        for o in singles:
+            o.step()
         reference_step(ref, grads, bufs, **opts)  # fp32 on the CPU
-    for i, (a, b) in enumerate(zip(params, ref)):
-        # NS runs in bf16 on CUDA: compare the total change, not the weights (which dominate).
-        start = make_params()[i]
-        assert_bf16_close(a.detach().cpu() - start, b - start, f"param {i} {SHAPES[i]} update", max_frac=0.1,
-                          mean_frac=0.05)
+    start = make_params()
+    for i, (a, b, r) in enumerate(zip(batched, single, ref)):
+        # compare the total change: the weights themselves would hide update errors
+        da, db, dr = a.detach().cpu() - start[i], b.detach().cpu() - start[i], r - start[i]
+        # bmm and mm may round differently in bf16; a mixed-up share or offset is off by O(1)
+        assert_bf16_close(da, db, f"param {i} {SHAPES[i]}: batched vs one at a time", rel=0.1)
+        # bf16 NS itself is ~3-9% off the fp32 iteration (Polar Express on thin matrices the most)
+        assert_bf16_close(da, dr, f"param {i} {SHAPES[i]}: bf16 vs fp32 reference", rel=0.25)
 
 
 # ---- DDP over NCCL ---------------------------------------------------------------------------------------

@@ -66,6 +66,11 @@ def shape_groups(params: list[torch.Tensor]) -> list[list[int]]:
 
 
 def _all_gather(out: torch.Tensor, local: torch.Tensor) -> None:
+    """out[r * n:(r + 1) * n] = rank r's `local` (n elements)."""
+    if not local.is_cuda:
+        # gloo's single-tensor gather is missing from older torch releases; the list form is not
+        dist.all_gather(list(out.view(-1, local.numel()).unbind(0)), local)
+        return
     gather = getattr(dist, "all_gather_single", None)  # the newer name; all_gather_into_tensor before
     (gather or dist.all_gather_into_tensor)(out, local)
 

@@ -46,7 +46,8 @@ def run(args) -> int:
         return 0
     print(f"experiment: {info['experiment']}  ({info['file']})")
     if len(info["lineage"]) > 1:
-        print("extends:    " + " -> ".join(p.rsplit("/", 1)[-1] for p in info["lineage"]))
+        import os
+        print("extends:    " + " -> ".join(os.path.relpath(p) for p in info["lineage"]))
     print(f"variant:    {info['variant']}   variants in file: {', '.join(exp.variant_names())}")
     print(f"config_hash: {info['config_hash']}")
     print(f"params:     {info['params']:,}")
