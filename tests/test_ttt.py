@@ -219,3 +219,22 @@ def test_training_after_inference_mode_scoring_and_loading(tmp_path):
     res = _run(cfg, frozen, val)
     assert res.info["trace_verdict"]["compliant"] and res.info["updates"] > 0
     assert not any(p.is_inference() for p in frozen.parameters())
+
+
+def test_freeze_blocks_sees_through_compiled_wrapper():
+    """torch.compile wraps the model as `_orig_mod`; names get that prefix and freezing must still apply."""
+    from torch import nn
+
+    from pgolf.trainers.config import ModelConfig
+    from pgolf.trainers.model import GPT
+    from pgolf.trainers.ttt import set_trainable
+
+    class Wrapper(nn.Module):  # the same naming a compiled OptimizedModule produces
+        def __init__(self, inner):
+            super().__init__()
+            self._orig_mod = inner
+
+    model = GPT(ModelConfig(num_layers=3, model_dim=64, num_heads=4, num_kv_heads=2))
+    set_trainable(Wrapper(model), freeze_blocks=2)
+    assert not any(p.requires_grad for p in model.blocks[1].parameters())
+    assert all(p.requires_grad for p in model.blocks[2].parameters())

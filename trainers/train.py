@@ -138,6 +138,7 @@ def run_training(cfg: TrainConfig) -> dict:
     version = code_version()
     chash = config_hash(cfg, version)
     env = environment(device, ddp.world_size)
+    env["attention_backend"] = backend.name  # runs compare only within one backend (step budget differs)
 
     log.log("pgolf trainer: resolved config")
     log.log(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))

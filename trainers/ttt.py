@@ -93,6 +93,8 @@ def set_trainable(model: nn.Module, freeze_blocks: int) -> list[nn.Parameter]:
     params = []
     for name, p in model.named_parameters():
         frozen = False
+        # A torch.compile'd module prefixes every name with "_orig_mod."; freezing must still apply.
+        name = name.removeprefix("_orig_mod.")
         if name.startswith("blocks."):
             frozen = int(name.split(".")[1]) < freeze_blocks
         p.requires_grad_(not frozen)
