@@ -128,6 +128,8 @@ BAD_FILES = {
     "grid over a range": ('[sweep]\nsearch = "grid"\n[sweep.axes]\n"optim.matrix_lr" = {type = "uniform", low = 0.01, high = 0.1}\n',
                           "grid search needs a list of values"),
     "bad search": ('[sweep]\nsearch = "bayes"\n[sweep.axes]\n"optim.matrix_lr" = [0.1]\n', "search = 'bayes'"),
+    "bad baseline unit": ('[baseline]\nrecord = 1.2\nunit = "bits"\n', "unit = 'bits'"),
+    "bad baseline seed": ('[baseline.per_seed]\nfirst = 1.2\n', "key 'first' is not a seed number"),
 }
 
 
@@ -190,3 +192,35 @@ def test_sweep_files_resolve_on_the_pr691_stack(path, data_root):
         for axis, value in point.items():
             section, key = axis.split(".")
             assert spec.config[section][key] == value
+
+
+def test_significance_against_published_per_seed_bpb(tmp_path):
+    """Published per-seed BPB converted with tokens_per_byte, paired when the seeds match, Holm across
+    variants; computed here by hand from the same numbers."""
+    import math
+
+    from pgolf.experiment import load_experiment
+    from pgolf.orchestrate import significance
+
+    path = tmp_path / "b.toml"
+    path.write_text(textwrap.dedent(f"""
+        extends = "{SMOKE}"
+        [baseline]
+        name = "record"
+        unit = "bpb"
+        tokens_per_byte = 0.4
+        per_seed = {{1 = 1.20, 2 = 1.21, 3 = 1.19}}
+    """))
+    exp = load_experiment(str(path))
+    to_nats = math.log(2) / 0.4
+    new = {"1": 1.15, "2": 1.16, "3": 1.14}  # bpb, 0.05 better on every seed
+    variants = {name: {"config_hash": name, "tokens_per_byte": 0.4,
+                       "seeds": {s: {"final/val_loss": (v + off) * to_nats} for s, v in new.items()}}
+                for name, off in (("better", 0.0), ("same", 0.05))}
+    sig = significance(exp, variants, [], "sqlite:///unused.db", "0")
+    better, same = sig["tests"]["better"], sig["tests"]["same"]
+    assert better["test"].startswith("paired") and better["n"] == 3
+    assert better["delta_nats"] == pytest.approx(-0.05 * to_nats)
+    assert better["delta_bpb"] == pytest.approx(-0.05)
+    assert better["significant"] and not same["significant"]
+    assert better["holm_p"] < 0.01 and same["holm_p"] == pytest.approx(1.0)

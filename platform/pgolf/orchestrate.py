@@ -161,6 +161,25 @@ def optuna_space(exp: Experiment) -> dict[str, Any]:
     return space
 
 
+def check_baseline(exp: Experiment) -> None:
+    """[baseline] values that the significance test could not use, reported before any trial runs."""
+    b = exp.baseline
+    if b.unit.lower() not in ("nats", "bpb"):
+        raise ExperimentError(f"{exp.path}: [baseline] unit = {b.unit!r}; expected 'nats' (val_loss) or 'bpb' (val_bpb)")
+    for seed, value in b.per_seed.items():
+        try:
+            int(seed)
+        except ValueError:
+            raise ExperimentError(f"{exp.path}: [baseline.per_seed] key {seed!r} is not a seed number "
+                                  f"(write e.g. per_seed = {{1337 = 1.1228, 42 = 1.1236}})") from None
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ExperimentError(f"{exp.path}: [baseline.per_seed] {seed} = {value!r}; expected a number")
+    if sum(bool(x) for x in (b.config_hash, b.per_seed, b.record)) > 1:
+        raise ExperimentError(f"{exp.path}: [baseline] sets more than one of config_hash, per_seed, record; keep one")
+    if b.tokens_per_byte < 0:
+        raise ExperimentError(f"{exp.path}: [baseline] tokens_per_byte must be > 0 (or 0 to use the runs' own)")
+
+
 def _probe_point(exp: Experiment) -> dict[str, Any]:
     out = {}
     for axis, spec in exp.sweep.axes.items():
@@ -203,14 +222,18 @@ class Plan:
 
 
 def make_plan(specs: list[TrialSpec], finished: dict[tuple[str, int], Any] | None) -> Plan:
-    seen: dict[tuple[str, int], str] = {}
+    """Which specs train. A duplicate is the same (config hash, seed) reading the same files: the hash
+    leaves the data location out (moving the data must not make old runs unresumable), so two variants
+    that differ only in where they read are both trained."""
+    seen: dict[tuple, str] = {}
     plan = Plan(specs=specs, to_run=[])
     for spec in specs:
         pair = (spec.config_hash, spec.seed)
-        if pair in seen:
-            plan.duplicate_of[spec.key] = seen[pair]
+        same = (*pair, spec.config["data"]["data_path"], spec.config["data"]["tokenizer_path"])
+        if same in seen:
+            plan.duplicate_of[spec.key] = seen[same]
             continue
-        seen[pair] = spec.key
+        seen[same] = spec.key
         if finished and pair in finished:
             plan.resumed[spec.key] = finished[pair]
             continue
@@ -233,11 +256,22 @@ def connect_ray(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     addr = address or os.environ.get("RAY_ADDRESS") or "local"
-    if addr == "local":
-        ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
-        return True
-    ray.init(address=addr, log_to_driver=False)
+    try:
+        if addr == "local":
+            ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
+            return True
+        ray.init(address=addr, log_to_driver=False)
+    except Exception as exc:
+        hint = ("another local Ray cluster on this machine can hold the dashboard agent's fixed port 52365: "
+                "attach to it with --address auto, or stop it" if addr == "local" else
+                "check the address (ray status), that the cluster runs the same Ray version, and token auth "
+                "(RAY_AUTH_TOKEN / ray get-auth-token)")
+        raise RayUnavailable(f"Ray did not start/connect at address {addr!r}: {type(exc).__name__}: {exc}; {hint}") from exc
     return False
+
+
+class RayUnavailable(RuntimeError):
+    pass
 
 
 def default_concurrency(gpus: int, cpus: int) -> int:
@@ -398,7 +432,11 @@ def _vals(records: list[SeedRecord], key: str) -> list[float]:
     return [v for r in records if r.ok and r.result and (v := _num(r.result.get(key))) is not None]
 
 
-def aggregate(exp: Experiment, records: list[SeedRecord], uri: str, experiment_id: str,
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def aggregate(exp: Experiment, records: list[SeedRecord], uri: str, experiment_id: str, *, kind: str = "validation",
               overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Per-variant statistics, compliance and the significance test against [baseline]."""
     from pgolf import compliance, stats
@@ -428,9 +466,11 @@ def aggregate(exp: Experiment, records: list[SeedRecord], uri: str, experiment_i
             "headroom_bytes_min": min(_vals(recs, "artifact/headroom_bytes"), default=None),
             "train_seconds_max": max(_vals(recs, "time/train_s"), default=None),
             "eval_seconds_max": max(_vals(recs, "time/eval_s"), default=None),
-            "tokens_per_byte": (sum(t := _vals(recs, "data/tokens_per_byte")) / len(t)) if _vals(recs, "data/tokens_per_byte") else None,
+            "tokens_per_byte": _mean(_vals(recs, "data/tokens_per_byte")),
         }
-        verdict = compliance.check_variant(all_results, caps=caps, min_seeds=min(3, len(recs))) if all_results else None
+        # A record claim needs 3 seeds; a sweep row is judged on the seeds it was asked to run.
+        min_seeds = 3 if kind == "validation" else min(3, len(recs))
+        verdict = compliance.check_variant(all_results, caps=caps, min_seeds=min_seeds) if all_results else None
         entry["compliance"] = verdict.to_dict() if verdict else {"compliant": False, "reasons": ["no seed produced a result"]}
         entry["compliant"] = bool(verdict and verdict.compliant and len(ok_results) == len(recs))
         if verdict and verdict.compliant and len(ok_results) < len(recs):
@@ -466,12 +506,15 @@ def _baseline_nats(exp: Experiment, tpb: float | None, uri: str, experiment_id: 
         unit = b.unit.lower()
         if unit not in ("nats", "bpb"):
             return None, f"{exp.path}: [baseline] unit must be 'nats' or 'bpb', got {b.unit!r}", None
-        conv = (lambda v: float(v)) if unit == "nats" else None
+        factor = 1.0
         if unit == "bpb":
-            factor = b.tokens_per_byte or tpb
+            factor = b.tokens_per_byte or tpb or 0.0
             if not factor:
-                return None, "[baseline] is in bpb but no tokens_per_byte is known to convert it to nats", None
-            conv = lambda v: float(stats.bpb_to_nats(float(v), factor))  # noqa: E731
+                return None, ("[baseline] is in bpb but no tokens_per_byte is known to convert it to nats: set "
+                              "[baseline] tokens_per_byte or let at least one seed finish"), None
+
+        def conv(v: float) -> float:
+            return float(v) if unit == "nats" else float(stats.bpb_to_nats(float(v), factor))
         label = b.name or ("published per-seed scores" if b.per_seed else "published record")
         if b.per_seed:
             vals = {int(k): conv(v) for k, v in b.per_seed.items()}
@@ -612,15 +655,61 @@ def parent_metrics(summary: dict[str, Any]) -> dict[str, float]:
 # the command
 
 
+@dataclass
+class Invocation:
+    """One `pgolf validate`/`tune` call after planning: what to run and where it is recorded."""
+    kind: str
+    exp: Experiment
+    seeds: list[int]
+    plan: Plan
+    uri: str
+    experiment_id: str
+    parent_id: str
+    ctx: TrialContext
+    runs_dir: str
+    stamp: str
+
+    @property
+    def searcher(self) -> bool:
+        return self.kind == "sweep" and self.exp.sweep.search == "optuna"
+
+    @property
+    def early_stop_ok(self) -> bool:
+        # In a sweep with ASHA, stopping weak configs early is the point, not a failure.
+        return self.kind == "sweep" and self.exp.sweep.scheduler == "asha"
+
+
 def run(args, kind: str) -> int:
     """`pgolf validate` (kind="validation") and `pgolf tune` (kind="sweep")."""
     t_start = time.time()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    inv = prepare(args, kind)
+    try:
+        grid = execute(inv, args)
+    except KeyboardInterrupt:
+        print("pgolf: interrupted; running trials were recorded as KILLED. Re-run with --resume to finish "
+              "the missing seeds.", file=sys.stderr)
+        _end_parent(inv, "KILLED", "interrupted")
+        return 130
+    except RayUnavailable as exc:
+        print(f"pgolf: {exc}", file=sys.stderr)
+        _end_parent(inv, "FAILED", str(exc))
+        return 1
+    except Exception as exc:
+        _end_parent(inv, "FAILED", f"{type(exc).__name__}: {exc}")
+        raise
+    return summarize_invocation(inv, grid, time.time() - t_start)
+
+
+def prepare(args, kind: str) -> Invocation:
+    """Everything that can fail on a bad file happens here, before Ray or MLflow is touched; then the
+    MLflow experiment and parent run are created and --resume is planned."""
     exp = load_experiment(args.experiment, overrides=args.set, smoke=args.smoke)
     seeds = list(args.seeds) if getattr(args, "seeds", None) else list(exp.meta.seeds)
     if len(set(seeds)) != len(seeds):
-        raise ExperimentError(f"seeds {seeds}: each seed may appear once")
+        raise ExperimentError(f"--seeds {seeds}: each seed may appear once")
     check_sweep(exp, kind)
+    check_baseline(exp)
     from pgolf.datasets import default_data_dir
 
     data_root = os.path.abspath(args.data_dir) if args.data_dir else str(default_data_dir())
@@ -634,8 +723,7 @@ def run(args, kind: str) -> int:
 
     uri, artifact_root = tracking.resolve_tracking_uri(args.tracking_uri)
     experiment_id = tracking.get_or_create_experiment(uri, exp.meta.name, artifact_root)
-    finished = tracking.finished_trials(uri, experiment_id) if args.resume else None
-    plan = make_plan(specs, finished)
+    plan = make_plan(specs, tracking.finished_trials(uri, experiment_id) if args.resume else None)
     git_sha, dirty = tracking.git_state()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     runs_dir = os.path.abspath(args.runs_dir or "runs")
@@ -653,89 +741,103 @@ def run(args, kind: str) -> int:
         parent_tags["ray_job_submission_id"] = submission
     parent_params = {"experiment.seeds": seeds, "budget.train_seconds": exp.budget.train_seconds,
                      "budget.eval_seconds": exp.budget.eval_seconds, "budget.artifact_bytes": exp.budget.artifact_bytes,
+                     "budget.trial_timeout_seconds": deadline_for(exp.budget),
                      "resources.gpus": exp.resources.gpus, "resources.cpus": exp.resources.cpus}
     if kind == "sweep":
         parent_params.update({f"sweep.{k}": v for k, v in vars(exp.sweep).items()})
     parent_id = tracking.start_parent_run(uri, experiment_id, run_name=f"{kind}-{stamp}", tags=parent_tags,
                                           params=parent_params)
+    ctx = TrialContext(
+        tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent_id, git_sha=git_sha,
+        trainer=exp.meta.trainer, runs_dir=trial_root, gpus=exp.resources.gpus, cpus=exp.resources.cpus,
+        deadline_seconds=deadline_for(exp.budget),
+        demo_root=os.path.join(data_root, "demo") if exp.meta.data == "demo" else None,
+        specs={s.key: s for s in plan.to_run}, kind=kind, seeds=seeds, data_root=data_root,
+        resume=bool(args.resume), experiment=exp if not specs else None,
+        caps={"artifact_bytes": exp.budget.artifact_bytes, "train_seconds": exp.budget.train_seconds,
+              "eval_seconds": exp.budget.eval_seconds})
+    inv = Invocation(kind=kind, exp=exp, seeds=seeds, plan=plan, uri=uri, experiment_id=experiment_id,
+                     parent_id=parent_id, ctx=ctx, runs_dir=runs_dir, stamp=stamp)
 
-    print(f"pgolf {'validate' if kind == 'validation' else 'tune'}: {exp.meta.name} "
-          f"({len(specs) if specs else exp.sweep.num_samples * len(seeds)} trials, seeds {seeds})", flush=True)
+    n = len(specs) if specs else exp.sweep.num_samples * len(seeds)
+    print(f"pgolf {'validate' if kind == 'validation' else 'tune'}: {exp.meta.name} ({n} trials, seeds {seeds})",
+          flush=True)
     print(f"  MLflow {uri}  experiment {exp.meta.name!r}  parent run {parent_id}", flush=True)
     for key, src in plan.duplicate_of.items():
         print(f"  skip {key}: same config hash and seed as {src}", flush=True)
     for key, r in plan.resumed.items():
         print(f"  skip {key}: finished earlier in MLflow run {r.info.run_id} (--resume)", flush=True)
+    return inv
 
-    ctx = TrialContext(
-        tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent_id, git_sha=git_sha,
-        trainer=exp.meta.trainer, runs_dir=trial_root, gpus=exp.resources.gpus, cpus=exp.resources.cpus,
-        deadline_seconds=deadline_for(exp.budget), demo_root=os.path.join(data_root, "demo") if exp.meta.data == "demo" else None,
-        specs={s.key: s for s in plan.to_run}, kind=kind, seeds=seeds, data_root=data_root,
-        resume=bool(args.resume), experiment=exp if not specs else None,
-        caps={"artifact_bytes": exp.budget.artifact_bytes, "train_seconds": exp.budget.train_seconds,
-              "eval_seconds": exp.budget.eval_seconds})
 
-    status, interrupted, grid = "FAILED", False, None
-    extra_specs: list[TrialSpec] = []
+def execute(inv: Invocation, args) -> Any:
+    """Run the planned trials through Ray Tune; returns the ResultGrid (None when nothing had to run)."""
+    if not inv.plan.to_run and not inv.searcher:
+        return None
+    import ray
+
+    interrupted = False
     owned = False
     try:
-        if plan.to_run or (kind == "sweep" and exp.sweep.search == "optuna"):
-            import ray
-
-            owned = connect_ray(args.address)
-            tracking.set_tags(tracking.client(uri), parent_id, {"ray_job_id": ray.get_runtime_context().get_job_id(),
-                                                                "ray_address": args.address or os.environ.get("RAY_ADDRESS") or "local"})
-            mc = args.max_concurrent or (exp.sweep.max_concurrent_trials if kind == "sweep" else 0) \
-                or default_concurrency(exp.resources.gpus, exp.resources.cpus)
-            print(f"  Ray: {ray.cluster_resources().get('CPU', 0):g} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs; "
-                  f"{mc} trial(s) at a time, {exp.resources.gpus} GPU(s) + {exp.resources.cpus} CPU(s) each; "
-                  f"deadline {ctx.deadline_seconds:g} s per trial", flush=True)
-            grid = run_tuner(ctx, exp, plan, kind=kind, max_concurrent=mc,
-                             storage_path=os.path.abspath(args.storage_path or os.path.join(runs_dir, "tune")),
-                             run_name=f"{exp.meta.name}-{kind}-{stamp}")
+        owned = connect_ray(args.address)
+        res = ray.cluster_resources()
+        tracking.set_tags(tracking.client(inv.uri), inv.parent_id, {
+            "ray_job_id": ray.get_runtime_context().get_job_id(),
+            "ray_address": args.address or os.environ.get("RAY_ADDRESS") or "local"})
+        exp = inv.exp
+        mc = args.max_concurrent or (exp.sweep.max_concurrent_trials if inv.kind == "sweep" else 0) \
+            or default_concurrency(exp.resources.gpus, exp.resources.cpus)
+        print(f"  Ray: {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs; {mc} trial(s) at a time, "
+              f"{exp.resources.gpus} GPU(s) + {exp.resources.cpus} CPU(s) each; "
+              f"deadline {inv.ctx.deadline_seconds:g} s per trial", flush=True)
+        return run_tuner(inv.ctx, exp, inv.plan, kind=inv.kind, max_concurrent=mc,
+                         storage_path=os.path.abspath(args.storage_path or os.path.join(inv.runs_dir, "tune")),
+                         run_name=f"{exp.meta.name}-{inv.kind}-{inv.stamp}")
     except KeyboardInterrupt:
         interrupted = True
+        raise
     finally:
-        stale = tracking.mark_stale_children(
-            uri, experiment_id, parent_id,
+        tracking.mark_stale_children(
+            inv.uri, inv.experiment_id, inv.parent_id,
             "interrupted: the invocation was stopped before this trial finished" if interrupted
             else "stopped by Ray Tune before the trial could record its end (scheduler decision or a lost worker)")
         if owned:
-            import ray
             ray.shutdown()
-        if interrupted:
-            tracking.set_tags(tracking.client(uri), parent_id, {"status_reason": "interrupted"})
-            tracking.finish_run(uri, parent_id, "KILLED")
-    if interrupted:
-        print(f"pgolf: interrupted; {len(stale)} running trial(s) recorded as KILLED. "
-              f"Re-run with --resume to finish the missing seeds.", file=sys.stderr)
-        return 130
 
-    if grid is not None and kind == "sweep" and exp.sweep.search == "optuna":
-        extra_specs = _optuna_specs(grid, ctx, plan, uri)
+
+def _end_parent(inv: Invocation, status: str, reason: str) -> None:
+    try:
+        tracking.set_tags(tracking.client(inv.uri), inv.parent_id, {"status_reason": reason})
+    finally:
+        tracking.finish_run(inv.uri, inv.parent_id, status)
+
+
+def summarize_invocation(inv: Invocation, grid: Any, wall: float) -> int:
+    """Results from MLflow -> table, statistics, parent run metrics and artifacts; the exit code."""
+    exp, kind = inv.exp, inv.kind
+    extra_specs = _optuna_specs(grid, inv.ctx, inv.plan, inv.uri) if grid is not None and inv.searcher else []
     errors = [r for r in (grid or []) if r.error is not None]
-    records = collect(uri, experiment_id, parent_id, plan, extra_specs)
-    # In a sweep with ASHA, stopping weak configs early is the point, not a failure.
-    early_ok = kind == "sweep" and exp.sweep.scheduler == "asha"
-    summary = aggregate(exp, records, uri, experiment_id,
-                        overrides={s.variant: s.overrides for s in plan.specs + extra_specs})
-    all_ok = all(r.ok or (early_ok and r.early_stopped) for r in records) and not errors and bool(records)
-    summary.update({"experiment": exp.meta.name, "experiment_file": exp.path, "kind": kind, "seeds": seeds,
-                    "parent_run_id": parent_id, "tracking_uri": uri, "all_ok": all_ok,
+    records = collect(inv.uri, inv.experiment_id, inv.parent_id, inv.plan, extra_specs)
+    early_ok = inv.early_stop_ok
+    summary = aggregate(exp, records, inv.uri, inv.experiment_id, kind=kind,
+                        overrides={s.variant: s.overrides for s in inv.plan.specs + extra_specs})
+    n_bad = sum(not r.ok and not (early_ok and r.early_stopped) for r in records)
+    all_ok = n_bad == 0 and not errors and bool(records)
+    summary.update({"experiment": exp.meta.name, "experiment_file": exp.path, "kind": kind, "seeds": inv.seeds,
+                    "parent_run_id": inv.parent_id, "tracking_uri": inv.uri, "all_ok": all_ok,
                     "trial_errors": [str(r.error).splitlines()[0][:500] for r in errors],
-                    "wall_seconds": round(time.time() - t_start, 1)})
+                    "wall_seconds": round(wall, 1)})
     order = list(summary["variants"])
     if kind == "sweep":
-        def score(n):
-            s = summary["variants"][n]["final/val_bpb"]
+        def score(name: str) -> tuple[bool, float]:
+            s = summary["variants"][name]["final/val_bpb"]
             return (s is None, s["mean"] if s else 0.0)
         order = sorted(order, key=score)
         summary["ranking"] = order
 
+    table, details = format_table(summary, order), format_details(summary)
     print()
-    print(format_table(summary, order))
-    details = format_details(summary)
+    print(table)
     if details:
         print(details)
     if kind == "sweep" and order and summary["variants"][order[0]]["final/val_bpb"]:
@@ -745,19 +847,16 @@ def run(args, kind: str) -> int:
     for e in summary["trial_errors"]:
         print(f"  trial error: {e}", file=sys.stderr)
 
-    c = tracking.client(uri)
-    tracking.log_metrics(c, parent_id, [(k, v, 0) for k, v in parent_metrics(summary).items()])
-    c.log_dict(parent_id, json.loads(json.dumps(summary, default=str)), "validation_summary.json")
-    c.log_text(parent_id, format_table(summary, order) + "\n" + details + "\n", "validation_table.txt")
-    n_bad = sum(not r.ok and not (early_ok and r.early_stopped) for r in records)
-    tracking.set_tags(c, parent_id, {"status_reason": "ok" if all_ok else
-                                     f"{n_bad} of {len(records)} requested seed(s) did not finish OK"})
-    status = "FINISHED" if all_ok else "FAILED"
-    tracking.finish_run(uri, parent_id, status)
+    c = tracking.client(inv.uri)
+    tracking.log_metrics(c, inv.parent_id, [(k, v, 0) for k, v in parent_metrics(summary).items()])
+    c.log_dict(inv.parent_id, json.loads(json.dumps(summary, default=str)), "validation_summary.json")
+    c.log_text(inv.parent_id, table + "\n" + details + "\n", "validation_table.txt")
+    _end_parent(inv, "FINISHED" if all_ok else "FAILED",
+                "ok" if all_ok else f"{n_bad} of {len(records)} requested seed(s) did not finish OK")
     n_early = sum(r.early_stopped for r in records) if early_ok else 0
     early = f" ({n_early} stopped early by ASHA)" if n_early else ""
     print(f"{'all' if all_ok else 'NOT all'} {len(records)} requested seed(s) finished OK{early}; "
-          f"parent run {parent_id} ({summary['wall_seconds']:.0f} s)", flush=True)
+          f"parent run {inv.parent_id} ({wall:.0f} s)", flush=True)
     return 0 if all_ok else 1
 
 

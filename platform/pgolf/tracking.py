@@ -353,8 +353,8 @@ def write_byte_report(run_dir: str, result: Mapping[str, Any]) -> str:
     for name in ("train_gpt.py", blob):
         if name and os.path.isfile(os.path.join(run_dir, name)):
             files[name] = os.path.getsize(os.path.join(run_dir, name))
-    cap = result.get("artifact/bytes", 0) + result.get("artifact/headroom_bytes", 0) \
-        if _num(result.get("artifact/headroom_bytes")) is not None else None
+    total, headroom = _num(result.get("artifact/bytes")), _num(result.get("artifact/headroom_bytes"))
+    cap = int(total + headroom) if total is not None and headroom is not None else None
     report = {
         "files": files,
         "total_bytes_on_disk": sum(files.values()),
@@ -364,7 +364,7 @@ def write_byte_report(run_dir: str, result: Mapping[str, Any]) -> str:
         "artifact/code_raw_bytes": result.get("artifact/code_raw_bytes"),
         "artifact/headroom_bytes": result.get("artifact/headroom_bytes"),
         "cap_bytes": cap,
-        "under_cap": (result.get("artifact/headroom_bytes", -1) >= 0) if cap is not None else None,
+        "under_cap": headroom >= 0 if headroom is not None else None,
     }
     path = os.path.join(run_dir, "byte_report.json")
     with open(path, "w", encoding="utf-8") as fh:

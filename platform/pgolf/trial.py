@@ -236,6 +236,7 @@ def execute_trial(spec: TrialSpec, ctx: TrialContext, *, trial_id: str = "local"
     `should_stop` tells when Tune has decided to stop the trial (ASHA, Ctrl-C)."""
     from pgolf.launch import trainer_command
 
+    t_trial = time.monotonic()
     report = report or (lambda metrics: None)
     should_stop = should_stop or (lambda: False)
     run_dir = os.path.join(ctx.runs_dir, tracking.trial_run_name(spec.variant, spec.seed) + f"-{trial_id}")
@@ -307,7 +308,7 @@ def execute_trial(spec: TrialSpec, ctx: TrialContext, *, trial_id: str = "local"
     finally:
         if proc is not None:
             kill_group(proc, grace=1.0 if stopped else TERM_GRACE_SECONDS)
-        _close(rec, status, reason, run_dir, result, out_path, ctx.caps)
+        _close(rec, status, reason, run_dir, result, out_path, ctx.caps, wall=time.monotonic() - t_trial)
     final = _final_report(spec, rec.run_id, status, reason, result, last)
     if not stopped:  # a stopped trial must not report again: Tune would end the thread right there
         report(final)
@@ -346,8 +347,9 @@ def _follow(events: list[dict], rec: tracking.TrialRecorder, run_dir: str, last:
 
 
 def _close(rec: tracking.TrialRecorder, status: str, reason: str, run_dir: str, result: dict | None,
-           out_path: str, caps: dict[str, float]) -> None:
-    extra = {"trial/ok": 1.0 if status == "FINISHED" else 0.0}
+           out_path: str, caps: dict[str, float], wall: float) -> None:
+    # trial/wall_s against time/train_s + time/eval_s is the platform's overhead per trial.
+    extra = {"trial/ok": 1.0 if status == "FINISHED" else 0.0, "trial/wall_s": wall}
     if status != "FINISHED":
         tail = _tail(out_path)
         if tail and os.path.isdir(run_dir):
