@@ -123,3 +123,12 @@ def test_config_hash_ignores_seed_but_not_hyperparameters():
     exp2 = load_experiment(os.path.join(ROOT, "experiments", "smoke.toml"), overrides=["config.optim.matrix_lr=0.03"])
     assert a == b
     assert exp2.hash_of(exp2.resolved(seed=1)) != a
+
+
+def test_explicit_set_beats_the_smoke_shrink():
+    path = os.path.join(ROOT, "experiments", "stacks", "pr691.toml")
+    shrunk = load_experiment(path, smoke=True)
+    assert shrunk.config.model.model_dim < 512 and shrunk.config.run.device == "cpu"
+    exp = load_experiment(path, smoke=True, overrides=["config.schedule.iterations=5"])
+    assert exp.config.schedule.iterations == 5
+    assert exp.config.model.model_dim == shrunk.config.model.model_dim

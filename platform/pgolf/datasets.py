@@ -173,6 +173,24 @@ def _module_docstrings(mod: Any) -> list[str]:
 
 
 def collect_demo_documents() -> tuple[list[str], dict[str, Any]]:
+    """The demo documents, collected in a fresh interpreter.
+
+    Libraries imported into this process (torch, Ray, ...) replace some standard-library functions
+    with their own (their `__module__` changes, so their docstrings drop out); collecting in a clean
+    `python -I` child makes the corpus depend on the Python version only, not on what ran before.
+    """
+    import subprocess
+    import sys
+
+    code = "import json; from pgolf.datasets import _collect_in_process as c; print(json.dumps(c()))"
+    out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, timeout=300)
+    if out.returncode != 0:
+        raise DataError(f"collecting the demo documents failed: {out.stderr.strip()[-2000:]}")
+    docs, source = json.loads(out.stdout)
+    return docs, source
+
+
+def _collect_in_process() -> tuple[list[str], dict[str, Any]]:
     """The demo documents in their fixed order, plus a description of where they came from.
 
     Order is by sha256 of the text: stable for a given Python, and it interleaves help topics and

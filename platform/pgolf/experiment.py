@@ -245,6 +245,11 @@ def load_experiment(path: str, *, overrides: list[str] | None = None, smoke: boo
     if smoke:
         from pgolf.smoke import apply_smoke
         apply_smoke(exp)
+        # An explicit --set beats the smoke shrink: `--smoke --set config.schedule.iterations=5` means 5.
+        for item in overrides or []:
+            key, value = (t.strip() for t in item.split("=", 1))
+            if key.startswith("config."):
+                set_field(exp.config, key.removeprefix("config."), parse_value(value), source="--set")
     return exp
 
 
