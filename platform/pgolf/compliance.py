@@ -208,6 +208,13 @@ class Check:
         return asdict(self)
 
 
+def _find_check(checks, name: str) -> Check:
+    for c in checks:
+        if c.name == name:
+            return c
+    raise KeyError(name)
+
+
 def _reasons(checks: Sequence[Check]) -> list[str]:
     return [f"{c.name}: {c.detail}" for c in checks if c.blocking and c.passed is False]
 
@@ -234,10 +241,7 @@ class SeedVerdict:
         return _reasons(self.checks)
 
     def check(self, name: str) -> Check:
-        for c in self.checks:
-            if c.name == name:
-                return c
-        raise KeyError(name)
+        return _find_check(self.checks, name)
 
     def to_dict(self) -> dict[str, Any]:
         return _plain({
@@ -396,10 +400,7 @@ class VariantVerdict:
         return {k: v / len(self.seeds) for k, v in out.items()} if self.seeds else {}
 
     def check(self, name: str) -> Check:
-        for c in self.checks:
-            if c.name == name:
-                return c
-        raise KeyError(name)
+        return _find_check(self.checks, name)
 
     def to_dict(self) -> dict[str, Any]:
         return _plain({

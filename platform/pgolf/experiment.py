@@ -227,7 +227,7 @@ def load_experiment(path: str, *, overrides: list[str] | None = None, smoke: boo
     for vname, vals in variants.items():
         if not isinstance(vals, dict):
             raise ExperimentError(f"{src}: [variants.{vname}] must be a table of 'section.key = value'")
-        flat = _flatten(vals)
+        flat = flatten(vals)
         probe = copy.deepcopy(cfg)
         for k, v in flat.items():
             set_field(probe, k, v, source=f"{prov.get(f'variants.{vname}', src)} [variants.{vname}]")
@@ -253,12 +253,13 @@ def load_experiment(path: str, *, overrides: list[str] | None = None, smoke: boo
     return exp
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested tables -> {"a.b.c": value}."""
     out = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
+            out.update(flatten(v, key + "."))
         else:
             out[key] = v
     return out

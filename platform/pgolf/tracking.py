@@ -17,6 +17,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from pgolf.experiment import flatten  # one flattening for params, tags and variants
+
 ENV_TRACKING_URI = "PGOLF_TRACKING_URI"
 DB_NAME = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
@@ -193,17 +195,6 @@ def _as_text(v: Any) -> str:
 def _clip(text: str, n: int) -> str:
     marker = "...[truncated]"
     return text if len(text) <= n else text[: n - len(marker)] + marker
-
-
-def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 # --------------------------------------------------------------------------------------------------
