@@ -39,3 +39,12 @@ def children(uri, experiment, parent_run_id=None):
     if parent_run_id:
         kids = [r for r in kids if r.data.tags.get("mlflow.parentRunId") == parent_run_id]
     return parents, kids
+
+
+def alive(pid):
+    """Running and not a zombie (orphans are reparented to PID 1, which need not reap them here)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -146,16 +146,12 @@ def summary_for(variants: dict[str, tuple[str, list[tuple[int, float]]]], tests:
 
 
 def tiny_config(demo, run_dir: str, seed: int, iterations: int = 6):
-    from pgolf.trainers.config import TrainConfig
+    """test_train's tiny model, with no warm-up and frequent validation so curves have points."""
+    from test_train import tiny_config as base
 
-    cfg = TrainConfig()
-    m, d, s = cfg.model, cfg.data, cfg.schedule
-    m.num_layers, m.model_dim, m.num_heads, m.num_kv_heads = 2, 64, 4, 2
-    d.data_path, d.tokenizer_path = str(demo.data_path), str(demo.tokenizer_path)
-    d.train_seq_len, d.train_batch_tokens, d.grad_accum_steps, d.val_tokens_limit = 64, 1024, 1, 4096
-    s.iterations, s.warmdown_iters, s.warmup_steps, s.max_wallclock_seconds = iterations, 2, 0, 0.0
-    cfg.eval.val_loss_every, cfg.eval.val_batch_size, cfg.eval.train_log_every = 3, 2048, 1
-    cfg.run.device, cfg.run.compile, cfg.run.seed, cfg.run.run_dir, cfg.run.threads = "cpu", False, seed, run_dir, 1
+    cfg = base(demo, run_dir, seed=seed, iterations=iterations)
+    cfg.schedule.warmdown_iters, cfg.schedule.warmup_steps = 2, 0
+    cfg.eval.val_loss_every, cfg.eval.train_log_every = 3, 1
     return cfg
 
 

@@ -7,7 +7,7 @@ import textwrap
 import threading
 import time
 
-from orch_helpers import SMOKE, children, run_cli, tiny_args
+from orch_helpers import SMOKE, alive as _alive, children, run_cli, tiny_args
 
 
 def test_each_fault_is_recorded_and_the_others_complete(ray_session, tracking_uri, data_root, tmp_path, capsys):
@@ -68,14 +68,6 @@ def test_each_fault_is_recorded_and_the_others_complete(ray_session, tracking_ur
     for pidfile in glob.glob(str(tmp_path / "runs" / "**" / "trainer.pid"), recursive=True):
         pid = int(open(pidfile).read())
         assert not _alive(pid), pidfile
-
-
-def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def _kill_when_started(runs_dir, pattern, stop):

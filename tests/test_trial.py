@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from orch_helpers import SMOKE, TINY
+from orch_helpers import SMOKE, TINY, alive as _alive
 from pgolf import tracking
 from pgolf.trial import MetricsTail, TrialContext, classify, execute_trial, kill_group
 
@@ -54,15 +54,6 @@ def test_kill_group_reaches_grandchildren(tmp_path):
     assert proc.poll() is not None
     time.sleep(0.2)
     assert not _alive(grandchild)
-
-
-def _alive(pid):
-    """Running and not a zombie (orphans are reparented to PID 1, which need not reap them here)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def _group_members(pgid):
