@@ -111,12 +111,16 @@ def synthetic_luts(vocab: int, device: torch.device):
 
 
 class Path:
-    def __init__(self, label: str, backend, compile_model: bool):
+    def __init__(self, label: str, backend, compile_model: bool, compile_backend: str = "inductor"):
         self.label, self.backend, self.compile = label, backend, compile_model
+        self.compile_backend = compile_backend
 
     def describe(self) -> str:
         b = self.backend
-        text = f"{b.name} ({b.version}), {'torch.compile' if self.compile else 'eager'}"
+        how = "eager"
+        if self.compile:
+            how = "torch.compile" + ("" if self.compile_backend == "inductor" else f" (backend {self.compile_backend})")
+        text = f"{b.name} ({b.version}), {how}"
         return text + (f"  [auto skipped: {'; '.join(b.notes)}]" if b.notes else "")
 
 
@@ -133,7 +137,7 @@ def build(cfg, device: torch.device, path: Path, *, arm_qat: bool):
     base = prepare_for_device(GPT(cfg.model), device)
     if arm_qat:
         qat.arm(base)
-    model = torch.compile(base, dynamic=False) if path.compile else base
+    model = torch.compile(base, dynamic=False, backend=path.compile_backend) if path.compile else base
     return base, model
 
 
@@ -376,6 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backend", default="auto", help="fast-path attention backend: auto | fa3 | fa2 | sdpa")
     ap.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                     help="torch.compile the fast path: auto = on CUDA only (CPU compile is slow, for checks)")
+    ap.add_argument("--compile-backend", default="inductor",
+                    help="torch.compile backend of the fast path; `eager` runs dynamo alone (a CPU check that "
+                         "no timed section recompiles)")
     ap.add_argument("--steps", type=int, default=0, help="timed training steps (default 10, tiny 2)")
     ap.add_argument("--warmup", type=int, default=0, help="untimed training steps first (default 3, tiny 1)")
     ap.add_argument("--sliding-windows", type=int, default=0, help="windows per sliding measurement (default 4096)")
@@ -406,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     head_dim = cfg.model.model_dim // cfg.model.num_heads
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     fast = Path("fast", attention.resolve(args.backend, device, dtype, head_dim),
-                args.compile == "on" or (args.compile == "auto" and device.type == "cuda"))
+                args.compile == "on" or (args.compile == "auto" and device.type == "cuda"), args.compile_backend)
     ref = Path("ref", attention.SDPA, False)
     peak, peak_label = matmul_peak(device, tiny)
     n_params = count_parameters(GPT(cfg.model))

@@ -138,7 +138,9 @@ def test_compiled_matches_eager(name):
 @pytest.mark.parametrize("name", ["auto", "sdpa"])
 def test_compiled_training_step_has_no_graph_breaks(name):
     """A graph break per layer (e.g. a flash build whose autograd.Function dynamo cannot trace)
-    costs milliseconds per step; the trainer compiles without fullgraph, so catch it here."""
+    costs milliseconds per step; the trainer compiles without fullgraph, so catch it here. The
+    scoring forward under inference mode too (tests/test_compile_graphs.py checks dynamo alone on
+    the CPU; this adds the flash kernels)."""
     backend = attention.configure(name, CUDA, torch.bfloat16, HEAD_DIM)
     model = prepare_for_device(random_model(), CUDA)
     qat.arm(model)
@@ -151,6 +153,11 @@ def test_compiled_training_step_has_no_graph_breaks(name):
     explained = torch._dynamo.explain(step)(x, y)
     reasons = [str(b.reason) for b in explained.break_reasons]
     assert explained.graph_break_count == 0, f"{backend.describe()}: {reasons}"
+    model.eval()  # the scoring forward of sliding eval and TTT
+    with torch.inference_mode():
+        explained = torch._dynamo.explain(lambda x, y: model(x, y, reduction="none"))(x, y)
+    reasons = [str(b.reason) for b in explained.break_reasons]
+    assert explained.graph_break_count == 0, f"inference mode, {backend.describe()}: {reasons}"
 
 
 # ---- attention backends --------------------------------------------------------------------------
@@ -299,7 +306,7 @@ def test_two_process_nccl_ddp_matches_single_process(demo_data, tmp_path):
 # ---- the benchmark script (CPU) -------------------------------------------------------------------------
 
 
-def test_gpu_bench_tiny_runs_on_cpu(tmp_path):
+def _gpu_bench(args: list[str], out) -> dict:
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     try:
         import gpu_bench
@@ -308,11 +315,14 @@ def test_gpu_bench_tiny_runs_on_cpu(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        out = tmp_path / "bench.json"
-        assert gpu_bench.main(["--tiny", "--device", "cpu", "--json", str(out)]) == 0
+        assert gpu_bench.main(["--tiny", "--device", "cpu", "--json", str(out)] + args) == 0
     finally:
         torch.set_num_threads(threads)
-    data = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+def test_gpu_bench_tiny_runs_on_cpu(tmp_path):
+    data = _gpu_bench([], tmp_path / "bench.json")
     fast, ref = data["results"]["fast"], data["results"]["ref"]
     for side in (fast, ref):
         assert side["train"]["ms_per_step"] > 0 and side["train"]["tokens_per_s"] > 0
@@ -324,3 +334,15 @@ def test_gpu_bench_tiny_runs_on_cpu(tmp_path):
     for line in ("train ms/step", "MFU vs 989 TFLOP/s", "sliding s64 projected 8 GPUs", "TTT projected 8 GPUs"):
         assert line in data["report"]
     assert attention.active() is attention.SDPA
+
+
+def test_gpu_bench_compiled_path_never_recompiles_while_timed(tmp_path):
+    """The fast path compiled (dynamo alone, `eager` backend): each measurement's warm-up must meet
+    every shape its timed part meets, or a GPU run would time inductor compiling."""
+    data = _gpu_bench(["--compile", "on", "--compile-backend", "eager", "--only", "train,sliding,ttt"],
+                      tmp_path / "bench.json")
+    assert "torch.compile (backend eager)" in data["meta"]["fast_path"]
+    fast = data["results"]["fast"]
+    for section in ("train", "sliding", "ttt"):
+        assert fast[section]["recompiles_timed"] == 0, (section, fast[section])
+    assert "WARNING" not in data["report"]

@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from pgolf.trainers.gpt import leave_process_group
 from pgolf.trainers.muon import Muon, newton_schulz, ns_coefficients, shape_groups
 
 # Mixed shapes: a group of 5 (uneven shares over 2 ranks), a lone shape (one rank gets nothing),
@@ -133,8 +134,10 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str, opts: dict) -> 
             opt.step()
         owned = sorted(i for i, p in enumerate(params) if p in opt.state)
         torch.save({"params": [p.detach() for p in params], "owned": owned}, os.path.join(out_dir, f"rank{rank}.pt"))
+        leave_process_group()  # barrier first: a rank tearing gloo down while its peer works can SIGABRT
     finally:
-        dist.destroy_process_group()
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def test_two_process_gloo_matches_single_process(tmp_path):

@@ -125,3 +125,50 @@ def test_cli_train_and_inspect(demo_data, tmp_path):
     assert "final/val_bpb" in out.stdout and "artifact/bytes" in out.stdout and "data/tokens_per_byte" in out.stdout
     resolved = json.loads((run_dir / "resolved_config.json").read_text())
     assert resolved["run"]["seed"] == 5 and resolved["data"]["data_path"].startswith(str(tmp_path / "data"))
+
+
+def test_wallclock_cap_costs_one_clock_all_reduce_per_step(demo_data, tmp_path, monkeypatch):
+    """Under a cap every rank must agree on the clock (LR, SWA and late QAT follow it); each
+    agreement is a device sync, so the loop does one per step and reuses it for the next step's
+    schedule. Only a restart of the clock (after a validation) costs one more."""
+    from pgolf.trainers import train as train_mod
+
+    calls = []
+
+    def counting_max(value, device):
+        calls.append(value)
+        return value
+
+    monkeypatch.setattr(train_mod, "_all_reduce_max", counting_max)
+    cfg = tiny_config(demo_data, tmp_path, iterations=12)
+    cfg.schedule.max_wallclock_seconds = 3600.0
+    cfg.eval.val_loss_every = 5  # validations at steps 0, 5, 10 and at the end
+    result = run_training(cfg)
+    assert result["steps"] == 12
+    assert len(calls) == 12 + 3, calls  # one per step + one per clock restart after steps 0, 5, 10
+    assert calls == sorted(calls)  # one clock, never running backwards
+
+    calls.clear()
+    cfg = tiny_config(demo_data, tmp_path / "nocap", iterations=4)
+    run_training(cfg)
+    assert calls == []  # without a cap nothing needs agreeing
+
+
+def test_wallclock_cap_stops_on_the_agreed_clock(demo_data, tmp_path, monkeypatch):
+    """The stop decision follows the all-reduced clock: when the ranks' agreed time passes the cap
+    after step 5, step 5 is the last (here a stand-in all-reduce reports the cap reached)."""
+    from pgolf.trainers import train as train_mod
+
+    calls = []
+
+    def fake_max(value, device):
+        calls.append(value)
+        return 3600e3 if len(calls) == 6 else value  # call 1: before step 1; calls 2..6: after steps 1..5
+
+    monkeypatch.setattr(train_mod, "_all_reduce_max", fake_max)
+    cfg = tiny_config(demo_data, tmp_path, iterations=20)
+    cfg.schedule.max_wallclock_seconds = 3600.0
+    cfg.eval.val_loss_every = 0
+    result = run_training(cfg)
+    assert result["steps"] == 5
+    assert "stopping_early: wallclock_cap train_time:3600000ms step:5" in (tmp_path / "train.log").read_text()

@@ -12,6 +12,7 @@ import torch.multiprocessing as mp
 
 from test_ttt import setup, synthetic_luts
 
+from pgolf.trainers.gpt import leave_process_group
 from pgolf.trainers.ttt import run_ttt
 
 CASES = {
@@ -41,8 +42,10 @@ def _worker(rank, world, port, out_dir):
                 with open(os.path.join(d, "res.json"), "w") as fh:
                     json.dump({"loss": res.val_loss, "tokens": res.tokens, "bytes": res.bytes,
                                "verdict": res.info["trace_verdict"]}, fh)
+        leave_process_group()  # barrier first: a rank tearing gloo down while its peer works can SIGABRT
     finally:
-        dist.destroy_process_group()
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,11 @@
 
 Sums are float64 and all-reduced before the division (techniques.md 2.4). Each rank scores a
 contiguous share of the non-overlapping sequences.
+
+Every scoring forward goes through `score_batch`. For a torch.compile'd model (compiled with
+dynamic=False, as the trainer does) it pads a short final batch to the full batch shape with masked
+rows, so one graph serves the whole pass: a new shape would recompile (tens of seconds of inductor
+time) and, past dynamo's recompile limit, silently fall back to eager.
 """
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 from .bpb import ByteLUTs, bpb_from_sums, token_bytes
 
@@ -27,6 +33,36 @@ def _all_reduce_sums(sums: torch.Tensor) -> torch.Tensor:
     return sums
 
 
+def is_compiled(model: torch.nn.Module) -> bool:
+    """A torch.compile'd module (an OptimizedModule wraps the original as `_orig_mod`)."""
+    return isinstance(getattr(model, "_orig_mod", None), torch.nn.Module)
+
+
+def score_batch(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None,
+                luts: ByteLUTs, rows: int = 0, cols: int = 0) -> torch.Tensor:
+    """Float64 [loss_sum, tokens, bytes] of the positions of (x, y) where `mask` is set (all if None).
+
+    x, y are padded with token 0 to `cols` positions (0: no padding) and `rows` sequences (0: no
+    padding); padded positions are masked out. Appending positions never changes the earlier ones:
+    attention is causal and SmearGate/BigramHash look only backwards."""
+    n, t = x.shape
+    pad_rows, pad_cols = max(rows - n, 0), max(cols - t, 0)
+    if pad_rows or pad_cols:
+        if mask is None:
+            mask = torch.ones_like(x, dtype=torch.bool)
+        x = F.pad(x, (0, pad_cols, 0, pad_rows))
+        y = F.pad(y, (0, pad_cols, 0, pad_rows))
+        mask = F.pad(mask, (0, pad_cols, 0, pad_rows), value=False)
+    with autocast_for(x.device):
+        nll = model(x, y, reduction="none")
+    if mask is None:
+        return torch.stack((nll.double().sum(), torch.tensor(float(y.numel()), dtype=torch.float64, device=x.device),
+                            token_bytes(x, y, luts).double().sum()))
+    zero = torch.zeros((), dtype=torch.float64, device=x.device)
+    return torch.stack((torch.where(mask, nll.double(), zero).sum(), mask.sum().double(),
+                        torch.where(mask, token_bytes(x, y, luts).double(), zero).sum()))
+
+
 def autocast_for(device: torch.device):
     if device.type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
@@ -41,6 +77,7 @@ def evaluate(model: torch.nn.Module, val_tokens: torch.Tensor, luts: ByteLUTs, *
     first = total_seqs * rank // world_size
     last = total_seqs * (rank + 1) // world_size
     batch_seqs = max(batch_tokens // (seq_len * world_size), 1)
+    rows = batch_seqs if is_compiled(model) else 0
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, tokens, bytes
     was_training = model.training
     model.eval()
@@ -49,11 +86,7 @@ def evaluate(model: torch.nn.Module, val_tokens: torch.Tensor, luts: ByteLUTs, *
         chunk = val_tokens[s * seq_len: e * seq_len + 1].to(device=device, dtype=torch.int64)
         x = chunk[:-1].view(-1, seq_len)
         y = chunk[1:].view(-1, seq_len)
-        with autocast_for(device):
-            nll = model(x, y, reduction="none")
-        sums[0] += nll.double().sum()
-        sums[1] += y.numel()
-        sums[2] += token_bytes(x, y, luts).double().sum()
+        sums += score_batch(model, x, y, None, luts, rows=rows)
     model.train(was_training)
     sums = _all_reduce_sums(sums)
     loss_sum, ntok, nbytes = (float(v) for v in sums.tolist())

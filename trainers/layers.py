@@ -52,8 +52,14 @@ def ntk_base(base: float, rope_dims: int, seq_len: int, ref_len: int) -> float:
 
 
 class Rotary(nn.Module):
-    """cos/sin tables for the first `dim` dims of a head, cached per (length, device, dtype).
-    Rotate-half pairing within those dims: j pairs with j + dim/2."""
+    """cos/sin tables for the first `dim` dims of a head. Rotate-half pairing within those dims: j
+    pairs with j + dim/2.
+
+    Eager: cached per (length, device, dtype, inference mode). Under torch.compile the tables are
+    computed in the graph instead: reading `Tensor.is_inference()` breaks the graph (13 breaks on the
+    11-layer model, each Block then compiled on its own until dynamo's recompile limit sends it back
+    to eager) and writing the cache from inside the graph adds a guard that recompiles on the next
+    call. The table is a few thousand elements; inductor fuses it into one small kernel."""
 
     def __init__(self, dim: int, base: float, ntk_ref_len: int = 0):
         super().__init__()
@@ -62,27 +68,32 @@ class Rotary(nn.Module):
         self.dim = dim
         self.base = base
         self.ntk_ref_len = ntk_ref_len
-        self._cache: tuple[int, torch.device, torch.dtype, torch.Tensor, torch.Tensor] | None = None
+        self._cache: tuple[int, torch.device, torch.dtype, bool, torch.Tensor, torch.Tensor] | None = None
 
     def clear_cache(self) -> None:
         # Tables built under torch.inference_mode cannot enter autograd later (TTT trains after scoring).
         self._cache = None
 
     def inv_freq(self, seq_len: int, device: torch.device) -> torch.Tensor:
+        # Python doubles rounded once to float32: the same bits on every device, eager or compiled
+        # (inside a graph this is a constant, not a CPU op and a copy).
         base = ntk_base(self.base, self.dim, seq_len, self.ntk_ref_len)
-        # Built on the CPU so every device sees the same frequencies bit for bit.
-        inv = 1.0 / (base ** (torch.arange(0, self.dim, 2, dtype=torch.float32) / self.dim))
-        return inv.to(device)
+        inv = [1.0 / base ** (j / self.dim) for j in range(0, self.dim, 2)]
+        return torch.tensor(inv, dtype=torch.float32, device=device)
+
+    def tables(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        t = torch.arange(seq_len, device=device, dtype=torch.float32)
+        freqs = torch.outer(t, self.inv_freq(seq_len, device))
+        return freqs.cos()[None, None, :, :].to(dtype), freqs.sin()[None, None, :, :].to(dtype)
 
     def forward(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        if torch.compiler.is_compiling():
+            return self.tables(seq_len, device, dtype)
+        key = (seq_len, device, dtype, torch.is_inference_mode_enabled())
         c = self._cache
-        if c is None or c[0] != seq_len or c[1] != device or c[2] != dtype or c[3].is_inference() != torch.is_inference_mode_enabled():
-            t = torch.arange(seq_len, device=device, dtype=torch.float32)
-            freqs = torch.outer(t, self.inv_freq(seq_len, device))
-            cos = freqs.cos()[None, None, :, :].to(dtype)
-            sin = freqs.sin()[None, None, :, :].to(dtype)
-            self._cache = c = (seq_len, device, dtype, cos, sin)
-        return c[3], c[4]
+        if c is None or c[:4] != key:
+            self._cache = c = key + self.tables(seq_len, device, dtype)
+        return c[4], c[5]
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

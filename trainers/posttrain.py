@@ -156,6 +156,17 @@ def load_artifact(ctx: RunContext, blob_path: str) -> GPT:
     return fresh
 
 
+def scoring_model(model: GPT, cfg: TrainConfig, device: torch.device) -> torch.nn.Module:
+    """The round-trip model as the scoring phases run it: torch.compile'd on CUDA when the run
+    compiles (the eval forward is most of the eval budget), eager otherwise. The training graphs are
+    dropped first: every graph of GPT.forward, of any model, counts against dynamo's per-function
+    recompile limit, past which it would silently run eager."""
+    if device.type != "cuda" or not cfg.run.compile:
+        return model
+    torch._dynamo.reset()
+    return torch.compile(model, dynamic=False)
+
+
 def artifact_report(blob_path: str, code_path: str, cap_bytes: int) -> dict:
     """Counted bytes from the real files: the cap is decimal and applies to code + model."""
     model_bytes = os.path.getsize(blob_path)
@@ -212,8 +223,9 @@ def finish_run(ctx: RunContext) -> dict:
     # ---- the scored pipeline, on the weights read back from the blob ---------------------------
     with timed(phases, "dequantize", is_cuda):
         fresh = load_artifact(ctx, blob_path)
+    scorer = scoring_model(fresh, cfg, ctx.device)  # compiles lazily: the first scoring phase pays for it
     with timed(phases, "roundtrip_eval", is_cuda):
-        rt = evaluate(fresh, ctx.val_tokens, ctx.luts, seq_len=cfg.data.train_seq_len,
+        rt = evaluate(scorer, ctx.val_tokens, ctx.luts, seq_len=cfg.data.train_seq_len,
                       batch_tokens=cfg.eval.val_batch_size, **eval_kw)
     result["quant/val_loss"], result["quant/val_bpb"] = rt.val_loss, rt.val_bpb
     log.log(f"roundtrip val_loss:{rt.val_loss:.8f} val_bpb:{rt.val_bpb:.8f}")
@@ -221,7 +233,7 @@ def finish_run(ctx: RunContext) -> dict:
 
     if cfg.eval.sliding_stride > 0 and cfg.eval.sliding_pass:
         with timed(phases, "sliding_eval", is_cuda):
-            sl = evaluate_sliding(fresh, ctx.val_tokens, ctx.luts, seq_len=cfg.data.train_seq_len,
+            sl = evaluate_sliding(scorer, ctx.val_tokens, ctx.luts, seq_len=cfg.data.train_seq_len,
                                   stride=cfg.eval.sliding_stride, batch_seqs=cfg.eval.sliding_batch_seqs, **eval_kw)
         result["sliding/val_loss"], result["sliding/val_bpb"] = sl.val_loss, sl.val_bpb
         log.log(f"sliding stride:{cfg.eval.sliding_stride} val_loss:{sl.val_loss:.8f} val_bpb:{sl.val_bpb:.8f}")
@@ -230,7 +242,9 @@ def finish_run(ctx: RunContext) -> dict:
     if cfg.ttt.mode != "off":
         bos = _bos_id(cfg) if cfg.ttt.mode == "lora_doc" else 1
         with timed(phases, "ttt", is_cuda):
-            tt = run_ttt(fresh, ctx.val_tokens, ctx.luts, cfg, ctx.device, ddp.rank, ddp.world_size,
+            # LoRA TTT adds forward hooks and batches documents of every length: it runs eager.
+            ttt_model = fresh if cfg.ttt.mode == "lora_doc" else scorer
+            tt = run_ttt(ttt_model, ctx.val_tokens, ctx.luts, cfg, ctx.device, ddp.rank, ddp.world_size,
                          cfg.run.run_dir, bos_id=bos)
         result["ttt/val_loss"], result["ttt/val_bpb"] = tt.val_loss, tt.val_bpb
         result["ttt"].update(tt.info)

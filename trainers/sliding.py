@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .bpb import ByteLUTs, bpb_from_sums, token_bytes
-from .evaluate import EvalResult, _all_reduce_sums, autocast_for
+from .bpb import ByteLUTs, bpb_from_sums
+from .evaluate import EvalResult, _all_reduce_sums, is_compiled, score_batch
 
 
 @dataclass
@@ -65,26 +65,25 @@ def rank_slice(n: int, rank: int, world_size: int) -> tuple[int, int]:
 
 def score_windows(model: torch.nn.Module, val_tokens: torch.Tensor, luts: ByteLUTs, plan: WindowPlan,
                   a: int, b: int, batch_seqs: int, device: torch.device) -> torch.Tensor:
-    """Float64 [loss_sum, tokens, bytes] of windows a..b-1 scored with the model as it is now."""
+    """Float64 [loss_sum, tokens, bytes] of windows a..b-1 scored with the model as it is now.
+
+    The short final window is padded to seq_len (as the records do), so RoPE's NTK base, which
+    depends on the input length, is the one every other window gets. A compiled model also gets its
+    last batch padded to `batch_seqs` rows: every call then has one shape and one graph."""
+    rows = batch_seqs if is_compiled(model) else 0
     sums = torch.zeros(3, dtype=torch.float64, device=device)
-    i = a
-    while i < b:
-        length = int(plan.lengths[i])
-        j = i + 1
-        while j < b and j - i < batch_seqs and int(plan.lengths[j]) == length:
-            j += 1
-        ar = torch.arange(length + 1, dtype=torch.int64)
-        idx = plan.starts[i:j, None] + ar[None, :]
+    ar = torch.arange(plan.seq_len + 1, dtype=torch.int64)
+    last = int(val_tokens.numel()) - 1
+    for i in range(a, b, batch_seqs):
+        j = min(i + batch_seqs, b)
+        # Positions past the stream's end (only in the short final window) read its last token and
+        # are masked out below.
+        idx = torch.clamp(plan.starts[i:j, None] + ar[None, :], max=last)
         chunk = val_tokens[idx.to(val_tokens.device)].to(device=device, dtype=torch.int64)
         x, y = chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()
-        mask = (ar[None, :-1] >= plan.score_from[i:j, None]).to(device)
-        with autocast_for(device):
-            nll = model(x, y, reduction="none")
-        zero = torch.zeros((), dtype=torch.float64, device=device)
-        sums[0] += torch.where(mask, nll.double(), zero).sum()
-        sums[1] += mask.sum()
-        sums[2] += torch.where(mask, token_bytes(x, y, luts).double(), zero).sum()
-        i = j
+        offs = ar[None, :-1]
+        mask = ((offs >= plan.score_from[i:j, None]) & (offs < plan.lengths[i:j, None])).to(device)
+        sums += score_batch(model, x, y, mask, luts, rows=rows)
     return sums
 
 

@@ -176,6 +176,9 @@ def run_training(cfg: TrainConfig) -> dict:
     model: torch.nn.Module = base_model
     if is_cuda and cfg.run.compile:
         model = torch.compile(base_model, dynamic=False)
+    # Validation runs the compiled graph too (its own no-grad, eval-mode graph; evaluate pads the
+    # last batch so it stays one graph), not the eager model: same weights, a fraction of the time.
+    eval_model = model
     if ddp.world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[ddp.local_rank] if is_cuda else None)
     optimizers = build_optimizers(base_model, cfg.optim)
@@ -228,6 +231,10 @@ def run_training(cfg: TrainConfig) -> dict:
     stop_after: int | None = None
     last_val = None
     step = 0
+    # The cap needs one clock for all ranks, so LR, SWA and late-QAT decisions agree across ranks:
+    # one all-reduce per step, after it; the next step's schedule reuses that agreed value (nothing
+    # but logging runs in between). None after an evaluation, which restarts the clock.
+    agreed_ms: float | None = None
     tokens_per_step = cfg.data.train_batch_tokens
     log.event("start", config_hash=chash, params=n_params, flops_per_token=fpt, world_size=ddp.world_size,
               attention_backend=backend.name, attention_backend_detail=backend.describe())
@@ -240,7 +247,7 @@ def run_training(cfg: TrainConfig) -> dict:
             if is_cuda:
                 torch.cuda.synchronize()
             train_ms += 1000.0 * (time.perf_counter() - t0)
-            r = evaluate(base_model, val_tokens, luts, seq_len=cfg.data.train_seq_len,
+            r = evaluate(eval_model, val_tokens, luts, seq_len=cfg.data.train_seq_len,
                          batch_tokens=cfg.eval.val_batch_size, device=device, rank=ddp.rank, world_size=ddp.world_size)
             last_val = r
             log.event("val", step=step, **{"val/loss": r.val_loss, "val/bpb": r.val_bpb, "time/train_ms": train_ms})
@@ -251,12 +258,15 @@ def run_training(cfg: TrainConfig) -> dict:
             if is_cuda:
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
+            agreed_ms = None
         if last_step:
             break
-        elapsed_ms = train_ms + 1000.0 * (time.perf_counter() - t0)
-        if cap_ms > 0:
-            # One clock for all ranks, so LR, SWA and late-QAT decisions agree across ranks.
-            elapsed_ms = _all_reduce_max(elapsed_ms, device)
+        if agreed_ms is not None:
+            elapsed_ms = agreed_ms
+        else:
+            elapsed_ms = train_ms + 1000.0 * (time.perf_counter() - t0)
+            if cap_ms > 0:
+                elapsed_ms = _all_reduce_max(elapsed_ms, device)
         t_step = time.perf_counter()
         loss, scale = train_step(loader, step, elapsed_ms)
         step += 1
@@ -280,15 +290,15 @@ def run_training(cfg: TrainConfig) -> dict:
                                              "lr_scale": lr_scale(step, elapsed_ms, loop_schedule)})
             log.log(f"step:{step}/{cfg.schedule.iterations} train_loss:{loss:.4f} train_time:{elapsed_ms:.0f}ms "
                     f"step_avg:{elapsed_ms / step:.2f}ms")
-        if cap_ms > 0 and stop_after is None:
-            elapsed_ms = train_ms + 1000.0 * (time.perf_counter() - t0)
-            if _all_reduce_max(elapsed_ms, device) >= cap_ms:
+        if cap_ms > 0:
+            agreed_ms = _all_reduce_max(train_ms + 1000.0 * (time.perf_counter() - t0), device)
+            if stop_after is None and agreed_ms >= cap_ms:
                 stop_after = step
-                log.log(f"stopping_early: wallclock_cap train_time:{elapsed_ms:.0f}ms step:{step}")
+                log.log(f"stopping_early: wallclock_cap train_time:{agreed_ms:.0f}ms step:{step}")
     phases["train"] = train_ms / 1000.0
     steps_done = step
     last_val = average_and_prune(cfg, base_model, averager, last_val, phases, log,
-                                 lambda: evaluate(base_model, val_tokens, luts, seq_len=cfg.data.train_seq_len,
+                                 lambda: evaluate(eval_model, val_tokens, luts, seq_len=cfg.data.train_seq_len,
                                                   batch_tokens=cfg.eval.val_batch_size, device=device,
                                                   rank=ddp.rank, world_size=ddp.world_size), is_cuda)
 

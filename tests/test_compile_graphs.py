@@ -1,0 +1,150 @@
+"""torch.compile on the CPU with dynamo's `eager` backend (no inductor, no GPU): graph breaks and
+recompiles are decided by dynamo alone, so the traps that would cost minutes on an H100 show here.
+
+- every stack's model traces to one graph in training, no-grad eval and inference mode (Rotary's
+  inference-mode cache check used to break the inference graph once per layer);
+- plain eval, sliding eval and score-first TTT each compile a fixed number of graphs, however many
+  batches, uneven final batches, short final windows and chunks they meet;
+- padding a short batch or window for the compiled model leaves the sums unchanged.
+"""
+from __future__ import annotations
+
+import glob
+import os
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from pgolf.experiment import load_experiment
+from pgolf.trainers import qat
+from pgolf.trainers.bpb import ByteLUTs
+from pgolf.trainers.config import ModelConfig, TrainConfig
+from pgolf.trainers.evaluate import evaluate, is_compiled
+from pgolf.trainers.model import GPT
+from pgolf.trainers.sliding import evaluate_sliding
+from pgolf.trainers.ttt import run_score_first
+from pgolf.trainers.ttt_trace import TraceWriter
+
+STACKS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "experiments", "stacks", "*.toml")))
+VOCAB = 96
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def graphs() -> int:
+    return int(counters["stats"]["unique_graphs"])
+
+
+def shrink(m: ModelConfig) -> ModelConfig:
+    """The stack's techniques on tiny shapes."""
+    m.num_layers, m.model_dim, m.num_heads, m.num_kv_heads = 3, 32, 2, 1
+    m.xsa_last_n = min(m.xsa_last_n, m.num_layers)
+    m.ve_layers = [m.num_layers - 1] if m.ve_dim else []
+    m.ve_dim = min(m.ve_dim, 8)
+    m.rope_dims = min(m.rope_dims, 8)
+    m.bigram_buckets = min(m.bigram_buckets, 64)
+    m.bigram_dim = min(m.bigram_dim, 16)
+    m.vocab_size = VOCAB
+    return m
+
+
+def luts() -> ByteLUTs:
+    g = torch.Generator().manual_seed(0)
+    return ByteLUTs(base_bytes=torch.randint(1, 4, (VOCAB,), generator=g).to(torch.int16),
+                    has_leading_space=torch.rand(VOCAB, generator=g) < 0.3,
+                    is_boundary=torch.zeros(VOCAB, dtype=torch.bool))
+
+
+def random_model(cfg: ModelConfig) -> GPT:
+    torch.manual_seed(0)
+    model = GPT(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)  # zero-initialised projections would hide attention
+    return model
+
+
+def stream(n: int, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (n,), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("path", STACKS, ids=lambda p: os.path.basename(p)[:-5])
+def test_every_stack_traces_to_one_graph_in_every_mode(path):
+    cfg = shrink(load_experiment(path).resolved().model)
+    model = GPT(cfg)
+    qat.arm(model)  # the late-QAT branch exists while training, as in the trainer
+    x = torch.randint(0, VOCAB, (2, 32))
+    y = torch.randint(0, VOCAB, (2, 32))
+    found = {"train": torch._dynamo.explain(model)(x, y)}
+    model.eval()
+    with torch.no_grad():
+        found["no_grad eval"] = torch._dynamo.explain(model)(x, y, reduction="none")
+    with torch.inference_mode():
+        found["inference mode"] = torch._dynamo.explain(model)(x, y, reduction="none")
+    for mode, ex in found.items():
+        reasons = [str(b.reason).splitlines()[0] for b in ex.break_reasons]
+        assert ex.graph_break_count == 0 and ex.graph_count == 1, f"{mode}: {ex.graph_count} graphs, {reasons}"
+
+
+def test_eval_passes_compile_one_graph_each_and_padding_changes_nothing():
+    cfg = ModelConfig(num_layers=2, model_dim=32, num_heads=2, num_kv_heads=1, vocab_size=VOCAB, rope_dims=8,
+                      rope_ntk_ref_len=0, smear_gate="v2", bigram_hash="v2", bigram_buckets=64, bigram_dim=16)
+    model = random_model(cfg).eval()
+    compiled = torch.compile(model, backend="eager", dynamic=False)
+    assert is_compiled(compiled) and not is_compiled(model)
+    table, seq = luts(), 32
+    # 11 full sequences in batches of 4 (the last holds 3); sliding: a short final window and a
+    # final batch of 5 windows, two passes each.
+    val = stream(11 * seq + 20)
+    plain_kw = dict(seq_len=seq, batch_tokens=4 * seq, device=CPU)
+    slide_kw = dict(seq_len=seq, stride=8, batch_seqs=8, device=CPU)
+
+    g0 = graphs()
+    got = [evaluate(compiled, val, table, **plain_kw) for _ in range(2)]
+    g1 = graphs()
+    slid = [evaluate_sliding(compiled, val, table, **slide_kw) for _ in range(2)]
+    g2 = graphs()
+    assert g1 - g0 == 1, f"plain eval compiled {g1 - g0} graphs (uneven last batch recompiled)"
+    assert g2 - g1 == 1, f"sliding eval compiled {g2 - g1} graphs (short window or batch recompiled)"
+
+    want = evaluate(model, val, table, **plain_kw)
+    want_slid = evaluate_sliding(model, val, table, **slide_kw)
+    for a, b in ((got[0], want), (got[1], want), (slid[0], want_slid), (slid[1], want_slid)):
+        assert a.tokens == b.tokens and a.bytes == b.bytes  # padded positions are not counted
+        assert a.val_loss == pytest.approx(b.val_loss, rel=1e-6)
+    assert want_slid.tokens == val.numel() - 1  # every position once, the short tail included
+
+
+def test_score_first_ttt_compiles_a_fixed_number_of_graphs_however_many_chunks(tmp_path):
+    cfg = TrainConfig()
+    cfg.model = ModelConfig(num_layers=2, model_dim=32, num_heads=2, num_kv_heads=1, vocab_size=VOCAB, rope_dims=8)
+    cfg.data.train_seq_len = 32
+    cfg.eval.sliding_stride, cfg.eval.sliding_batch_seqs = 16, 4
+    t = cfg.ttt
+    t.mode, t.chunk_tokens, t.epochs, t.batch_seqs, t.lr = "score_first", 4 * 32, 2, 2, 0.01
+    table = luts()
+    model = random_model(cfg.model)
+    compiled = torch.compile(model, backend="eager", dynamic=False)
+    world = 2  # rank 0 of 2 without a process group: rank 0's share of every chunk
+
+    def run(chunks: int, name: str):
+        # +7 tokens: a short final window and a last chunk unlike the others
+        val = stream(chunks * t.chunk_tokens + 7, seed=chunks)
+        trace = TraceWriter(str(tmp_path / name))
+        before = graphs()
+        res = run_score_first(compiled, val, table, cfg, CPU, 0, world, trace)
+        trace.close()
+        return res, graphs() - before
+
+    _, first = run(3, "a.jsonl")
+    res, second = run(7, "b.jsonl")
+    assert res.info["chunks"] == 8 and res.info["updates"] > 0
+    assert second == 0, f"{second} new graph(s) on the longer stream: recompiling per chunk"
+    assert first == 2, f"{first} graphs for score-first TTT (one scoring, one SGD)"
