@@ -148,3 +148,64 @@ def test_score_first_ttt_compiles_a_fixed_number_of_graphs_however_many_chunks(t
     assert res.info["chunks"] == 8 and res.info["updates"] > 0
     assert second == 0, f"{second} new graph(s) on the longer stream: recompiling per chunk"
     assert first == 2, f"{first} graphs for score-first TTT (one scoring, one SGD)"
+
+
+def test_late_qat_flag_switches_the_compiled_forward_without_recompiling():
+    """aot_eager: dynamo plus AOTAutograd's functionalised graph, where a flag read as a Python
+    constant would be folded. The buffer flag flips the compiled forward, with no new graph."""
+    cfg = ModelConfig(num_layers=2, model_dim=32, num_heads=2, num_kv_heads=1, vocab_size=VOCAB, rope_dims=8)
+    model = random_model(cfg)
+    qat.arm(model)
+    model.train()
+    compiled = torch.compile(model, backend="aot_eager", dynamic=False)
+    x = torch.randint(0, VOCAB, (2, 32))
+    y = torch.randint(0, VOCAB, (2, 32))
+    off = compiled(x, y).item()
+    g0 = graphs()
+    qat.set_enabled(model, True)
+    on = compiled(x, y).item()
+    eager_on = model(x, y).item()
+    qat.set_enabled(model, False)
+    off_again = compiled(x, y).item()
+    assert on != off, "the compiled graph ignored the flipped QAT flag (constant-folded)"
+    assert on == pytest.approx(eager_on, rel=1e-6) and off_again == pytest.approx(off, rel=1e-6)
+    assert graphs() == g0, "flipping the QAT flag recompiled"
+
+
+def test_whole_run_through_the_compiled_path(demo_data, tmp_path):
+    """The trainer with every compiled code path on, with dynamo alone (run.compile_backend =
+    "eager"): compile warm-up rolled back, late QAT, EMA, validation on the compiled model, then the
+    compiled scoring model for the round trip, sliding eval and score-first TTT. It must finish with
+    the eager run's numbers and the log must say it compiled."""
+    from pgolf.trainers.train import run_training
+
+    def config(run_dir, compile_on: bool) -> TrainConfig:
+        cfg = load_experiment(os.path.join(os.path.dirname(STACKS[0]), "pr691.toml")).resolved()
+        shrink(cfg.model)
+        cfg.model.vocab_size = 1024
+        d, s = cfg.data, cfg.schedule
+        d.data_path, d.tokenizer_path = str(demo_data.data_path), str(demo_data.tokenizer_path)
+        d.train_seq_len, d.train_batch_tokens, d.grad_accum_steps, d.val_tokens_limit = 64, 512, 1, 2048
+        s.iterations, s.warmdown_iters, s.warmup_steps, s.max_wallclock_seconds = 8, 4, 2, 0.0
+        cfg.avg.late_qat_threshold = 0.6  # switches on during the warmdown
+        cfg.avg.swa_every = 0
+        cfg.eval.val_loss_every, cfg.eval.val_batch_size, cfg.eval.train_log_every = 4, 1024, 4
+        cfg.eval.sliding_stride, cfg.eval.sliding_pass, cfg.eval.sliding_batch_seqs = 32, True, 8
+        cfg.ttt.chunk_tokens, cfg.ttt.epochs, cfg.ttt.batch_seqs = 512, 1, 4
+        cfg.quant.gptq = False
+        cfg.run.device, cfg.run.threads, cfg.run.run_dir, cfg.run.seed = "cpu", 1, str(run_dir), 3
+        cfg.run.compile, cfg.run.compile_backend = compile_on, "eager"
+        return cfg
+
+    eager = run_training(config(tmp_path / "eager", False))
+    g0 = graphs()
+    compiled = run_training(config(tmp_path / "compiled", True))
+    # training; in-loop validation (no grad, eval mode); then on the scoring model: round trip (no
+    # grad), sliding eval and TTT scoring (inference mode, one graph), TTT SGD (training)
+    assert graphs() - g0 == 5, f"{graphs() - g0} graphs compiled in the run"
+    log = (tmp_path / "compiled" / "train.log").read_text()
+    assert "compile: eager, dynamic=False" in log and "late_qat:enabled" in log
+    assert "compile: off" in (tmp_path / "eager" / "train.log").read_text()
+    assert compiled["final/phase"] == "ttt" and compiled["ttt"]["trace_verdict"]["compliant"]
+    for key in ("prequant/val_loss", "quant/val_loss", "sliding/val_loss", "final/val_loss"):
+        assert compiled[key] == pytest.approx(eager[key], rel=1e-9), key  # dynamo alone: the same ops

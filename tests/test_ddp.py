@@ -22,10 +22,13 @@ def _run(cfg_path, nproc):
     assert out.returncode == 0, out.stderr[-3000:]
 
 
-def test_two_process_ddp_matches_single_process(demo_data, tmp_path):
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_two_process_ddp_matches_single_process(demo_data, tmp_path, compiled):
+    """`compiled`: DDP over a torch.compile'd module, as on 8 GPUs, with dynamo's eager backend."""
     results = {}
     for nproc in (1, 2):
         cfg = tiny_config(demo_data, tmp_path / f"run{nproc}", iterations=6)
+        cfg.run.compile, cfg.run.compile_backend = compiled, "eager"
         cfg.data.grad_accum_steps = 0  # the baseline rule: 8 // world_size micro-steps
         cfg.data.train_batch_tokens = 8 * 2 * 64  # 8 micro-batches of 2 sequences in total
         cfg.schedule.warmup_steps = 0
@@ -40,3 +43,5 @@ def test_two_process_ddp_matches_single_process(demo_data, tmp_path):
     for key in ("prequant/val_loss", "final/val_loss", "final/val_bpb"):
         assert two[key] == pytest.approx(one[key], rel=1e-6), key
     assert two["data/val_scored_tokens"] == one["data/val_scored_tokens"]
+    log = (tmp_path / "run2" / "train.log").read_text()
+    assert ("compile: eager, dynamic=False" if compiled else "compile: off") in log

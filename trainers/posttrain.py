@@ -21,6 +21,7 @@ import torch.distributed as dist
 from . import serialize
 from .bpb import ByteLUTs
 from .codebundle import trainer_sources, write_code_artifact
+from .compiling import compile_model, wants_compile
 from .config import ConfigError, TrainConfig
 from .config.schedule import ScheduleConfig
 from .context import Dist, timed
@@ -157,14 +158,14 @@ def load_artifact(ctx: RunContext, blob_path: str) -> GPT:
 
 
 def scoring_model(model: GPT, cfg: TrainConfig, device: torch.device) -> torch.nn.Module:
-    """The round-trip model as the scoring phases run it: torch.compile'd on CUDA when the run
-    compiles (the eval forward is most of the eval budget), eager otherwise. The training graphs are
-    dropped first: every graph of GPT.forward, of any model, counts against dynamo's per-function
-    recompile limit, past which it would silently run eager."""
-    if device.type != "cuda" or not cfg.run.compile:
+    """The round-trip model as the scoring phases run it: compiled when the run compiles (the eval
+    forward is most of the eval budget), eager otherwise. The training graphs are dropped first:
+    every graph of GPT.forward, of any model, counts against dynamo's per-function recompile limit,
+    past which it would silently run eager."""
+    if not wants_compile(cfg, device):
         return model
     torch._dynamo.reset()
-    return torch.compile(model, dynamic=False)
+    return compile_model(model, cfg, device)
 
 
 def artifact_report(blob_path: str, code_path: str, cap_bytes: int) -> dict:

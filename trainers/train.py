@@ -17,6 +17,7 @@ import torch.distributed as dist
 
 from .bpb import build_byte_luts, check_tokenizer, load_tokenizer
 from .codebundle import code_version
+from .compiling import compile_model, wants_compile
 from .config import ConfigError, TrainConfig, config_hash
 from .context import EXIT_BAD_CONFIG, EXIT_BAD_DATA, EXIT_OVER_BUDGET, Dist, RunFailure, timed
 from .evaluate import autocast_for, evaluate
@@ -132,6 +133,7 @@ def run_training(cfg: TrainConfig) -> dict:
                                       cfg.model.model_dim // cfg.model.num_heads)
     except attention.AttentionBackendError as exc:
         raise ConfigError(str(exc)) from None
+    compiling = wants_compile(cfg, device)  # also rejects an unknown run.compile_backend up front
     run_dir = cfg.run.run_dir
     log = EventLog(run_dir, enabled=ddp.is_main)
     phases: dict[str, float] = {}
@@ -145,6 +147,7 @@ def run_training(cfg: TrainConfig) -> dict:
     log.log(f"config_hash: {chash}  code_version: {version}")
     log.log("environment: " + json.dumps(env, sort_keys=True))
     log.log(f"attention_backend: {backend.describe()}")
+    log.log(f"compile: {cfg.run.compile_backend + ', dynamic=False' if compiling else 'off'}")
 
     # ---- data -------------------------------------------------------------------------------
     try:
@@ -173,9 +176,7 @@ def run_training(cfg: TrainConfig) -> dict:
     if late_qat:
         # The fake-quant branch must exist before compiling; its buffer flag flips it later.
         qat.arm(base_model)
-    model: torch.nn.Module = base_model
-    if is_cuda and cfg.run.compile:
-        model = torch.compile(base_model, dynamic=False)
+    model: torch.nn.Module = compile_model(base_model, cfg, device)
     # Validation runs the compiled graph too (its own no-grad, eval-mode graph; evaluate pads the
     # last batch so it stays one graph), not the eager model: same weights, a fraction of the time.
     eval_model = model
