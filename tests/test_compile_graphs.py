@@ -150,28 +150,6 @@ def test_score_first_ttt_compiles_a_fixed_number_of_graphs_however_many_chunks(t
     assert first == 2, f"{first} graphs for score-first TTT (one scoring, one SGD)"
 
 
-def test_late_qat_flag_switches_the_compiled_forward_without_recompiling():
-    """aot_eager: dynamo plus AOTAutograd's functionalised graph, where a flag read as a Python
-    constant would be folded. The buffer flag flips the compiled forward, with no new graph."""
-    cfg = ModelConfig(num_layers=2, model_dim=32, num_heads=2, num_kv_heads=1, vocab_size=VOCAB, rope_dims=8)
-    model = random_model(cfg)
-    qat.arm(model)
-    model.train()
-    compiled = torch.compile(model, backend="aot_eager", dynamic=False)
-    x = torch.randint(0, VOCAB, (2, 32))
-    y = torch.randint(0, VOCAB, (2, 32))
-    off = compiled(x, y).item()
-    g0 = graphs()
-    qat.set_enabled(model, True)
-    on = compiled(x, y).item()
-    eager_on = model(x, y).item()
-    qat.set_enabled(model, False)
-    off_again = compiled(x, y).item()
-    assert on != off, "the compiled graph ignored the flipped QAT flag (constant-folded)"
-    assert on == pytest.approx(eager_on, rel=1e-6) and off_again == pytest.approx(off, rel=1e-6)
-    assert graphs() == g0, "flipping the QAT flag recompiled"
-
-
 def test_whole_run_through_the_compiled_path(demo_data, tmp_path):
     """The trainer with every compiled code path on, with dynamo alone (run.compile_backend =
     "eager"): compile warm-up rolled back, late QAT, EMA, validation on the compiled model, then the
