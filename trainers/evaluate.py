@@ -56,8 +56,8 @@ def score_batch(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, mask: 
     with autocast_for(x.device):
         nll = model(x, y, reduction="none")
     if mask is None:
-        return torch.stack((nll.double().sum(), torch.tensor(float(y.numel()), dtype=torch.float64, device=x.device),
-                            token_bytes(x, y, luts).double().sum()))
+        count = torch.full((), float(y.numel()), dtype=torch.float64, device=x.device)  # no host-to-device copy
+        return torch.stack((nll.double().sum(), count, token_bytes(x, y, luts).double().sum()))
     zero = torch.zeros((), dtype=torch.float64, device=x.device)
     return torch.stack((torch.where(mask, nll.double(), zero).sum(), mask.sum().double(),
                         torch.where(mask, token_bytes(x, y, luts).double(), zero).sum()))
