@@ -171,6 +171,7 @@ def test_whole_run_through_the_compiled_path(demo_data, tmp_path):
         cfg.eval.sliding_stride, cfg.eval.sliding_pass, cfg.eval.sliding_batch_seqs = 32, True, 8
         cfg.ttt.chunk_tokens, cfg.ttt.epochs, cfg.ttt.batch_seqs = 512, 1, 4
         cfg.quant.gptq = False
+        cfg.quant.compressor, cfg.quant.compress_level = "zlib", 9  # the GPU image has no zstandard wheel
         cfg.run.device, cfg.run.threads, cfg.run.run_dir, cfg.run.seed = "cpu", 1, str(run_dir), 3
         cfg.run.compile, cfg.run.compile_backend = compile_on, "eager"
         return cfg
