@@ -16,9 +16,10 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
+from test_sliding import synthetic_luts as luts
+
 from pgolf.experiment import load_experiment
 from pgolf.trainers import qat
-from pgolf.trainers.bpb import ByteLUTs
 from pgolf.trainers.config import ModelConfig, TrainConfig
 from pgolf.trainers.evaluate import evaluate, is_compiled
 from pgolf.trainers.model import GPT
@@ -53,13 +54,6 @@ def shrink(m: ModelConfig) -> ModelConfig:
     m.bigram_dim = min(m.bigram_dim, 16)
     m.vocab_size = VOCAB
     return m
-
-
-def luts() -> ByteLUTs:
-    g = torch.Generator().manual_seed(0)
-    return ByteLUTs(base_bytes=torch.randint(1, 4, (VOCAB,), generator=g).to(torch.int16),
-                    has_leading_space=torch.rand(VOCAB, generator=g) < 0.3,
-                    is_boundary=torch.zeros(VOCAB, dtype=torch.bool))
 
 
 def random_model(cfg: ModelConfig) -> GPT:

@@ -10,8 +10,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from pgolf.trainers.gpt import leave_process_group
 from pgolf.trainers.muon import Muon, newton_schulz, ns_coefficients, shape_groups
+from pgolf.trainers.train import leave_process_group
 
 # Mixed shapes: a group of 5 (uneven shares over 2 ranks), a lone shape (one rank gets nothing),
 # tall and wide matrices, and a pair.

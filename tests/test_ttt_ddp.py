@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 
 from test_ttt import setup, synthetic_luts
 
-from pgolf.trainers.gpt import leave_process_group
+from pgolf.trainers.train import leave_process_group
 from pgolf.trainers.ttt import run_ttt
 
 CASES = {

@@ -39,20 +39,17 @@ def is_compiled(model: torch.nn.Module) -> bool:
 
 
 def score_batch(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None,
-                luts: ByteLUTs, rows: int = 0, cols: int = 0) -> torch.Tensor:
+                luts: ByteLUTs, rows: int = 0) -> torch.Tensor:
     """Float64 [loss_sum, tokens, bytes] of the positions of (x, y) where `mask` is set (all if None).
-
-    x, y are padded with token 0 to `cols` positions (0: no padding) and `rows` sequences (0: no
-    padding); padded positions are masked out. Appending positions never changes the earlier ones:
-    attention is causal and SmearGate/BigramHash look only backwards."""
-    n, t = x.shape
-    pad_rows, pad_cols = max(rows - n, 0), max(cols - t, 0)
-    if pad_rows or pad_cols:
+    With `rows` > len(x), x and y get masked rows of token 0 up to `rows` sequences (one shape for a
+    compiled model); rows never interact, so the sums are those of the real rows."""
+    pad_rows = max(rows - x.size(0), 0)
+    if pad_rows:
         if mask is None:
             mask = torch.ones_like(x, dtype=torch.bool)
-        x = F.pad(x, (0, pad_cols, 0, pad_rows))
-        y = F.pad(y, (0, pad_cols, 0, pad_rows))
-        mask = F.pad(mask, (0, pad_cols, 0, pad_rows), value=False)
+        x = F.pad(x, (0, 0, 0, pad_rows))
+        y = F.pad(y, (0, 0, 0, pad_rows))
+        mask = F.pad(mask, (0, 0, 0, pad_rows), value=False)
     with autocast_for(x.device):
         nll = model(x, y, reduction="none")
     if mask is None:

@@ -13,7 +13,7 @@ import json
 import sys
 
 from .config import ConfigError, TrainConfig, parse_value, set_field
-from .train import EXIT_BAD_CONFIG, RunFailure, run_training
+from .train import EXIT_BAD_CONFIG, RunFailure, leave_process_group, run_training
 
 _ENV_OVERRIDES = {"DATA_PATH": "data.data_path", "TOKENIZER_PATH": "data.tokenizer_path",
                   "RUN_DIR": "run.run_dir", "SEED": "run.seed"}
@@ -44,19 +44,6 @@ def load_config(argv: list[str] | None = None, environ: dict | None = None) -> T
         key, value = item.split("=", 1)
         set_field(cfg, key.strip(), parse_value(value), source="--set")
     return cfg
-
-
-def leave_process_group() -> None:
-    """After a successful run, all ranks leave together and tear the group down. A rank that exits
-    with the group still alive while a peer is finishing (rank 0 writes the artifacts last) can die in
-    the group's destructor: SIGABRT, "terminate called without an active exception", three times in
-    about a dozen runs of the 2-process gloo test (tests/test_ddp.py) before this was added. Failed
-    runs skip this: a barrier could wait on a peer that is stuck or gone."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
 
 
 def main(argv: list[str] | None = None) -> int:

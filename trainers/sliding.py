@@ -68,7 +68,8 @@ def score_windows(model: torch.nn.Module, val_tokens: torch.Tensor, luts: ByteLU
     """Float64 [loss_sum, tokens, bytes] of windows a..b-1 scored with the model as it is now.
 
     The short final window is padded to seq_len (as the records do), so RoPE's NTK base, which
-    depends on the input length, is the one every other window gets. A compiled model also gets its
+    depends on the input length, is the one every other window gets; appended positions never change
+    earlier ones (attention is causal, SmearGate/BigramHash look only backwards). A compiled model also gets its
     last batch padded to `batch_seqs` rows: every call then has one shape and one graph."""
     rows = batch_seqs if is_compiled(model) else 0
     sums = torch.zeros(3, dtype=torch.float64, device=device)
