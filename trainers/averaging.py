@@ -3,7 +3,7 @@
 EMA: theta_bar <- d * theta_bar + (1 - d) * theta after every optimizer step, over the whole state
 dict in fp32 on the training device (#287 lineage; #366 kept it on the CPU, which costs host-device
 traffic every step). SWA: every `swa_every` steps while the LR scale is under `swa_start_frac`, add
-the weights to a running fp32 sum; the uniform mean replaces the weights only when `swa_apply` is
+the weights to a running sum (fp32, or each tensor's own dtype as #264 does); the uniform mean replaces the weights only when `swa_apply` is
 set, because #414/#549/#691 collect Tight-SWA checkpoints and then discard them.
 """
 from __future__ import annotations
@@ -22,6 +22,8 @@ def check_avg_config(cfg: AvgConfig) -> None:
                          "(to collect SWA next to EMA as #414 does, leave swa_apply = false)")
     if cfg.swa_every < 0 or cfg.ema_start_step < 0:
         raise ValueError("avg.swa_every and avg.ema_start_step must be >= 0")
+    if cfg.swa_sum_dtype not in ("fp32", "native"):
+        raise ValueError(f"avg.swa_sum_dtype = {cfg.swa_sum_dtype!r}: expected fp32 or native")
     if not 0.0 <= cfg.prune_frac < 1.0:
         raise ValueError(f"avg.prune_frac must be in [0, 1), got {cfg.prune_frac}")
 
@@ -42,8 +44,8 @@ class WeightAverager:
         if cfg.ema_decay > 0 and cfg.ema_start_step == 0:
             self.ema = self._snapshot()
 
-    def _snapshot(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().float().clone() for k, v in self._live.items()}
+    def _snapshot(self, native: bool = False) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() if native else v.detach().float().clone() for k, v in self._live.items()}
 
     @torch.no_grad()
     def after_step(self, step: int, scale: float) -> None:
@@ -62,10 +64,10 @@ class WeightAverager:
                 self.ema_updates += 1
         if cfg.swa_every > 0 and scale < cfg.swa_start_frac and step % cfg.swa_every == 0:
             if self.swa_sum is None:
-                self.swa_sum = self._snapshot()
+                self.swa_sum = self._snapshot(native=cfg.swa_sum_dtype == "native")
             else:
                 for k, acc in self.swa_sum.items():
-                    acc.add_(self._live[k].float())
+                    acc.add_(self._live[k].to(acc.dtype))
             self.swa_count += 1
 
     @torch.no_grad()

@@ -31,7 +31,7 @@ from .model import GPT, prepare_for_device
 from .phases import seconds_by_cap
 from .quant import dequantize_state_dict, quantize_state_dict, summarize, validate_quant_config
 from .sliding import evaluate_sliding
-from .ttt import run_ttt, validate_ttt_config
+from .ttt import arm_fake_quant, run_ttt, validate_ttt_config
 
 
 @dataclass
@@ -224,6 +224,7 @@ def finish_run(ctx: RunContext) -> dict:
     # ---- the scored pipeline, on the weights read back from the blob ---------------------------
     with timed(phases, "dequantize", is_cuda):
         fresh = load_artifact(ctx, blob_path)
+    arm_fake_quant(fresh, cfg)  # before the scorer compiles: arming later would recompile it
     scorer = scoring_model(fresh, cfg, ctx.device)  # compiles lazily: the first scoring phase pays for it
     with timed(phases, "roundtrip_eval", is_cuda):
         rt = evaluate(scorer, ctx.val_tokens, ctx.luts, seq_len=cfg.data.train_seq_len,

@@ -1,7 +1,8 @@
 """Post-training quantization of the state dict into integer codes + per-row scales, and back.
 
-Per-row symmetric scheme (techniques.md 3.22): s_r = clip_r / Q stored fp16, q = clamp(round(w / s_r),
-lo, hi) stored in int8 containers (unused high bits compress well), w ~= q * s_r. The clip per row is
+Per-row symmetric scheme (techniques.md 3.22): s_r = max(clip_r / Q, floor) stored fp16, q =
+clamp(round(w / s_r), lo, hi) stored in int8 containers (unused high bits compress well), w ~= q * s_r.
+The narrow formats round with the fp16 scale, the int8 rule (baseline and records) with the fp32 one. The clip per row is
 the 99.99984th percentile of |w| for int8 (baseline), the row max for the narrower formats, k * std of
 the row with SD-clip, or the best of a few percentiles with the GPTQ-lite search. Full-Hessian GPTQ
 (gptq.py) reuses the same scales and grids and only changes how codes are rounded.
@@ -72,6 +73,12 @@ def validate_quant_config(cfg: QuantConfig) -> None:
     for cat in cfg.gptq_categories:
         if cat not in CATEGORIES:
             raise ConfigError(f"quant.gptq_categories: unknown category {cat!r} (expected {', '.join(CATEGORIES)})")
+    for f in INT_FORMATS:
+        v = getattr(cfg, f"scale_floor_{f}")
+        if v is not None and v != v:
+            raise ConfigError(f"quant.scale_floor_{f} is NaN: use a number (<0 = 1/Q, 0 = none, >0 absolute)")
+    if cfg.int8_round_scale not in ("fp32", "fp16"):
+        raise ConfigError(f"quant.int8_round_scale = {cfg.int8_round_scale!r}: expected fp32 or fp16")
     if cfg.compressor not in ("zlib", "zstd", "lzma"):
         raise ConfigError(f"quant.compressor = {cfg.compressor!r}: expected zlib, zstd or lzma")
     if cfg.gptq_reserve_seconds < 0 or cfg.gptq_calib_batches < 0 or cfg.gptq_block_size < 1:
@@ -105,9 +112,10 @@ def plan_tensor(name: str, t: torch.Tensor, cfg: QuantConfig, late_k: set[str]) 
     cat = category_of(name)
     if not t.is_floating_point():
         return Plan("raw", cat, reason="not a float tensor")
-    if _is_control(name):
+    small = t.numel() <= cfg.passthrough_max_numel
+    if _is_control(name) and not (small and cfg.control_size_first):
         return Plan("fp32", cat, reason="control tensor")
-    if t.numel() <= cfg.passthrough_max_numel:
+    if small:
         return Plan("fp16", cat, reason=f"numel {t.numel()} <= passthrough {cfg.passthrough_max_numel}")
     if name in late_k or any(frag in name for frag in cfg.fp16_keep):
         return Plan("fp16", cat, reason="fp16 keep-list")
@@ -127,7 +135,9 @@ def _rows(w: torch.Tensor) -> torch.Tensor:
 
 
 def _scale_floor(cfg: QuantConfig, fmt: IntFormat) -> float:
-    return 1.0 / fmt.q if cfg.scale_floor < 0 else cfg.scale_floor
+    own = getattr(cfg, f"scale_floor_{fmt.name}", None)
+    floor = cfg.scale_floor if own is None else own
+    return 1.0 / fmt.q if floor < 0 else floor
 
 
 def sd_clip_k(cfg: QuantConfig, category: str) -> float:
@@ -154,9 +164,15 @@ def quantile_rows(a: torch.Tensor, fracs: list[float]) -> list[torch.Tensor]:
     return out
 
 
-def scale_from_clip(clip: torch.Tensor, fmt: IntFormat, floor: float) -> torch.Tensor:
-    """fp16 per-row scales; the floor keeps all-zero rows finite."""
-    return (clip / fmt.q).clamp_min(floor).to(torch.float16)
+FP16_TINY = torch.finfo(torch.float16).tiny  # 2^-14: the records' last clamp after the fp16 cast
+
+
+def scale_from_clip(clip: torch.Tensor, fmt: IntFormat, floor: float, *, keep_fp32: bool = False) -> torch.Tensor:
+    """Per-row scales s = max(clip / Q, floor), fp16 and >= fp16 tiny (so all-zero rows stay finite
+    and a floor below 2^-14 acts as 2^-14, as in #162/#180/#264/#366). keep_fp32: the unrounded fp32
+    scale, for the int8 rule that rounds with it and only stores it fp16."""
+    s = (clip / fmt.q).clamp_min(floor)
+    return s if keep_fp32 else s.to(torch.float16).clamp_min(FP16_TINY)
 
 
 def round_to_grid(rows: torch.Tensor, scale: torch.Tensor, fmt: IntFormat) -> torch.Tensor:
@@ -176,7 +192,7 @@ def candidate_scales(rows: torch.Tensor, fmt: IntFormat, category: str, cfg: Qua
         return [(scale_from_clip(k * std, fmt, floor), None)]
     if fmt.name == "int8":
         (clip,) = quantile_rows(a, [cfg.int8_clip_percentile / 100.0])
-        return [(scale_from_clip(clip, fmt, floor), clip)]
+        return [(scale_from_clip(clip, fmt, floor, keep_fp32=cfg.int8_round_scale == "fp32"), clip)]
     if cfg.clip_search == "off":
         return [(scale_from_clip(a.amax(dim=1), fmt, floor), None)]
     return [(scale_from_clip(c, fmt, floor), None) for c in quantile_rows(a, cfg.clip_percentiles)]
@@ -208,7 +224,7 @@ def quantize_rows_rtn(w: torch.Tensor, fmt: IntFormat, category: str, cfg: Quant
         cands.append((q, scale))
         errs.append((q.float() * scale.float()[:, None] - rows).pow(2).sum(dim=1))
     q, scale = pick_best(rows, cands, errs, cfg.clip_search == "per_row")
-    return q.reshape(w.shape), scale
+    return q.reshape(w.shape), scale.to(torch.float16)
 
 
 def quantize_int8_rows(w: torch.Tensor, percentile: float) -> tuple[torch.Tensor, torch.Tensor]:

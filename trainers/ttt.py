@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from . import qat
 from .bpb import ByteLUTs, bpb_from_sums, token_bytes
 from .config import ConfigError, TrainConfig
 from .evaluate import _all_reduce_sums, autocast_for
@@ -405,12 +406,26 @@ def run_lora_doc(model, val_tokens, luts, cfg: TrainConfig, device, rank, world_
     return _finish(sums, trace, {"documents": len(docs), "updates": steps})
 
 
+def arm_fake_quant(model: nn.Module, cfg: TrainConfig) -> int:
+    """ttt.fake_quant: every linear trains under the int6 STE fake quant, flag on (#549/#691 leave
+    their QAT flag on after training and train TTT in train mode). Scoring runs in eval mode, which
+    skips it. Call before the scorer first compiles, so arming costs no recompile."""
+    if not cfg.ttt.fake_quant or cfg.ttt.mode == "off":
+        return 0
+    n = qat.arm(model)
+    if n == 0:
+        raise ConfigError("ttt.fake_quant = true but the model has no QAT-capable linear layer")
+    qat.set_enabled(model, True)
+    return n
+
+
 def run_ttt(model: nn.Module, val_tokens: torch.Tensor, luts: ByteLUTs, cfg: TrainConfig, device: torch.device,
             rank: int, world_size: int, run_dir: str, bos_id: int = 1) -> TTTResult:
     """Run the configured TTT mode on `model` (modified in place), write the trace (rank 0) and
     verify it. The result's info carries the trace file name and the verdict."""
     validate_ttt_config(cfg)
     mode = cfg.ttt.mode
+    arm_fake_quant(model, cfg)
     path = os.path.join(run_dir, TRACE_NAME)
     trace = TraceWriter(path, enabled=rank == 0)
     try:

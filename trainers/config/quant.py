@@ -2,7 +2,8 @@
 
 Every float tensor falls into one of these classes, checked in this order (techniques.md 3.22):
 non-float -> raw; control pattern -> fp32; numel <= passthrough_max_numel -> fp16; name in the fp16
-keep-list -> fp16; else its category's integer format. Categories come from the name: tok_emb/lm_head
+keep-list -> fp16; else its category's integer format. With control_size_first the size check comes
+before the control patterns (the records' order). Categories come from the name: tok_emb/lm_head
 -> embed, bigram -> bigram, .mlp. -> mlp, .attn. -> attn, anything else -> other.
 """
 from __future__ import annotations
@@ -26,8 +27,22 @@ class QuantConfig:
     passthrough_max_numel: int = 65_536  # float tensors this small stay fp16 (fp32 if control); #180 uses 8,192
     fp16_keep: list[str] = field(default_factory=list)  # name fragments kept fp16 above the threshold
     late_k_fp16_layers: list[int] = field(default_factory=list)  # blocks.<i>.attn.c_k kept fp16 (<0 from the end)
-    # Scale floor: <0 means 1/Q of the format (every record clamps s >= 1/Q), 0 none, >0 absolute.
+    # Row-scale floor s >= floor (then s >= fp16 tiny): <0 means 1/Q of the format, 0 none, >0 absolute.
+    # The int8 rule floors at 1/127 everywhere; the int5/int6 rule at 1/31 in #198..#691 but 1e-12 in
+    # #162/#180/#264/#366. A per-format value (None = scale_floor) overrides the global one.
     scale_floor: float = -1.0
+    scale_floor_int8: float | None = None
+    scale_floor_int7: float | None = None
+    scale_floor_int6: float | None = None
+    scale_floor_int6_sym: float | None = None
+    scale_floor_int5: float | None = None
+    scale_floor_int4: float | None = None
+    # int8 percentile rule: round w / s with the fp32 scale, then store s fp16 (baseline and records);
+    # "fp16" rounds with the stored fp16 scale (pgolf before #18; 0.03-0.4% of codes move by one).
+    int8_round_scale: str = "fp32"
+    # Small control tensors: the baseline keeps them fp32 (control patterns checked first); every
+    # record's mixed quantizer checks size first, so they ship fp16 (#162..#691).
+    control_size_first: bool = False
     # GPTQ-lite clip search for the sub-int8 formats: off | per_matrix (what #414's code does) | per_row.
     clip_search: str = "off"
     clip_percentiles: list[float] = field(default_factory=lambda: [0.999, 0.9995, 0.9999, 0.99999, 1.0])

@@ -20,6 +20,7 @@ class TTTConfig:
     freeze_blocks: int = 0  # the first N blocks stay frozen
     grad_clip: float = 1.0  # 0 = off
     batch_seqs: int = 32  # training sequences per rank per optimizer step
+    fake_quant: bool = False  # train under the int6 late-QAT fake quant (#549/#691: their QAT class flag stays on after training, and TTT trains in train mode); scoring stays unquantized
     rank0_only: bool = False  # pre_eval_full as #264 ran it: rank 0 trains alone, then broadcasts
     # lora_doc: rank-r adapters on these Linear modules (name suffixes), reset per document.
     lora_rank: int = 8
