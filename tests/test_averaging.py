@@ -118,3 +118,47 @@ def test_magnitude_pruning_fraction():
     assert kept.min() >= threshold
     assert torch.equal(model.small, before_small) and torch.equal(model.vec, before_vec)
     assert magnitude_prune(model, 0.0) == {}
+
+
+class Tables(nn.Module):
+    """A bf16 token table next to an fp32 matrix, as the records store tok_emb / bigram next to linears."""
+    def __init__(self):
+        super().__init__()
+        self.tok_emb = nn.Embedding(64, 16).to(torch.bfloat16)
+        self.fc = nn.Parameter(torch.zeros(8, 16))
+
+
+def _swa_30(cfg: AvgConfig):
+    """30 checkpoints of fixed weights (~N(0, 0.5) plus a drift), collected and applied."""
+    m = Tables()
+    avg = WeightAverager(m, cfg)
+    g = torch.Generator().manual_seed(0)
+    seen = []
+    for step in range(1, 31):
+        with torch.no_grad():
+            m.tok_emb.weight.copy_((torch.randn(64, 16, generator=g) * 0.5 + 0.01 * step).to(torch.bfloat16))
+            m.fc.copy_(torch.randn(8, 16, generator=g))
+        seen.append({k: v.detach().clone() for k, v in m.state_dict().items()})
+        avg.after_step(step, scale=0.1)
+    assert avg.apply() == "swa" and avg.swa_count == 30
+    return m, seen
+
+
+def test_swa_native_sum_matches_the_record_rule():
+    # #162/#180/#198/#264: sum = first checkpoint as stored; sum += each later one in the tensor's own
+    # dtype; mean = (sum / n) in that dtype, cast back to the parameter's dtype.
+    m, seen = _swa_30(AvgConfig(swa_every=1, swa_start_frac=0.5, swa_apply=True, swa_sum_dtype="native"))
+    for k in ("tok_emb.weight", "fc"):
+        acc = seen[0][k].clone()
+        for ck in seen[1:]:
+            acc += ck[k]
+        expect = (acc / len(seen)).to(seen[0][k].dtype)
+        assert torch.equal(m.state_dict()[k], expect), k
+    # the default fp32 sum is the exact mean rounded once: it differs from the bf16 running sum
+    m32, _ = _swa_30(AvgConfig(swa_every=1, swa_start_frac=0.5, swa_apply=True))
+    exact = torch.stack([ck["tok_emb.weight"].float() for ck in seen]).mean(0)
+    assert torch.equal(m32.tok_emb.weight, exact.to(torch.bfloat16))
+    assert not torch.equal(m32.tok_emb.weight, m.tok_emb.weight)
+    assert torch.equal(m32.fc, m.fc)  # fp32 tensors sum in fp32 either way
+    with pytest.raises(ValueError, match="swa_sum_dtype"):
+        check_avg_config(AvgConfig(swa_sum_dtype="bf16"))

@@ -238,3 +238,57 @@ def test_freeze_blocks_sees_through_compiled_wrapper():
     set_trainable(Wrapper(model), freeze_blocks=2)
     assert not any(p.requires_grad for p in model.blocks[1].parameters())
     assert all(p.requires_grad for p in model.blocks[2].parameters())
+
+
+# ---- TTT under int6 fake quant (#691) ---------------------------------------------------------------
+
+def _record_fake_quant(w: torch.Tensor) -> torch.Tensor:
+    """#691's CastedLinear in train mode with its QAT flag on: per row s = max(max|w| / 31, 1/31) (fp32),
+    w_q = clamp(round(w / s), -32, 31) * s, and the forward uses w + (w_q - w)."""
+    s = torch.clamp(w.abs().amax(dim=1) / 31.0, min=1.0 / 31.0)
+    w_q = torch.clamp(torch.round(w / s[:, None]), -32, 31) * s[:, None]
+    return w + (w_q - w)
+
+
+def test_ttt_fake_quant_forward_is_the_record_fake_quant_forward(tmp_path):
+    from pgolf.trainers.layers import CastedLinear
+    from pgolf.trainers.ttt import arm_fake_quant
+    cfg, model, _ = setup("score_first", tmp_path, fake_quant=True)
+    with torch.no_grad():  # rows with max |w| above 1 as well as below, so the 1/31 floor matters in some
+        model.blocks[0].mlp.fc.weight[:5].mul_(40.0)
+    plain = copy.deepcopy(model)
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        for m in ref.modules():
+            if isinstance(m, CastedLinear):
+                m.weight.copy_(_record_fake_quant(m.weight))
+    n_linear = sum(isinstance(m, CastedLinear) for m in model.modules())
+    assert arm_fake_quant(model, cfg) == n_linear > 0
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, VOCAB, (2, 32), generator=g)
+    y = torch.randint(0, VOCAB, (2, 32), generator=g)
+    for m in (model, ref, plain):
+        m.train()
+    loss, loss_ref = model(x, y), ref(x, y)
+    assert torch.equal(loss, loss_ref) and not torch.equal(loss, plain(x, y))
+    loss.backward()
+    loss_ref.backward()  # straight-through: the gradient is the one taken at the fake-quantized weights
+    for (name, p), p_ref in zip(model.named_parameters(), ref.parameters()):
+        assert torch.allclose(p.grad, p_ref.grad, rtol=1e-5, atol=1e-7), name
+    model.eval()
+    plain.eval()
+    with torch.no_grad():  # scoring runs in eval mode: unquantized, as in the record
+        assert torch.equal(model(x, y), plain(x, y))
+    cfg.ttt.fake_quant = False
+    assert arm_fake_quant(copy.deepcopy(plain), cfg) == 0
+
+
+def test_score_first_trains_under_fake_quant_when_asked(tmp_path):
+    from pgolf.trainers import qat
+    cfg, model, val = setup("score_first", tmp_path / "fq", fake_quant=True, epochs=1)
+    cfg_off, model_off, _ = setup("score_first", tmp_path / "plain", epochs=1)
+    val = val[:260]  # 3 chunks: two trained on
+    res, res_off = _run(cfg, model, val), _run(cfg_off, model_off, val)
+    assert qat.is_enabled(model) and not qat.is_enabled(model_off)
+    assert res.info["trace_verdict"]["compliant"]
+    assert res.val_loss != res_off.val_loss  # the first chunk scores the same weights, later chunks differ
