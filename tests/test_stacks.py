@@ -30,6 +30,7 @@ EXPECTED = {
     "pr414": ("pr315", 26_993_756),  # record
     "pr549": ("pr414", 26_928_220),
     "pr691": ("pr414", 26_993_756),  # record
+    "pr414_lateqat": ("pr414", 26_993_756),  # #414 with its late QAT actually on
 }
 
 
@@ -70,13 +71,24 @@ def test_stack_hyperparameters_follow_the_records():
     assert cfg["pr366"].model.backout and cfg["pr366"].avg.ema_start_step == 50 and cfg["pr366"].avg.swa_every == 0
     for n in ("pr414", "pr691"):
         a = cfg[n].avg
-        assert (a.swa_every, a.swa_start_frac, a.swa_apply, a.late_qat_threshold) == (50, 0.2, False, 0.15)
+        # the records' late QAT was constant-folded by torch.compile (docs/stacks.md, "Fidelity")
+        assert (a.swa_every, a.swa_start_frac, a.swa_apply, a.late_qat_threshold) == (50, 0.2, False, 0.0)
         assert cfg[n].model.ve_layers == [9, 10] and cfg[n].model.rope_dims == 16 and cfg[n].model.ln_scale
         assert cfg[n].schedule.warmdown_iters == 3500
+    assert load_experiment(_path("pr414_lateqat")).config.avg.late_qat_threshold == 0.15
+    assert cfg["pr691"].ttt.fake_quant and not cfg["pr414"].ttt.fake_quant
+    # issue #18: per-record scale floors, control storage and SWA sums
+    for n in ("pr162", "pr180", "pr264", "pr366"):
+        q = cfg[n].quant
+        assert q.scale_floor_int6 == 1e-12 and q.scale_floor_int8 is None and q.control_size_first
+    assert cfg["pr264"].quant.scale_floor_int5 == 1e-12 and cfg["pr162"].quant.scale_floor_int5 is None
+    for n in ("pr287", "pr414", "pr691"):
+        assert cfg[n].quant.scale_floor_int6 == -1.0 and cfg[n].quant.control_size_first
+    assert cfg["pr162"].avg.swa_sum_dtype == cfg["pr264"].avg.swa_sum_dtype == "native"
 
 
 def test_smoke_shrink_keeps_every_technique_on():
-    exp = load_experiment(_path("pr414"), smoke=True)
+    exp = load_experiment(_path("pr414_lateqat"), smoke=True)
     m, a = exp.config.model, exp.config.avg
     assert (m.num_layers, m.model_dim, m.num_heads, m.num_kv_heads) == (4, 128, 4, 2)
     assert m.ve_layers == [2, 3] and m.ve_dim == 64 and m.xsa_last_n == 2
