@@ -121,7 +121,11 @@ def run_smoke(name: str, data_root, run_dir, seed: int = 1) -> tuple[dict, list[
     return result, events
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
+# pr414_lateqat is pr414 plus the late-QAT switch, which test_compile_graphs runs in the trainer
+SMOKE_RUNS = sorted(n for n in EXPECTED if n != "pr414_lateqat")
+
+
+@pytest.mark.parametrize("name", SMOKE_RUNS)
 def test_stack_trains_in_smoke_mode(name, fast_smoke, data_root, tmp_path):
     result, events = run_smoke(name, data_root, tmp_path / name)
     losses = [e["train/loss"] for e in events if e["event"] == "train"]
