@@ -135,7 +135,7 @@ def test_stack_trains_in_smoke_mode(name, fast_smoke, data_root, tmp_path):
     assert math.isfinite(result["final/val_loss"]) and result["final/val_loss"] < math.log(1024)
     cfg = load_experiment(_path(name), smoke=True).config
     kinds = {e["event"] for e in events}
-    if cfg.avg.late_qat_threshold > 0:
-        assert "late_qat" in kinds
+    assert ("late_qat" in kinds) == (cfg.avg.late_qat_threshold > 0)
+    assert (result["ttt"].get("fake_quant_linears", 0) > 0) == (cfg.ttt.fake_quant and cfg.ttt.mode != "off")
     if cfg.avg.ema_decay > 0 or cfg.avg.swa_apply or cfg.avg.prune_frac > 0:
         assert "prequant" in kinds

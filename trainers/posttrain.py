@@ -224,7 +224,9 @@ def finish_run(ctx: RunContext) -> dict:
     # ---- the scored pipeline, on the weights read back from the blob ---------------------------
     with timed(phases, "dequantize", is_cuda):
         fresh = load_artifact(ctx, blob_path)
-    arm_fake_quant(fresh, cfg)  # before the scorer compiles: arming later would recompile it
+    if n_fq := arm_fake_quant(fresh, cfg):  # before the scorer compiles: arming later would recompile it
+        result["ttt"]["fake_quant_linears"] = n_fq
+        log.log(f"ttt: trains under int6 fake quant on {n_fq} linears (ttt.fake_quant)")
     scorer = scoring_model(fresh, cfg, ctx.device)  # compiles lazily: the first scoring phase pays for it
     with timed(phases, "roundtrip_eval", is_cuda):
         rt = evaluate(scorer, ctx.val_tokens, ctx.luts, seq_len=cfg.data.train_seq_len,
