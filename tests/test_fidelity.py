@@ -155,11 +155,11 @@ def test_control_tensors_stored_as_the_record_does(stack, stored):
     for n in controls:
         assert out[n].dtype == stored, n
         assert deq[n].dtype == state[n].dtype and torch.equal(deq[n], state[n].to(stored).to(state[n].dtype)), n
-    # the full-size models: no tensor at all is left fp32 in the records' stacks
-    with torch.device("meta"):
-        full = GPT(stack_cfg(stack).model).state_dict()
-    kinds = [p.kind for n, p in plan_state_dict(full, stack_cfg(stack).quant).items() if is_control(n)]
-    assert len(kinds) > 30 and set(kinds) == ({"fp32"} if stack == "baseline" else {"fp16"})
+    if stack != "baseline":  # the full-size model: no tensor at all is left fp32 in the records' stacks
+        with torch.device("meta"):
+            full = GPT(stack_cfg(stack).model).state_dict()
+        plans = plan_state_dict(full, stack_cfg(stack).quant)
+        assert sum(is_control(n) for n in full) > 40 and all(p.kind != "fp32" for p in plans.values())
 
 
 def test_sliding_tail_windows_record_rescores_the_last_stride():
