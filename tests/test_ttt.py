@@ -204,6 +204,9 @@ def test_ttt_config_checks():
     cfg.ttt.chunk_tokens = 100
     with pytest.raises(ConfigError, match="chunk_tokens"):
         validate_ttt_config(cfg)
+    cfg.ttt.mode, cfg.ttt.fake_quant = "off", True
+    with pytest.raises(ConfigError, match="fake_quant"):
+        validate_ttt_config(cfg)
 
 
 def test_training_after_inference_mode_scoring_and_loading(tmp_path):

@@ -3,8 +3,9 @@
 EMA: theta_bar <- d * theta_bar + (1 - d) * theta after every optimizer step, over the whole state
 dict in fp32 on the training device (#287 lineage; #366 kept it on the CPU, which costs host-device
 traffic every step). SWA: every `swa_every` steps while the LR scale is under `swa_start_frac`, add
-the weights to a running sum (fp32, or each tensor's own dtype as #264 does); the uniform mean replaces the weights only when `swa_apply` is
-set, because #414/#549/#691 collect Tight-SWA checkpoints and then discard them.
+the weights to a running sum (fp32, or each tensor's own dtype as #162/#180/#198/#264 do); the uniform
+mean replaces the weights only when `swa_apply` is set, because #414/#549/#691 collect Tight-SWA
+checkpoints and then discard them.
 """
 from __future__ import annotations
 

@@ -2,10 +2,10 @@
 
 Per-row symmetric scheme (techniques.md 3.22): s_r = max(clip_r / Q, floor) stored fp16, q =
 clamp(round(w / s_r), lo, hi) stored in int8 containers (unused high bits compress well), w ~= q * s_r.
-The narrow formats round with the fp16 scale, the int8 rule (baseline and records) with the fp32 one. The clip per row is
-the 99.99984th percentile of |w| for int8 (baseline), the row max for the narrower formats, k * std of
-the row with SD-clip, or the best of a few percentiles with the GPTQ-lite search. Full-Hessian GPTQ
-(gptq.py) reuses the same scales and grids and only changes how codes are rounded.
+The narrow formats round with the fp16 scale, the int8 rule (baseline, records) with the fp32 one.
+The clip per row is the 99.99984th percentile of |w| for int8 (baseline), the row max for the narrower
+formats, k * std of the row with SD-clip, or the best of a few percentiles with the GPTQ-lite search.
+Full-Hessian GPTQ (gptq.py) reuses the same scales and grids and only changes how codes are rounded.
 
 Which class a tensor falls into is decided by its name (see config/quant.py); the decision and its
 reason are recorded per tensor in the blob's metadata so a reader can audit the artifact.

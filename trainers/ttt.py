@@ -39,6 +39,8 @@ def validate_ttt_config(cfg: TrainConfig) -> None:
     if t.mode not in MODES:
         raise ConfigError(f"ttt.mode = {t.mode!r}: expected one of {', '.join(MODES)}")
     if t.mode == "off":
+        if t.fake_quant:
+            raise ConfigError("ttt.fake_quant = true but ttt.mode = off: set ttt.fake_quant = false too")
         return
     if t.lr_schedule not in ("cosine", "constant"):
         raise ConfigError(f"ttt.lr_schedule = {t.lr_schedule!r}: expected cosine or constant")
@@ -410,7 +412,7 @@ def arm_fake_quant(model: nn.Module, cfg: TrainConfig) -> int:
     """ttt.fake_quant: every linear trains under the int6 STE fake quant, flag on (#549/#691 leave
     their QAT flag on after training and train TTT in train mode). Scoring runs in eval mode, which
     skips it. Call before the scorer first compiles, so arming costs no recompile."""
-    if not cfg.ttt.fake_quant or cfg.ttt.mode == "off":
+    if not cfg.ttt.fake_quant:
         return 0
     n = qat.arm(model)
     if n == 0:

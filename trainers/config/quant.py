@@ -38,7 +38,7 @@ class QuantConfig:
     scale_floor_int5: float | None = None
     scale_floor_int4: float | None = None
     # int8 percentile rule: round w / s with the fp32 scale, then store s fp16 (baseline and records);
-    # "fp16" rounds with the stored fp16 scale (pgolf before #18; 0.03-0.4% of codes move by one).
+    # "fp16" rounds with the stored fp16 scale (pgolf before #18: up to ~0.5% of codes move by one).
     int8_round_scale: str = "fp32"
     # Small control tensors: the baseline keeps them fp32 (control patterns checked first); every
     # record's mixed quantizer checks size first, so they ship fp16 (#162..#691).
