@@ -80,8 +80,8 @@ def test_stack_hyperparameters_follow_the_records():
     # issue #18: per-record scale floors, control storage and SWA sums
     for n in ("pr162", "pr180", "pr264", "pr366"):
         q = cfg[n].quant
-        assert q.scale_floor_int6 == 1e-12 and q.scale_floor_int8 is None and q.control_size_first
-    assert cfg["pr264"].quant.scale_floor_int5 == 1e-12 and cfg["pr162"].quant.scale_floor_int5 is None
+        assert q.scale_floor_int6 == 2.0**-14 and q.scale_floor_int8 is None and q.control_size_first
+    assert cfg["pr264"].quant.scale_floor_int5 == 2.0**-14 and cfg["pr162"].quant.scale_floor_int5 is None
     for n in ("pr287", "pr414", "pr691"):
         assert cfg[n].quant.scale_floor_int6 == -1.0 and cfg[n].quant.control_size_first
     assert cfg["pr162"].avg.swa_sum_dtype == cfg["pr264"].avg.swa_sum_dtype == "native"

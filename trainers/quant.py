@@ -164,15 +164,11 @@ def quantile_rows(a: torch.Tensor, fracs: list[float]) -> list[torch.Tensor]:
     return out
 
 
-FP16_TINY = torch.finfo(torch.float16).tiny  # 2^-14: the records' last clamp after the fp16 cast
-
-
 def scale_from_clip(clip: torch.Tensor, fmt: IntFormat, floor: float, *, keep_fp32: bool = False) -> torch.Tensor:
-    """Per-row scales s = max(clip / Q, floor), fp16 and >= fp16 tiny (so all-zero rows stay finite
-    and a floor below 2^-14 acts as 2^-14, as in #162/#180/#264/#366). keep_fp32: the unrounded fp32
-    scale, for the int8 rule that rounds with it and only stores it fp16."""
+    """Per-row scales s = max(clip / Q, floor) in fp16; the floor keeps all-zero rows finite.
+    keep_fp32: the unrounded fp32 scale, for the int8 rule that rounds with it and stores it fp16."""
     s = (clip / fmt.q).clamp_min(floor)
-    return s if keep_fp32 else s.to(torch.float16).clamp_min(FP16_TINY)
+    return s if keep_fp32 else s.to(torch.float16)
 
 
 def round_to_grid(rows: torch.Tensor, scale: torch.Tensor, fmt: IntFormat) -> torch.Tensor:

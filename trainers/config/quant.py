@@ -27,9 +27,10 @@ class QuantConfig:
     passthrough_max_numel: int = 65_536  # float tensors this small stay fp16 (fp32 if control); #180 uses 8,192
     fp16_keep: list[str] = field(default_factory=list)  # name fragments kept fp16 above the threshold
     late_k_fp16_layers: list[int] = field(default_factory=list)  # blocks.<i>.attn.c_k kept fp16 (<0 from the end)
-    # Row-scale floor s >= floor (then s >= fp16 tiny): <0 means 1/Q of the format, 0 none, >0 absolute.
-    # The int8 rule floors at 1/127 everywhere; the int5/int6 rule at 1/31 in #198..#691 but 1e-12 in
-    # #162/#180/#264/#366. A per-format value (None = scale_floor) overrides the global one.
+    # Row-scale floor s >= floor: <0 means 1/Q of the format, 0 none, >0 absolute. The int8 rule floors
+    # at 1/127 everywhere; the int5/int6 rule at 1/31 in #198..#691, but #162/#180/#264/#366 floor at
+    # 1e-12 and clamp the fp16 scale at fp16 tiny, which is exactly a 2^-14 floor (6.103515625e-05).
+    # A per-format value (None = scale_floor) overrides the global one.
     scale_floor: float = -1.0
     scale_floor_int8: float | None = None
     scale_floor_int7: float | None = None
