@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from pgolf.trainers.phases import PHASE_POLICY
+from pgolf.trainers.contract import PHASE_POLICY
 
 __all__ = [
     "BUDGETS",
