@@ -137,7 +137,7 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
         choices = typing.get_args(tp)
         if value in choices and type(value) is type(choices[0]):
             return value
-        raise ConfigError(f"{where}: expected one of {', '.join(map(repr, choices))}, got {value!r}"
+        raise ConfigError(f"{where} = {value!r}: expected one of {', '.join(map(repr, choices))}"
                           f"{closest(str(value), map(str, choices))}")
     if tp is bool:
         if isinstance(value, bool):
