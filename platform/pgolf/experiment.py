@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pgolf.trainers.config import (SECTIONS, ConfigError, TrainConfig, closest, coerce, config_hash,
-                                   is_finite_number, parse_set, set_field)
+                                   finite, parse_set, set_field)
 from pgolf.trainers.contract import SCORE_METRICS
 
 
@@ -72,7 +72,7 @@ class Baseline:
             except ValueError:
                 raise ExperimentError(f"{where}: [baseline.per_seed] key {seed!r} is not a seed number "
                                       f"(write e.g. per_seed = {{1337 = 1.1228, 42 = 1.1236}})") from None
-            if not is_finite_number(value):
+            if finite(value) is None:
                 raise ExperimentError(f"{where}: [baseline.per_seed] {seed} = {value!r}; expected a number")
         if sum(bool(x) for x in (self.config_hash, self.per_seed, self.record)) > 1:
             raise ExperimentError(f"{where}: [baseline] sets more than one of config_hash, per_seed, record; keep one")

@@ -15,7 +15,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._base import ConfigError, closest, is_finite_number, need
+from ._base import ConfigError, closest, finite, need
 from .avg import AvgConfig
 from .data import DataConfig
 from .eval import EvalConfig
@@ -30,7 +30,7 @@ from .ttt import TTTConfig
 __all__ = [
     "ConfigError", "TrainConfig", "ModelConfig", "OptimConfig", "ScheduleConfig", "DataConfig",
     "EvalConfig", "QuantConfig", "TTTConfig", "RunConfig", "FaultConfig", "AvgConfig", "SECTIONS", "config_hash", "parse_value", "parse_set", "set_field",
-    "is_finite_number", "closest",
+    "finite", "closest",
 ]
 
 
@@ -146,7 +146,7 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is float:
-        if is_finite_number(value):
+        if finite(value) is not None:
             return float(value)
         if isinstance(value, float):
             raise ConfigError(f"{where}: expected a finite number, got {value!r}")

@@ -10,9 +10,16 @@ class ConfigError(ValueError):
     """A config value or key is wrong; the message names the key and what was expected."""
 
 
-def is_finite_number(x: Any) -> bool:
-    """An int or float (not bool) that is neither NaN nor infinite: the one such test in pgolf."""
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+def finite(x: Any) -> float | None:
+    """x as a float when it is a real number (not bool, numpy scalars included) and neither NaN nor
+    infinite, else None: the one such test in pgolf (configs, results, tables, statistics)."""
+    if isinstance(x, bool) or not hasattr(x, "__float__") or isinstance(x, str):
+        return None
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
 
 
 def closest(name: str, options: Iterable[str]) -> str:
