@@ -11,6 +11,7 @@ from typing import Any
 
 from pgolf import tracking
 from pgolf.experiment import Experiment, ExperimentError, apply_data_source
+from pgolf.trainers.config import TrainConfig
 
 
 @dataclass
@@ -20,8 +21,12 @@ class TrialSpec:
     variant: str
     seed: int
     config_hash: str
-    config: dict[str, dict[str, Any]]  # the resolved TrainConfig as a dict, absolute data paths
+    cfg: TrainConfig  # resolved and validated, absolute data paths; run_dir is the trial's to set
     overrides: dict[str, Any] = field(default_factory=dict)  # sweep axis values of this variant
+
+    @property
+    def config(self) -> dict[str, dict[str, Any]]:
+        return self.cfg.to_dict()
 
 
 def build_spec(exp: Experiment, variant: str | None, seed: int, overrides: dict[str, Any],
@@ -34,10 +39,9 @@ def build_spec(exp: Experiment, variant: str | None, seed: int, overrides: dict[
     if overrides:
         label = point_label(overrides)
         name = f"{name},{label}" if exp.variants else label
-    d = cfg.to_dict()
-    d["run"]["run_dir"] = ""
+    cfg.run.run_dir = ""
     return TrialSpec(key=tracking.trial_run_name(name, seed), variant=name, seed=seed,
-                     config_hash=exp.hash_of(cfg), config=d, overrides=dict(overrides))
+                     config_hash=exp.hash_of(cfg), cfg=cfg, overrides=dict(overrides))
 
 
 def point_label(point: dict[str, Any]) -> str:
@@ -186,7 +190,7 @@ def make_plan(specs: list[TrialSpec], finished: dict[tuple[str, int], Any] | Non
     plan = Plan(specs=specs, to_run=[])
     for spec in specs:
         pair = (spec.config_hash, spec.seed)
-        same = (*pair, spec.config["data"]["data_path"], spec.config["data"]["tokenizer_path"])
+        same = (*pair, spec.cfg.data.data_path, spec.cfg.data.tokenizer_path)
         if same in seen:
             plan.duplicate_of[spec.key] = seen[same]
             continue

@@ -9,6 +9,8 @@ final result, so the other trials go on.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import os
 import signal
@@ -193,20 +195,6 @@ def classify(returncode: int | None, result: dict | None, *, timed_out: bool, st
 # the trial
 
 
-def _write_config(spec: TrialSpec, run_dir: str, threads: int) -> str:
-    from pgolf.trainers.config import TrainConfig
-
-    cfg = TrainConfig.from_dict(spec.config, source=f"trial {spec.key}")
-    cfg.run.run_dir = run_dir
-    cfg.run.seed = spec.seed
-    if cfg.run.threads <= 0:
-        cfg.run.threads = threads
-    os.makedirs(run_dir, exist_ok=True)
-    path = os.path.join(run_dir, "resolved_config.json")
-    cfg.write_json(path)
-    return path
-
-
 def _trainer_env(threads: int) -> dict[str, str]:
     env = dict(os.environ)
     # Ray sets OMP_NUM_THREADS to the trial's CPU count (1 unless asked); the trainer's ranks inherit it,
@@ -224,14 +212,14 @@ def execute_trial(spec: TrialSpec, ctx: TrialContext, *, trial_id: str = "local"
                   should_stop: Callable[[], bool] | None = None) -> dict:
     """Run one trial end to end; returns the final report. Inside Tune, `report` is `tune.report` and
     `should_stop` tells when Tune has decided to stop the trial (ASHA, Ctrl-C)."""
-    from pgolf.launch import trainer_command
+    from pgolf.launch import trainer_command, write_run_config
 
     t_trial = time.monotonic()
     report = report or (lambda metrics: None)
     should_stop = should_stop or (lambda: False)
     run_dir = os.path.join(ctx.runs_dir, tracking.trial_run_name(spec.variant, spec.seed) + f"-{trial_id}")
-    threads = int(spec.config.get("run", {}).get("threads") or 0) or max(ctx.cpus, 1)
-    params = tracking.flatten(spec.config)
+    threads = spec.cfg.run.threads or max(ctx.cpus, 1)
+    params = tracking.flatten(dataclasses.asdict(spec.cfg))  # lenient: a version mismatch fails in setup below
     params.pop("run.run_dir", None)
     rec = tracking.TrialRecorder(
         ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, variant=spec.variant, seed=spec.seed,
@@ -249,7 +237,9 @@ def execute_trial(spec: TrialSpec, ctx: TrialContext, *, trial_id: str = "local"
             if ctx.demo_root:
                 from pgolf.datasets import ensure_demo
                 ensure_demo(ctx.demo_root, progress=None)
-            cfg_path = _write_config(spec, run_dir, threads)
+            cfg = copy.deepcopy(spec.cfg)
+            cfg.run.threads = cfg.run.threads if cfg.run.threads > 0 else threads
+            cfg_path = write_run_config(cfg, run_dir)
         except Exception as exc:  # noqa: BLE001 - any setup failure is this trial's failure, not the sweep's
             reason = f"trial setup failed: {type(exc).__name__}: {exc}"
             raise _SetupFailed() from exc

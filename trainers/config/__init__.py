@@ -76,6 +76,12 @@ class TrainConfig:
         return wall - self.quant.gptq_reserve_seconds
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
+        for f in dataclasses.fields(self):
+            sec = getattr(self, f.name)
+            extra = set(vars(sec)) - {x.name for x in dataclasses.fields(sec)}
+            if extra:  # e.g. a config pickled by a driver whose trainer has fields this one lacks
+                raise ConfigError(f"config.{f.name} has attributes that are no fields of this trainer: "
+                                  f"{', '.join(sorted(extra))} (driver and trainer versions differ?)")
         return dataclasses.asdict(self)
 
     @classmethod
