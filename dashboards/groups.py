@@ -22,7 +22,7 @@ from pgolf.summary import seed_numbers
 
 
 @dataclass
-class Baseline:
+class ReportBaseline:
     """What deltas and p-values are computed against.
 
     kind: "record" (one published number), "seeds" (published per-seed values) or "group" (a config hash
@@ -58,7 +58,7 @@ class Baseline:
 _NUMBER = re.compile(r"^\s*(?:record:)?([0-9]*\.?[0-9]+)\s*(bpb|nats)?\s*$", re.I)
 
 
-def baseline_from_spec(spec: str, runs: pd.DataFrame) -> Baseline:
+def baseline_from_spec(spec: str, runs: pd.DataFrame) -> ReportBaseline:
     """`--baseline` values: a number (BPB unless suffixed `nats`), a published record preset name
     (pgolf.RECORD_PRESETS, e.g. "#549"), a config hash (or unique prefix) or a variant name."""
     ok = runs[(runs["status"] == "FINISHED") & (runs["counted"] == "yes")] if not runs.empty else runs
@@ -69,13 +69,13 @@ def baseline_from_spec(spec: str, runs: pd.DataFrame) -> Baseline:
     m = _NUMBER.match(spec)
     if m and not hashes:
         unit = (m.group(2) or "bpb").lower()
-        return Baseline("record", f"record {float(m.group(1)):g} {unit}", float(m.group(1)), unit=unit)
+        return ReportBaseline("record", f"record {float(m.group(1)):g} {unit}", float(m.group(1)), unit=unit)
     if spec in RECORD_PRESETS and not hashes:
         p = RECORD_PRESETS[spec]
         values: Any = dict(zip(p.seeds, p.per_seed_bpb)) if p.seeds else list(p.per_seed_bpb)
         if len(p.per_seed_bpb) == 1:
-            return Baseline("record", f"{p.name} ({p.per_seed_bpb[0]:g} bpb)", p.per_seed_bpb[0], unit="bpb")
-        return Baseline("seeds", f"{p.name} ({len(p.per_seed_bpb)} published seeds, mean {p.mean_bpb:.5f} bpb)",
+            return ReportBaseline("record", f"{p.name} ({p.per_seed_bpb[0]:g} bpb)", p.per_seed_bpb[0], unit="bpb")
+        return ReportBaseline("seeds", f"{p.name} ({len(p.per_seed_bpb)} published seeds, mean {p.mean_bpb:.5f} bpb)",
                         values, unit="bpb")
     if len(hashes) != 1:
         known = ", ".join(sorted(RECORD_PRESETS))
@@ -87,7 +87,7 @@ def baseline_from_spec(spec: str, runs: pd.DataFrame) -> Baseline:
     if not by_seed:
         raise ValueError(f"--baseline {spec!r}: config {hashes[0]} has no finished seed with final/val_loss")
     name = g["variant"].iloc[0]
-    return Baseline("group", f"{name} ({hashes[0]}, {len(by_seed)} seeds)", by_seed, unit="nats",
+    return ReportBaseline("group", f"{name} ({hashes[0]}, {len(by_seed)} seeds)", by_seed, unit="nats",
                     config_hash=hashes[0])
 
 
@@ -125,7 +125,7 @@ def _summary_tests(data: Any) -> dict[str, dict]:
 
 
 def group_table(runs: pd.DataFrame, results: Mapping[str, dict] | None = None, *,
-                baseline: Baseline | None = None, data: Any = None,
+                baseline: ReportBaseline | None = None, data: Any = None,
                 caps: compliance.Caps = compliance.Caps(), min_seeds: int = 3,
                 margin_nats: float = 0.005, alpha: float = 0.01, confidence: float = 0.95) -> pd.DataFrame:
     """One row per config hash (see GROUP_COLUMNS), ordered by mean final/val_bpb; groups without a
@@ -186,7 +186,7 @@ def group_table(runs: pd.DataFrame, results: Mapping[str, dict] | None = None, *
     return df.reindex(columns=GROUP_COLUMNS)
 
 
-def _add_tests(rows: list[dict], baseline: Baseline | None, logged: dict[str, dict], margin: float,
+def _add_tests(rows: list[dict], baseline: ReportBaseline | None, logged: dict[str, dict], margin: float,
                alpha: float) -> None:
     empty = dict(test=None, n_test=None, df=None, t=None, p=None, holm_p=None, significant=None, delta_nats=None,
                  delta_bpb=None, required_improvement_nats=None, baseline=None, test_source=None)

@@ -24,10 +24,10 @@ import pandas as pd
 
 from pgolf.tracking import KIND, KIND_TRIAL
 
-from pgolf.dashboards.groups import GROUP_COLUMNS, Baseline, baseline_from_spec, group_table  # noqa: F401 - the report's API
+from pgolf.dashboards.groups import GROUP_COLUMNS, ReportBaseline, baseline_from_spec, group_table  # noqa: F401 - the report's API
 
 __all__ = [
-    "Baseline",
+    "ReportBaseline",
     "ExperimentData",
     "GROUP_COLUMNS",
     "baseline_from_spec",
@@ -35,7 +35,7 @@ __all__ = [
     "group_table",
     "list_experiments",
     "load_curves",
-    "load_experiment",
+    "load_runs",
     "load_trials",
     "result_of",
     "runs_frame",
@@ -101,7 +101,7 @@ def list_experiments(tracking_uri: str) -> list[str]:
     return [name for _, name in sorted(out, reverse=True)]
 
 
-def load_experiment(tracking_uri: str, experiment: str, *, parent_run_id: str | None = None,
+def load_runs(tracking_uri: str, experiment: str, *, parent_run_id: str | None = None,
                     with_results: bool = True) -> ExperimentData:
     """Trial runs and parent runs of `experiment`; with `parent_run_id`, only that invocation's trials.
 

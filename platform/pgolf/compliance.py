@@ -38,7 +38,7 @@ __all__ = [
     "train_seconds",
 ]
 
-Budget = Literal["train", "eval", "report_only"]
+CapName = Literal["train", "eval", "report_only"]
 BUDGETS: tuple[str, ...] = ("train", "eval", "report_only")
 
 # One policy for trainer and platform: the trainer writes time/train_s and time/eval_s with it, and

@@ -175,19 +175,19 @@ def check_sweep(exp: Experiment, kind: str) -> None:
 
 
 @dataclass
-class Plan:
+class TrialPlan:
     specs: list[TrialSpec]  # every requested (variant, seed), in order
     to_run: list[TrialSpec]
     resumed: dict[str, Any] = field(default_factory=dict)  # spec key -> finished MLflow run
     duplicate_of: dict[str, str] = field(default_factory=dict)  # spec key -> key of the spec that runs it
 
 
-def make_plan(specs: list[TrialSpec], finished: dict[tuple[str, int], Any] | None) -> Plan:
+def make_plan(specs: list[TrialSpec], finished: dict[tuple[str, int], Any] | None) -> TrialPlan:
     """Which specs train. A duplicate is the same (config hash, seed) reading the same files: the hash
     leaves the data location out (moving the data must not make old runs unresumable), so two variants
     that differ only in where they read are both trained."""
     seen: dict[tuple, str] = {}
-    plan = Plan(specs=specs, to_run=[])
+    plan = TrialPlan(specs=specs, to_run=[])
     for spec in specs:
         pair = (spec.config_hash, spec.seed)
         same = (*pair, spec.cfg.data.data_path, spec.cfg.data.tokenizer_path)

@@ -12,7 +12,7 @@ from pgolf.formatting import finite, integer, num, text_table
 from pgolf.trainers.contract import (ARTIFACT_BYTES, EVAL_SECONDS, FINAL_BPB, FINAL_LOSS, HEADROOM_BYTES, STEPS,
                                      TOKENS_PER_BYTE, TRAIN_SECONDS)
 from pgolf.experiment import Experiment
-from pgolf.specs import Plan, TrialSpec
+from pgolf.specs import TrialPlan, TrialSpec
 
 
 @dataclass
@@ -36,7 +36,7 @@ class SeedRecord:
         return self.status == "KILLED" and self.reason.startswith("stopped")
 
 
-def collect(uri: str, experiment_id: str, parent_run_id: str, plan: Plan,
+def collect(uri: str, experiment_id: str, parent_run_id: str, plan: TrialPlan,
             extra_specs: list[TrialSpec] | None = None) -> list[SeedRecord]:
     """One record per requested (variant, seed), from MLflow. Within this invocation a spec may have
     several runs only by accident (a searcher repeating a point); the newest FINISHED one wins."""

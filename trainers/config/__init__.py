@@ -120,7 +120,6 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
     """Check `value` against the annotated field type; ints widen to float, nothing else converts."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        errors = []
         for arm in typing.get_args(tp):
             if arm is type(None):
                 if value is None:
@@ -128,8 +127,8 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
                 continue
             try:
                 return coerce(value, arm, where)
-            except ConfigError as exc:
-                errors.append(str(exc))
+            except ConfigError:
+                pass
         raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
     if origin in (list, tuple):
         (item_tp, *_) = typing.get_args(tp) or (Any,)
