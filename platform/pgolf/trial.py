@@ -22,6 +22,7 @@ from typing import Any
 
 from pgolf import tracking
 from pgolf.specs import TrialSpec, spec_from_sample
+from pgolf.trainers import contract as C
 from pgolf.trainers.contract import EXIT_OVER_BUDGET, EXIT_REASONS
 
 POLL_SECONDS = 0.5
@@ -249,7 +250,7 @@ def execute_trial(spec: TrialSpec, ctx: TrialContext, *, trial_id: str = "local"
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         with open(os.path.join(run_dir, "trainer.pid"), "w") as fh:
             fh.write(f"{proc.pid}\n")
-        tail = MetricsTail(os.path.join(run_dir, "metrics.jsonl"))
+        tail = MetricsTail(os.path.join(run_dir, C.METRICS_FILE))
         started = time.monotonic()
         while True:
             rc = proc.poll()
@@ -270,7 +271,7 @@ def execute_trial(spec: TrialSpec, ctx: TrialContext, *, trial_id: str = "local"
         events = tail.read()
         if events:
             _follow(events, rec, run_dir, last, report=None)
-        result = _load_json(os.path.join(run_dir, "result.json"))
+        result = _load_json(os.path.join(run_dir, C.RESULT_FILE))
         status, reason = classify(proc.returncode, result, timed_out=timed_out, stopped=stopped,
                                   deadline=ctx.deadline_seconds, output_tail=_tail(out_path),
                                   last_step=last.get("step"))
@@ -307,19 +308,19 @@ def _follow(events: list[dict], rec: tracking.TrialRecorder, run_dir: str, last:
         pass
     for ev in events:
         kind = ev.get("event")
-        if kind == "start":
-            env, data = _fingerprints_from_log(os.path.join(run_dir, "train.log"))
+        if kind == C.EVENT_START:
+            env, data = _fingerprints_from_log(os.path.join(run_dir, C.TRAIN_LOG))
             try:
                 rec.fingerprint(env, data)
             except Exception:  # noqa: BLE001 - retried from result.json at the end
                 pass
-        elif kind == "train":
+        elif kind == C.EVENT_TRAIN:
             last["step"] = ev.get("step")
-            if "train/loss" in ev:
-                last["train/loss"] = ev["train/loss"]
-        elif kind == "val":
+            if C.TRAIN_LOSS in ev:
+                last[C.TRAIN_LOSS] = ev[C.TRAIN_LOSS]
+        elif kind == C.EVENT_VAL:
             last["step"] = ev.get("step")
-            for k in ("val/loss", "val/bpb"):
+            for k in (C.VAL_LOSS, C.VAL_BPB):
                 if k in ev:
                     last[k] = ev[k]
             if report is not None:
@@ -335,7 +336,7 @@ def _close(rec: tracking.TrialRecorder, status: str, reason: str, run_dir: str, 
         if tail and os.path.isdir(run_dir):
             with open(os.path.join(run_dir, "log_tail.txt"), "w", encoding="utf-8") as fh:
                 fh.write("\n".join(tail) + "\n")
-        env, data = _fingerprints_from_log(os.path.join(run_dir, "train.log"))
+        env, data = _fingerprints_from_log(os.path.join(run_dir, C.TRAIN_LOG))
         try:
             rec.fingerprint(env, data)
         except Exception:  # noqa: BLE001 - fingerprints are best effort; closing the run is not
@@ -355,8 +356,8 @@ def _close(rec: tracking.TrialRecorder, status: str, reason: str, run_dir: str, 
     rec.finish(status=status, reason=reason, run_dir=run_dir, result=result, extra_metrics=extra)
 
 
-FINAL_KEYS = ("final/val_bpb", "final/val_loss", "artifact/bytes", "artifact/headroom_bytes", "time/train_s",
-              "time/eval_s", "data/tokens_per_byte", "steps")
+FINAL_KEYS = (C.FINAL_BPB, C.FINAL_LOSS, C.ARTIFACT_BYTES, C.HEADROOM_BYTES, C.TRAIN_SECONDS,
+              C.EVAL_SECONDS, C.TOKENS_PER_BYTE, C.STEPS)
 
 
 def _final_report(spec: TrialSpec, run_id: str, status: str, reason: str, result: dict | None,
@@ -366,7 +367,7 @@ def _final_report(spec: TrialSpec, run_id: str, status: str, reason: str, result
         "mlflow_run_id": run_id, "variant": spec.variant, "seed": spec.seed, "config_hash": spec.config_hash,
         "step": int(last.get("step") or 0),
     }
-    for k in ("val/bpb", "val/loss", "train/loss"):
+    for k in (C.VAL_BPB, C.VAL_LOSS, C.TRAIN_LOSS):
         if k in last:
             out[k] = last[k]
     if status == "FINISHED" and result:
