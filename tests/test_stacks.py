@@ -30,6 +30,8 @@ EXPECTED = {
     "pr414": ("pr315", 26_993_756),  # record
     "pr549": ("pr414", 26_928_220),
     "pr691": ("pr414", 26_993_756),  # record
+    "pr1394": ("pr549", 35_943_512),  # record (model_params log line)
+    "pr1493": ("pr1394", 35_944_536),  # record (model_params log line)
 }
 
 

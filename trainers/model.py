@@ -192,7 +192,8 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_layers))
         self.num_encoder_layers = cfg.num_layers // 2 if cfg.unet_skips else 0
         self.num_decoder_layers = cfg.num_layers - self.num_encoder_layers
-        self.looping = False
+        # Built in the final (looped) plan; the trainer starts it unlooped (recurrence.LoopSwitch).
+        self.looping = cfg.num_loops > 0
         # Skip weights sized for the longest (looped) plan; the unlooped plan uses the first ones.
         enc, dec = layer_plan(cfg, looping=True)
         num_skips = min(len(enc), len(dec))
@@ -207,6 +208,8 @@ class GPT(nn.Module):
             self.backout_layer = -1
             self.backout_lambda = None
         self.lm_head = None if cfg.tie_embeddings else CastedLinear(cfg.model_dim, cfg.vocab_size, zero_init=True)
+        # No-op hook point: its input is what the output head multiplies (GPTQ's Hessian of the tied embedding).
+        self.head_input = nn.Identity()
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -265,7 +268,7 @@ class GPT(nn.Module):
         return rms_norm(x)
 
     def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
-        h = self.hidden(input_ids)
+        h = self.head_input(self.hidden(input_ids))
         weight = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
         z = F.linear(h, weight.to(h.dtype)).float()
         c = self.cfg.logit_softcap

@@ -172,7 +172,7 @@ def candidate_scales(rows: torch.Tensor, fmt: IntFormat, category: str, cfg: Qua
     a = rows.abs()
     k = sd_clip_k(cfg, category)
     if k > 0:
-        std = rows.std(dim=1, unbiased=False) if rows.size(1) > 1 else a[:, 0]
+        std = rows.std(dim=1) if rows.size(1) > 1 else a[:, 0]  # unbiased, as #1394 computes it
         return [(scale_from_clip(k * std, fmt, floor), None)]
     if fmt.name == "int8":
         (clip,) = quantile_rows(a, [cfg.int8_clip_percentile / 100.0])

@@ -49,7 +49,7 @@ MAX_TABLE_DIM = 64  # BigramHash / VE widths in smoke: OrthoInit needs both dims
 # Layer-indexed fields of other sections register here (only applied where the field exists).
 LAYER_COUNT_FIELDS = ("model.xsa_last_n", "ttt.freeze_blocks")  # "first/last N layers"
 LAYER_LIST_FIELDS = ("model.ve_layers", "quant.late_k_fp16_layers")  # layer lists, mapped from the end (< 0 kept)
-LAYER_INDEX_FIELDS = ("model.backout_layer",)  # one explicit layer (-1 = automatic, kept)
+LAYER_INDEX_FIELDS = ("model.backout_layer", "model.loop_start", "model.loop_end", "model.parallel_start")  # one explicit layer (-1 = off/automatic, kept)
 # Token counts tied to the sequence length keep their ratio to it (floor: the given fraction of a sequence).
 SEQ_SCALED_FIELDS = {"ttt.chunk_tokens": 1.0, "eval.sliding_stride": 1 / 8}
 _BLOCK_NAME = re.compile(r"blocks\.(\d+)\.")
