@@ -285,6 +285,7 @@ def run_training(cfg: TrainConfig) -> dict:
             if cap_ms > 0:
                 elapsed_ms = _all_reduce_max(elapsed_ms, device)
         if loops.due(step, elapsed_ms):
+            log.event("layer_loop", step=step)
             log.log(f"layer_loop:enabled step:{step}")
         t_step = time.perf_counter()
         loss, scale = train_step(loader, step, elapsed_ms)
