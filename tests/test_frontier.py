@@ -137,3 +137,20 @@ def test_pgolf_looping_default_is_the_final_plan():
     model = GPT(copy.deepcopy(cfg))
     LoopSwitch(model, cfg, ScheduleConfig()).finish()
     assert model.looping
+
+
+def test_demo_corpus_at_8192_has_a_checked_tokenizer_and_byte_luts(data_root):
+    import numpy as np
+
+    from pgolf.datasets import ensure_demo
+    from pgolf.trainers.bpb import build_byte_luts, check_tokenizer, load_tokenizer
+
+    m = ensure_demo(data_root / "demo_sp8192", vocab=8192, progress=None)  # shared with the stack smoke runs
+    assert m.vocab_size == 8192 and m.data_path.name == "fineweb10B_sp8192"
+    sp = load_tokenizer(str(m.tokenizer_path))
+    assert sp.vocab_size() == 8192
+    luts = build_byte_luts(sp, 8192)
+    check_tokenizer(sp, luts)
+    assert m.raw["bytes"]["val"] > m.tokens["val"]  # > 1 byte per token at 8192 pieces
+    val = np.fromfile(sorted(m.data_path.glob("fineweb_val_*.bin"))[0], dtype="<u2", offset=1024)
+    assert int(val.max()) < 8192 and int(val.max()) > 1024

@@ -14,8 +14,9 @@ remapped into the smaller run instead of being dropped:
   still reaches their projections; size thresholds (pruning floor, quantizer passthrough) scale with
   width^2 so the same tensors are pruned and quantized; the TTT chunk and the sliding stride keep their
   ratio to the sequence length (stride at least 1/8 of it, to bound the CPU cost).
-* steps: the records run ~7,000 steps in 600 s; warmdown, momentum warm-up, EMA horizon, EMA start
-  and the SWA period keep their fraction of that run.
+* steps: the records run ~7,000 steps in 600 s; warmdown, momentum warm-up, EMA horizon, EMA start,
+  the SWA period and the GPTQ calibration batches keep their fraction of that run. Depth-recurrence
+  and parallel-residual start layers scale like other explicit layer indices.
 """
 from __future__ import annotations
 
@@ -144,6 +145,8 @@ def shrink(cfg: TrainConfig) -> TrainConfig:
         avg.ema_start_step = _steps(avg.ema_start_step, iters)
     if avg.swa_every > 0:
         avg.swa_every = max(1, _steps(avg.swa_every, iters))
+    # GPTQ calibration reads training batches: it keeps its share of the run's data (64 -> 2 batches).
+    cfg.quant.gptq_calib_batches = min(cfg.quant.gptq_calib_batches, max(2, _steps(cfg.quant.gptq_calib_batches, iters)))
 
     if cfg.quant.compressor == "zstd":
         cfg.quant.compress_level = min(cfg.quant.compress_level, 3)  # level 22 costs ~40 s on CPU
