@@ -125,3 +125,8 @@ def test_stack_trains_in_smoke_mode(name, fast_smoke, data_root, tmp_path):
         assert "late_qat" in kinds
     if cfg.avg.ema_decay > 0 or cfg.avg.swa_apply or cfg.avg.prune_frac > 0:
         assert "prequant" in kinds
+    if cfg.model.num_loops and cfg.model.loop_enable_frac > 0:
+        (switch,) = [e for e in events if e["event"] == "layer_loop"]
+        assert switch["step"] == next(s for s in range(21) if s / 20 >= cfg.model.loop_enable_frac)
+    if cfg.ttt.mode == "score_first":
+        assert result["ttt"]["trace_verdict"]["compliant"], result["ttt"]["trace_verdict"]
