@@ -59,9 +59,11 @@ def two_runs(demo_data, tmp_path_factory):
     block = tmp_path_factory.mktemp("no_editable")
     (block / "sitecustomize.py").write_text(SITECUSTOMIZE)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RUN_DIR", "SEED")}
-    env["PYTHONPATH"] = str(block)
-    _run([sys.executable, "train_gpt.py"], cwd=str(b), env=env)
-    return a, b
+    env.update(PYTHONPATH=str(block), DATA_PATH=str(demo_data.data_path), TOKENIZER_PATH=str(demo_data.tokenizer_path))
+    shipped = (b / "train_gpt.py").read_bytes()
+    _run([sys.executable, "train_gpt.py"], cwd=str(b), env=env)  # no RUN_DIR: outputs go to a fresh b/run1
+    assert (b / "train_gpt.py").read_bytes() == shipped and sorted(os.listdir(b)) == ["run1", "train_gpt.py"]
+    return a, b / "run1"
 
 
 def test_standalone_wrapper_reproduces_the_package_run(two_runs):

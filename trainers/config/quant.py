@@ -45,6 +45,10 @@ class QuantConfig:
     gptq_block_size: int = 128
     gptq_damp: float = 0.01  # H += damp * mean(diag H) * I
     gptq_act_order: bool = True
-    compressor: str = "zlib"  # zlib | zstd | lzma
+    compressor: str = "zlib"  # zlib | zstd | lzma | brotli (quality = compress_level, 0..11)
     compress_level: int = 9
+    # Blob layout: byte_shuffle stores byte k of every multi-byte element together (fp16 scales and
+    # passthrough tensors); layout "grouped" puts codes of one category/format next to each other.
+    byte_shuffle: bool = False
+    layout: str = "sorted"  # sorted (by name) | grouped
     compress_threads: int = 0  # zstd workers: 0 single-threaded, -1 one per core
