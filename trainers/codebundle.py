@@ -107,11 +107,17 @@ def _literal(data: bytes) -> str:
     return '"' + "".join(out) + '".encode("latin-1")'
 
 
+_SHIPPED: dict[str, dict[str, str]] = {}
+
+
 def _shipped(config: dict) -> tuple[dict[str, str], str]:
     if PACKED is not None:
         return PACKED["files"], PACKED["code_version"]
-    from .packer import ship_sources  # packing needs python-minifier: only where the package is installed
-    return ship_sources(trainer_sources(), config), code_version()
+    key = json.dumps(config, sort_keys=True)
+    if key not in _SHIPPED:
+        from .packer import ship_sources  # packing needs python-minifier: only where the package is installed
+        _SHIPPED[key] = ship_sources(trainer_sources(), config)
+    return dict(_SHIPPED[key]), code_version()
 
 
 def build_wrapper(config: dict) -> tuple[bytes, str]:
