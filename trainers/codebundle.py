@@ -204,7 +204,6 @@ def run_packed(d: dict, argv: list[str]) -> int:
     """Entry point of the wrapper: run the packed trainer with the embedded config."""
     global PACKED
     PACKED = d
-    from .gpt import main
     script = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else os.path.abspath("train_gpt.py")
     here = os.path.dirname(script)
     chosen = os.environ.get("RUN_DIR") or next((a.split("=", 1)[1] for a in argv if a.startswith("run.run_dir=")), None)
@@ -216,4 +215,5 @@ def run_packed(d: dict, argv: list[str]) -> int:
         print(f"pgolf trainer: RUN_DIR {chosen} is this script's folder: the run would replace {script}. "
               "Pick another folder (or unset RUN_DIR for a fresh one).", file=sys.stderr)
         return 2
+    from .gpt import main
     return main(["--config-json", json.dumps(d["config"])] + argv)
