@@ -58,6 +58,8 @@ class RunContext:
 
 def validate_posttrain_config(cfg: TrainConfig) -> None:
     validate_quant_config(cfg.quant)
+    if cfg.quant.layout not in serialize.LAYOUTS:
+        raise ConfigError(f"quant.layout = {cfg.quant.layout!r}: expected one of {', '.join(serialize.LAYOUTS)}")
     validate_ttt_config(cfg)
     e = cfg.eval
     if e.sliding_stride < 0 or e.sliding_stride > cfg.data.train_seq_len:
@@ -134,7 +136,8 @@ def write_artifact(ctx: RunContext, gptq_codes: dict | None = None) -> tuple[str
     with timed(phases, "quantize", False):
         qtensors, qmeta = quantize_state_dict(state, cfg.quant, gptq_codes)
     with timed(phases, "serialize", False):
-        packed = serialize.pack(qtensors, qmeta)
+        order = serialize.layout_order(qtensors, qmeta, cfg.quant.layout)
+        packed = serialize.pack(qtensors, qmeta, byte_shuffle=cfg.quant.byte_shuffle, order=order)
     with timed(phases, "compress", False):
         blob = serialize.compress(packed, cfg.quant.compressor, cfg.quant.compress_level, cfg.quant.compress_threads)
     path = blob_path_for(cfg)

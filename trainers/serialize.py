@@ -77,6 +77,33 @@ def pack(tensors: dict[str, torch.Tensor], meta: dict, *, byte_shuffle: bool = F
     return MAGIC + struct.pack("<I", len(header)) + header + payload
 
 
+LAYOUTS = ("state", "sorted", "grouped")
+
+
+def layout_order(tensors: dict[str, torch.Tensor], meta: dict, layout: str) -> list[str]:
+    """Payload order. "state": as quantize_state_dict emits them (state_dict order, codes then scales:
+    the records' torch.save order); "sorted": by name; "grouped": codes by category and format, then
+    scales, then everything else, each in state order."""
+    names = list(tensors)
+    if layout == "state":
+        return names
+    if layout == "sorted":
+        return sorted(names)
+    if layout != "grouped":
+        raise ValueError(f"unknown blob layout {layout!r} (expected {', '.join(LAYOUTS)})")
+    info = meta.get("tensors", {})
+
+    def key(n: str):
+        base, _, part = n.rpartition(".")
+        e = info.get(base, {}) if part in ("q", "scale") else {}
+        if part == "q" and e.get("kind") == "int":
+            return (0, e.get("category", ""), e.get("format", ""))
+        if part == "scale" and e.get("kind") == "int":
+            return (1, "", "")
+        return (2, str(tensors[n].dtype), "")
+    return sorted(names, key=key)
+
+
 def _header(blob: bytes | memoryview) -> tuple[dict, int]:
     if len(blob) < len(MAGIC) + 4 or bytes(blob[:len(MAGIC)]) != MAGIC:
         raise BlobError("not a pgolf tensor container (bad magic)")
