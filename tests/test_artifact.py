@@ -135,3 +135,17 @@ def test_packer_leaves_out_what_the_config_never_reaches():
         for rel, text in files.items():
             compile(text, rel, "exec")
             assert '"""' not in text or rel == "gpt.py"  # docstrings go (gpt.py's feeds argparse)
+
+
+def test_a_packed_run_never_asks_git(monkeypatch):
+    """TMPDIR inside a checkout made the packed script record that checkout's sha (#12.8)."""
+    import subprocess
+
+    from pgolf.trainers import codebundle, fingerprint
+
+    def no_git(*a, **k):
+        raise AssertionError(f"git ran: {a}")
+
+    monkeypatch.setattr(subprocess, "run", no_git)
+    monkeypatch.setattr(codebundle, "PACKED", {"code_version": "abc123def456", "files": {}, "config": {}})
+    assert fingerprint.git_sha() == "packed:abc123def456"
