@@ -13,17 +13,21 @@ import os
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The record's counted train_gpt.py (bytes), read from the challenge repository's records/ folders
-# (`git ls-tree -l`); #691 is the seed PR's file (its final commit), not in records/.
+# The record's counted train_gpt.py (bytes): `git cat-file -s` in the challenge repository, records/ on
+# main, or the PR head (refs/pull/N/head) for the seed PRs not merged into records/.
 RECORD_CODE_BYTES = {
     "baseline": (47_642, "2026-03-17_NaiveBaseline"),
     "pr162": (52_243, "2026-03-20_Int6_MLP3x_SmearGate_BigramHash_MuonWD_SWA"),
     "pr180": (52_930, "2026-03-20_10L_Int5MLP_MuonWD04_SWA50"),
+    "pr198": (64_415, "PR #198 head: 2026-03-20_11L_Int6_MLP3x_WD04_SmearBigram2k_1.1318"),
+    "pr264": (56_124, "PR #264 head: 2026-03-21_11L_Int5MLP_TTT_SmearGate"),
+    "pr317": (70_875, "PR #317 head: 2026-03-21_11L_XSA4_EMA_TTT_Int6_MLP3x_WD04"),
+    "pr366": (59_331, "PR #366 head: 2026-03-21_TTT_BackoutConn_Int5MLP (non-record)"),
     "pr287": (66_133, "2026-03-20_11L_XSA4_EMA_Int6_MLP3x_WD04_1.1271"),
     "pr315": (67_617, "2026-03-21_11L_XSA4_EMA_PartialRoPE_LateQAT_1.1248"),
     "pr414": (67_603, "2026-03-22_11L_EMA_GPTQ-lite_warmdown3500_QAT015_1.1233"),
     "pr549": (89_458, "2026-03-23_LeakyReLU_LegalTTT_ParallelMuon"),
-    "pr691": (73_816, "PR #691 final commit 787610b"),
+    "pr691": (74_001, "PR #691 head 787610b: 2026-03-25_PR414_CosineTTT30ep_1.0988"),
     "pr1394": (15_516, "2026-04-05_SP8192_GPTQ-Embeddings_SDClip_Loop45x2"),
     "pr1493": (16_594, "2026-04-09_SP8192_3LayerRecur_ParResid_QK525_LegalTTT"),
 }
