@@ -50,13 +50,14 @@ class _Pruner(ast.NodeTransformer):
 
     def __init__(self, config: dict, field_types: dict[str, dict[str, str]]):
         self.config, self.field_types, self.scope, self.cls = config, field_types, [{}], None
+        self.once: set[str] = set()
         self.sites = 0
 
     def kind_of(self, node: ast.AST) -> str | None:
         if isinstance(node, ast.Name):
             for s in reversed(self.scope):
                 if node.id in s:
-                    return s[node.id]
+                    return s[node.id] if isinstance(s[node.id], str) else None
             return None
         if isinstance(node, ast.Attribute):
             base = self.kind_of(node.value)
@@ -69,6 +70,13 @@ class _Pruner(ast.NodeTransformer):
     def value(self, node: ast.AST):
         if isinstance(node, ast.Constant):
             return node.value
+        if isinstance(node, ast.Name):  # a local bound once to a config-constant value
+            for s in reversed(self.scope):
+                if node.id in s:
+                    if isinstance(s[node.id], tuple):
+                        return s[node.id][0]
+                    break
+            raise _Unknown
         if isinstance(node, (ast.Tuple, ast.List)):
             return tuple(self.value(e) for e in node.elts)
         if isinstance(node, ast.Attribute):
@@ -98,6 +106,14 @@ class _Pruner(ast.NodeTransformer):
                 raise _Unknown from None
         raise _Unknown
 
+    def decide_value(self, node: ast.AST) -> tuple | None:
+        if isinstance(node, ast.Constant):
+            return None  # a literal is not a config switch
+        try:
+            return (self.value(node),)
+        except _Unknown:
+            return None
+
     def decide(self, test: ast.AST) -> bool | None:
         try:
             return bool(self.value(test))
@@ -124,9 +140,14 @@ class _Pruner(ast.NodeTransformer):
                 kind = f"class:{name}" if name in self.field_types else None
             if kind:
                 scope[a.arg] = kind
+        from collections import Counter
+        stores = Counter(n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store))
+        outer = self.once
+        self.once = {n for n, c in stores.items() if c == 1} - {a.arg for a in ast.walk(node.args) if isinstance(a, ast.arg)}
         self.scope.append(scope)
         self.generic_visit(node)
         self.scope.pop()
+        self.once = outer
         return node
 
     visit_AsyncFunctionDef = visit_FunctionDef
@@ -142,8 +163,11 @@ class _Pruner(ast.NodeTransformer):
         for tgt, val in pairs:
             if isinstance(tgt, ast.Name):
                 kind = self.kind_of(val) if len(node.targets) == 1 else None
+                const = self.decide_value(val) if len(node.targets) == 1 and tgt.id in self.once else None
                 if kind:
                     self.scope[-1][tgt.id] = kind
+                elif const is not None:
+                    self.scope[-1][tgt.id] = const  # (value,): bound once in this function
                 else:
                     self.scope[-1].pop(tgt.id, None)  # rebound to something else: no longer a config
         return node
