@@ -91,12 +91,15 @@ def test_smoke_shrink_keeps_every_technique_on():
     assert smoke.smoke_layers(9) == 3 and smoke.smoke_layers(11) == 4
 
 
+FAST_SMOKE = {"schedule.iterations": 20, "data.train_batch_tokens": 64 * 8, "data.val_tokens_limit": 4096,
+              "eval.train_log_every": 19}
+SMOKE_RUNS: dict[str, str] = {}  # stack -> run dir of its smoke run (test_stacks_packed.py replays them)
+
+
 @pytest.fixture
 def fast_smoke(monkeypatch):
-    monkeypatch.setitem(smoke.SMOKE_SHAPE, "schedule.iterations", 20)
-    monkeypatch.setitem(smoke.SMOKE_SHAPE, "data.train_batch_tokens", 64 * 8)
-    monkeypatch.setitem(smoke.SMOKE_SHAPE, "data.val_tokens_limit", 4096)
-    monkeypatch.setitem(smoke.SMOKE_SHAPE, "eval.train_log_every", 19)
+    for k, v in FAST_SMOKE.items():
+        monkeypatch.setitem(smoke.SMOKE_SHAPE, k, v)
 
 
 def run_smoke(name: str, data_root, run_dir, seed: int = 1) -> tuple[dict, list[dict]]:
@@ -114,6 +117,7 @@ def run_smoke(name: str, data_root, run_dir, seed: int = 1) -> tuple[dict, list[
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_stack_trains_in_smoke_mode(name, fast_smoke, data_root, tmp_path):
     result, events = run_smoke(name, data_root, tmp_path / name)
+    SMOKE_RUNS[name] = str(tmp_path / name)
     losses = [e["train/loss"] for e in events if e["event"] == "train"]
     assert len(losses) >= 2 and all(math.isfinite(x) for x in losses)
     assert losses[-1] < losses[0] - 0.5, losses

@@ -18,6 +18,7 @@ import torch
 
 from .config import ConfigError, QuantConfig
 from .config.quant import CATEGORIES, FORMATS
+from .serialize import COMPRESSORS, dtype_from_name
 
 
 @dataclass(frozen=True)
@@ -72,8 +73,8 @@ def validate_quant_config(cfg: QuantConfig) -> None:
     for cat in cfg.gptq_categories:
         if cat not in CATEGORIES:
             raise ConfigError(f"quant.gptq_categories: unknown category {cat!r} (expected {', '.join(CATEGORIES)})")
-    if cfg.compressor not in ("zlib", "zstd", "lzma"):
-        raise ConfigError(f"quant.compressor = {cfg.compressor!r}: expected zlib, zstd or lzma")
+    if cfg.compressor not in COMPRESSORS:
+        raise ConfigError(f"quant.compressor = {cfg.compressor!r}: expected one of {', '.join(COMPRESSORS)}")
     if cfg.gptq_reserve_seconds < 0 or cfg.gptq_calib_batches < 0 or cfg.gptq_block_size < 1:
         raise ConfigError("quant.gptq_reserve_seconds / gptq_calib_batches must be >= 0 and gptq_block_size >= 1")
 
@@ -257,7 +258,7 @@ def quantize_state_dict(state: dict[str, torch.Tensor], cfg: QuantConfig,
 def dequantize_state_dict(tensors: dict[str, torch.Tensor], meta: dict) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = {}
     for name, info in meta["tensors"].items():
-        dtype = getattr(torch, info.get("dtype", "float32"))
+        dtype = dtype_from_name(info.get("dtype", "float32"))
         kind = info["kind"]
         if kind == "raw":
             state[name] = tensors[name]
