@@ -72,7 +72,7 @@ def test_truncated_and_corrupt_blobs_are_clear_errors():
     with pytest.raises(BlobError, match="truncated|payload"):
         serialize.unpack(packed[:-10])
     corrupt = bytearray(packed)
-    corrupt[len(serialize.MAGIC2) + 12 + 3] ^= 0x01  # a payload bit: only the checksum can see it
+    corrupt[64 + 3] ^= 0x01  # a payload bit: only the checksum can see it
     with pytest.raises(BlobError, match="checksum"):
         serialize.unpack(bytes(corrupt))
     with pytest.raises(BlobError, match="magic"):
@@ -104,11 +104,11 @@ def test_header_without_payload_checksum_is_refused():
     import struct
     packed = serialize.pack(_tensors(), {"m": 1})
     plen, hlen = struct.unpack_from("<QI", packed, len(serialize.MAGIC2))
-    start = len(serialize.MAGIC2) + 12
+    start = 64
     payload, header = packed[start:start + plen], json.loads(packed[start + plen:])
     del header["payload_sha256"]
     h = json.dumps(header).encode()
-    v2 = serialize.MAGIC2 + struct.pack("<QI", plen, len(h)) + payload + h
+    v2 = packed[:8] + struct.pack("<QI", plen, len(h)) + packed[20:64] + payload + h
     v1 = serialize.MAGIC + struct.pack("<I", len(h)) + h + payload  # the old layout, header first
     for stripped in (v1, v2):
         with pytest.raises(BlobError, match="payload_sha256"):
@@ -116,10 +116,13 @@ def test_header_without_payload_checksum_is_refused():
 
 
 def test_version_1_blobs_still_load_and_the_header_now_goes_last():
+    import json
     packed = serialize.pack(_tensors(), {"m": 1})
     plen, hlen = struct.unpack_from("<QI", packed, len(serialize.MAGIC2))
-    start = len(serialize.MAGIC2) + 12
+    start = 64
     assert packed[start + plen:].startswith(b"{")  # JSON after the tensor bytes
+    header = json.loads(packed[start + plen:])
+    assert all(e["offset"] % 64 == 0 for e in header["tensors"])  # every tensor 64-byte aligned
     v1 = serialize.MAGIC + struct.pack("<I", hlen) + packed[start + plen:] + packed[start:start + plen]
     for comp in ("zlib", "zstd"):
         back, meta = serialize.unpack(serialize.decompress(serialize.compress(v1, comp, 3)))
