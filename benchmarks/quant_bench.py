@@ -125,29 +125,29 @@ def regime_state(cfg, regime: str, seed: int = 0, blocks: int = 0) -> dict[str, 
     return state
 
 
-def layout_compare(cfg, regimes: list[str], level: int, blocks: int) -> list[dict]:
+def layout_compare(cfg, regimes: list[str], level: int, blocks: int, variants: list[str] | None = None) -> list[dict]:
     """pgolf's blob layouts against the records' torch.save layout of the same codes, same codec/level."""
     from pgolf.trainers import serialize
     from pgolf.trainers.quant import quantize_state_dict
     comp = cfg.quant.compressor
     rows = []
     print(f"\nlayouts ({comp}-{level}, {'first %d blocks' % blocks if blocks else 'whole model'}); ratio = pgolf / records")
-    print(f"{'regime':8s} {'records_B':>11s} " + " ".join(f"{lay + ('+shuf' if sh else ''):>14s}"
-                                                       for lay in serialize.LAYOUTS for sh in (False, True)))
+    combos = [(lay, sh) for lay in serialize.LAYOUTS for sh in (False, True)
+              if variants is None or f"{lay}{'+shuffle' if sh else ''}" in variants]
+    print(f"{'regime':8s} {'records_B':>11s} " + " ".join(f"{lay + ('+shuf' if sh else ''):>16s}" for lay, sh in combos))
     for regime in regimes:
         state = regime_state(cfg, regime, blocks=blocks)
         tensors, meta = quantize_state_dict(state, cfg.quant)
         theirs = len(serialize.compress(records_layout(tensors, list(state)), comp, level))
         row = {"regime": regime, "records_bytes": theirs, "level": level, "blocks": blocks}
         cells = []
-        for lay in serialize.LAYOUTS:
-            for sh in (False, True):
-                packed = serialize.pack(tensors, meta, byte_shuffle=sh, order=serialize.layout_order(tensors, meta, lay))
-                n = len(serialize.compress(packed, comp, level))
-                row[f"{lay}{'+shuffle' if sh else ''}"] = n
-                cells.append(f"{n:>9,} {n / theirs:.3f}")
+        for lay, sh in combos:
+            packed = serialize.pack(tensors, meta, byte_shuffle=sh, order=serialize.layout_order(tensors, meta, lay))
+            n = len(serialize.compress(packed, comp, level))
+            row[f"{lay}{'+shuffle' if sh else ''}"] = n
+            cells.append(f"{n:>10,} {n / theirs:.3f}")
         rows.append(row)
-        print(f"{regime:8s} {theirs:11,} " + " ".join(f"{c:>14s}" for c in cells), flush=True)
+        print(f"{regime:8s} {theirs:11,} " + " ".join(f"{c:>16s}" for c in cells), flush=True)
     return rows
 
 
@@ -156,6 +156,7 @@ def main() -> None:
     ap.add_argument("--layouts", default="", help="regimes for the layout comparison only (e.g. gauss,t4,std0.14)")
     ap.add_argument("--level", type=int, default=0, help="codec level of the layout comparison (0: the stack's)")
     ap.add_argument("--blocks", type=int, default=0, help="layout comparison on the first N blocks only (CPU time)")
+    ap.add_argument("--variants", default="", help="layouts to try, e.g. state,sorted,state+shuffle (default all)")
     ap.add_argument("--stack", default="pr691", help="experiments/stacks/<name>.toml for shape + quant recipe")
     ap.add_argument("--weight-std", type=float, default=0.14)
     ap.add_argument("--levels", default="3,9,15,19,22")
@@ -167,7 +168,8 @@ def main() -> None:
     from pgolf.trainers.config import QuantConfig
     cfg = stack_config(args.stack)
     if args.layouts:
-        rows = layout_compare(cfg, args.layouts.split(","), args.level or cfg.quant.compress_level, args.blocks)
+        rows = layout_compare(cfg, args.layouts.split(","), args.level or cfg.quant.compress_level, args.blocks,
+                              [v for v in args.variants.split(",") if v] or None)
         if args.json:
             with open(args.json, "w") as fh:
                 json.dump({"stack": args.stack, "layouts": rows}, fh, indent=2)

@@ -1,5 +1,6 @@
 """Pickle-free blob: exact round trip through every compressor, clear errors on corrupt input."""
 import io
+import struct
 import zlib
 
 import pytest
@@ -71,7 +72,7 @@ def test_truncated_and_corrupt_blobs_are_clear_errors():
     with pytest.raises(BlobError, match="truncated|payload"):
         serialize.unpack(packed[:-10])
     corrupt = bytearray(packed)
-    corrupt[-3] ^= 0x01  # a payload bit: only the checksum can see it
+    corrupt[64 + 3] ^= 0x01  # a payload bit: only the checksum can see it
     with pytest.raises(BlobError, match="checksum"):
         serialize.unpack(bytes(corrupt))
     with pytest.raises(BlobError, match="magic"):
@@ -102,14 +103,30 @@ def test_header_without_payload_checksum_is_refused():
     import json
     import struct
     packed = serialize.pack(_tensors(), {"m": 1})
-    hlen = struct.unpack_from("<I", packed, len(serialize.MAGIC))[0]
-    start = len(serialize.MAGIC) + 4
-    header = json.loads(packed[start:start + hlen])
+    plen, hlen = struct.unpack_from("<QI", packed, len(serialize.MAGIC2))
+    start = 64
+    payload, header = packed[start:start + plen], json.loads(packed[start + plen:])
     del header["payload_sha256"]
     h = json.dumps(header).encode()
-    stripped = serialize.MAGIC + struct.pack("<I", len(h)) + h + packed[start + hlen:]
-    with pytest.raises(BlobError, match="payload_sha256"):
-        serialize.unpack(stripped)
+    v2 = packed[:8] + struct.pack("<QI", plen, len(h)) + packed[20:64] + payload + h
+    v1 = serialize.MAGIC + struct.pack("<I", len(h)) + h + payload  # the old layout, header first
+    for stripped in (v1, v2):
+        with pytest.raises(BlobError, match="payload_sha256"):
+            serialize.unpack(stripped)
+
+
+def test_version_1_blobs_still_load_and_the_header_now_goes_last():
+    import json
+    packed = serialize.pack(_tensors(), {"m": 1})
+    plen, hlen = struct.unpack_from("<QI", packed, len(serialize.MAGIC2))
+    start = 64
+    assert packed[start + plen:].startswith(b"{")  # JSON after the tensor bytes
+    header = json.loads(packed[start + plen:])
+    assert all(e["offset"] % 64 == 0 for e in header["tensors"])  # every tensor 64-byte aligned
+    v1 = serialize.MAGIC + struct.pack("<I", hlen) + packed[start + plen:] + packed[start:start + plen]
+    for comp in ("zlib", "zstd"):
+        back, meta = serialize.unpack(serialize.decompress(serialize.compress(v1, comp, 3)))
+        assert meta == {"m": 1} and torch.equal(back["a.q"], _tensors()["a.q"])
 
 
 def test_dtype_outside_the_allow_list_is_refused():
