@@ -44,6 +44,11 @@ def self_check(folder: str, *, data_path: str, tokenizer_path: str, sets: Sequen
     code the run needs."""
     import time
 
+    from pgolf.trainers.codebundle import verify_wrapper
+    try:  # the file that runs must be the packed code and nothing else (#12.8)
+        verify_wrapper(os.path.join(folder, "train_gpt.py"))
+    except ValueError as exc:
+        return SelfCheck(False, str(exc), [], 0.0)
     tmp = tempfile.mkdtemp(prefix="pgolf_selfcheck_")
     try:
         dest = os.path.join(tmp, os.path.basename(os.path.normpath(folder)) or "submission")
