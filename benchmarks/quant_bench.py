@@ -3,6 +3,10 @@ trade-off.
 
     python benchmarks/quant_bench.py [--stack pr691] [--weight-std 0.14] [--levels 3,9,15,19,22]
                                      [--threads 0,2] [--no-gptq] [--json out.json]
+    python benchmarks/quant_bench.py --stack pr691 --layouts gauss,t4 [--level 19] [--blocks 3]
+
+The second form compares pgolf's blob layouts (state / sorted / grouped order, with and without byte
+shuffle) with the records' layout (torch.save of the same codes), same compressor and level.
 
 The weights are random (no CPU can train the 27M-parameter model in reasonable time): every matrix
 above the passthrough threshold is N(0, std^2), everything else keeps its initialisation. Compressed
@@ -39,6 +43,21 @@ def random_state(cfg, std: float, seed: int = 0) -> dict[str, torch.Tensor]:
         else:
             state[k] = v.detach().clone()
     return state
+
+
+def records_layout(tensors: dict[str, torch.Tensor], order: list[str]) -> bytes:
+    """The records' blob layout of the same tensors: torch.save of one dict in state_dict order, each
+    quantized matrix as its int8 codes then its fp16 row scales, everything else as stored."""
+    import io
+    out = {}
+    for n in order:
+        for key in ((n + ".q", n + ".scale") if n + ".q" in tensors else (n,)):
+            if key in tensors:
+                out[key] = tensors[key]
+    out.update({k: tensors[k] for k in sorted(tensors) if k not in out})
+    buf = io.BytesIO()
+    torch.save(out, buf)
+    return buf.getvalue()
 
 
 def timed(fn):
@@ -85,8 +104,58 @@ def gptq_row(state, qcfg, n_rows: int = 2048, seed: int = 1) -> tuple[dict, dict
     return {"matrices": len(codes), "solve_s": round(time.perf_counter() - t0, 1)}, codes
 
 
+def regime_state(cfg, regime: str, seed: int = 0, blocks: int = 0) -> dict[str, torch.Tensor]:
+    """Weights of one regime: "gauss" N(0, 1/fan_in), "t4" 0.35 * Student-t(df 4), "stdX" N(0, X^2).
+    blocks > 0 keeps only the first `blocks` transformer blocks (and every non-block tensor)."""
+    state = random_state(cfg, 0.14, seed)
+    torch.manual_seed(seed)
+    t4 = torch.distributions.StudentT(4.0)
+    for k, v in state.items():
+        if v.is_floating_point() and v.ndim == 2 and v.numel() > 8192:
+            if regime == "gauss":
+                state[k] = torch.randn(v.shape) / v.shape[1] ** 0.5
+            elif regime == "t4":
+                state[k] = t4.sample(v.shape) * 0.35
+            elif regime.startswith("std"):
+                state[k] = torch.randn(v.shape) * float(regime[3:])
+            else:
+                raise SystemExit(f"unknown regime {regime!r} (gauss, t4, std<X>)")
+    if blocks:
+        state = {k: v for k, v in state.items() if not k.startswith("blocks.") or int(k.split(".")[1]) < blocks}
+    return state
+
+
+def layout_compare(cfg, regimes: list[str], level: int, blocks: int) -> list[dict]:
+    """pgolf's blob layouts against the records' torch.save layout of the same codes, same codec/level."""
+    from pgolf.trainers import serialize
+    from pgolf.trainers.quant import quantize_state_dict
+    comp = cfg.quant.compressor
+    rows = []
+    print(f"\nlayouts ({comp}-{level}, {'first %d blocks' % blocks if blocks else 'whole model'}); ratio = pgolf / records")
+    print(f"{'regime':8s} {'records_B':>11s} " + " ".join(f"{lay + ('+shuf' if sh else ''):>14s}"
+                                                       for lay in serialize.LAYOUTS for sh in (False, True)))
+    for regime in regimes:
+        state = regime_state(cfg, regime, blocks=blocks)
+        tensors, meta = quantize_state_dict(state, cfg.quant)
+        theirs = len(serialize.compress(records_layout(tensors, list(state)), comp, level))
+        row = {"regime": regime, "records_bytes": theirs, "level": level, "blocks": blocks}
+        cells = []
+        for lay in serialize.LAYOUTS:
+            for sh in (False, True):
+                packed = serialize.pack(tensors, meta, byte_shuffle=sh, order=serialize.layout_order(tensors, meta, lay))
+                n = len(serialize.compress(packed, comp, level))
+                row[f"{lay}{'+shuffle' if sh else ''}"] = n
+                cells.append(f"{n:>9,} {n / theirs:.3f}")
+        rows.append(row)
+        print(f"{regime:8s} {theirs:11,} " + " ".join(f"{c:>14s}" for c in cells), flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--layouts", default="", help="regimes for the layout comparison only (e.g. gauss,t4,std0.14)")
+    ap.add_argument("--level", type=int, default=0, help="codec level of the layout comparison (0: the stack's)")
+    ap.add_argument("--blocks", type=int, default=0, help="layout comparison on the first N blocks only (CPU time)")
     ap.add_argument("--stack", default="pr691", help="experiments/stacks/<name>.toml for shape + quant recipe")
     ap.add_argument("--weight-std", type=float, default=0.14)
     ap.add_argument("--levels", default="3,9,15,19,22")
@@ -97,6 +166,12 @@ def main() -> None:
 
     from pgolf.trainers.config import QuantConfig
     cfg = stack_config(args.stack)
+    if args.layouts:
+        rows = layout_compare(cfg, args.layouts.split(","), args.level or cfg.quant.compress_level, args.blocks)
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump({"stack": args.stack, "layouts": rows}, fh, indent=2)
+        return
     state = random_state(cfg, args.weight_std)
     n_params = sum(v.numel() for v in state.values())
     out: dict = {"stack": args.stack, "params": n_params, "weight_std": args.weight_std,

@@ -21,12 +21,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METRICS = ("prequant/val_bpb", "quant/val_bpb", "final/val_bpb")
 
 
-def run_one(stack: str, seed: int, out_dir: str, data_dir: str | None) -> dict:
+def run_one(stack: str, seed: int, out_dir: str, data_dir: str | None, sets: list[str] = ()) -> dict:
     run_dir = os.path.join(out_dir, f"{stack}-s{seed}")
     cmd = [sys.executable, "-m", "pgolf.cli", "train", os.path.join(ROOT, "experiments", "stacks", f"{stack}.toml"),
            "--smoke", "--seed", str(seed), "--run-dir", run_dir]
     if data_dir:
         cmd += ["--data-dir", data_dir]
+    for kv in sets:
+        cmd += ["--set", kv]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -49,11 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     ap.add_argument("--out-dir", default=os.path.join(ROOT, "runs", "stack_compare"))
     ap.add_argument("--data-dir", default=None, help="data root holding demo/ (default: pgolf's)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed to every run (same budget for all)")
     args = ap.parse_args(argv)
 
     rows = []
     for stack in args.stacks:
-        results = [run_one(stack, seed, args.out_dir, args.data_dir) for seed in args.seeds]
+        results = [run_one(stack, seed, args.out_dir, args.data_dir, args.set) for seed in args.seeds]
         for seed, r in zip(args.seeds, results):
             print(f"  {stack} seed {seed}: " + " ".join(f"{m}={r.get(m, float('nan')):.4f}" for m in METRICS)
                   + f" params={r['params']:,} steps={r['steps']} wall={r['wall_s']:.0f}s", flush=True)

@@ -53,6 +53,10 @@ def shrink(m: ModelConfig) -> ModelConfig:
     m.bigram_buckets = min(m.bigram_buckets, 64)
     m.bigram_dim = min(m.bigram_dim, 16)
     m.vocab_size = VOCAB
+    if m.num_loops:
+        m.loop_start = m.loop_end = 1
+    if m.parallel_start >= 0:
+        m.parallel_start = 2
     return m
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -243,3 +244,56 @@ def test_fineweb_download_unreachable_endpoint(tmp_path, monkeypatch):
     msg = str(err.value)
     assert "could not reach the Hugging Face hub at http://127.0.0.1:9" in msg and "pgolf data demo" in msg
     assert not (tmp_path / "out" / ".hf-download").exists()
+
+
+def test_fineweb_hub_path_asks_one_snapshot_with_allow_patterns(hub_standin, tmp_path, monkeypatch):
+    """Without a stand-in `fetch`: the manifest by hf_hub_download, then every wanted file in one
+    snapshot_download(allow_patterns=...) into the staging folder."""
+    import huggingface_hub
+
+    from pgolf import fineweb
+
+    fetch, _ = hub_standin
+    snaps: list[list[str]] = []
+
+    def fake_snapshot(repo_id, *, repo_type, allow_patterns, local_dir, **kw):
+        assert repo_type == "dataset"
+        snaps.append(list(allow_patterns))
+        for rel in allow_patterns:
+            dest = Path(local_dir) / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(fetch(rel), dest)
+        return str(local_dir)
+
+    def fake_file(repo_id, name, *, subfolder, local_dir, **kw):
+        rel = f"{subfolder}/{name}" if subfolder else name
+        dest = Path(local_dir) / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(fetch(rel), dest)
+        return str(dest)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_file)
+    monkeypatch.setattr(fineweb, "_probe_hub", lambda *a: None)
+    out = tmp_path / "out"
+    res = download_fineweb("sp1024", 2, out, progress=None)
+    assert snaps == [["datasets/tokenizers/fineweb_1024_bpe.model", "datasets/tokenizers/fineweb_1024_bpe.vocab",
+                      "datasets/datasets/fineweb10B_sp1024/fineweb_val_000000.bin",
+                      "datasets/datasets/fineweb10B_sp1024/fineweb_train_000000.bin",
+                      "datasets/datasets/fineweb10B_sp1024/fineweb_train_000001.bin"]]
+    assert len(res.train_files) == 2 and all(p.is_file() for p in res.train_files)
+    download_fineweb("sp1024", 2, out, progress=None)  # intact shards are not asked for again
+    assert [p for p in snaps[1] if p.endswith(".bin")] == []
+
+
+def test_variant_repos_and_demo_vocab_errors(tmp_path, demo_data):
+    from pgolf.datasets import build_demo, demo_dir_name, demo_layout, variant_repo
+
+    assert variant_repo("sp1024") == "willdepueoai/parameter-golf"
+    assert variant_repo("sp8192") == variant_repo("sp4096") == "kevclark/parameter-golf"
+    assert demo_layout(8192) == ("fineweb10B_sp8192", "tokenizers/fineweb_8192_bpe.model")
+    assert demo_dir_name(1024) == "demo" and demo_dir_name(4096) == "demo_sp4096"
+    with pytest.raises(DataError, match="demo vocab 2048 is not one of 1024, 4096, 8192"):
+        demo_layout(2048)
+    with pytest.raises(DataError, match="holds the sp1024 demo, not sp8192"):
+        build_demo(demo_data.root, vocab=8192, progress=None)

@@ -59,9 +59,39 @@ def two_runs(demo_data, tmp_path_factory):
     block = tmp_path_factory.mktemp("no_editable")
     (block / "sitecustomize.py").write_text(SITECUSTOMIZE)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RUN_DIR", "SEED")}
-    env["PYTHONPATH"] = str(block)
-    _run([sys.executable, "train_gpt.py"], cwd=str(b), env=env)
-    return a, b
+    env.update(PYTHONPATH=str(block), DATA_PATH=str(demo_data.data_path), TOKENIZER_PATH=str(demo_data.tokenizer_path))
+    shipped = (b / "train_gpt.py").read_bytes()
+    _run([sys.executable, "train_gpt.py"], cwd=str(b), env=env)  # no RUN_DIR: outputs go to a fresh b/run1
+    assert (b / "train_gpt.py").read_bytes() == shipped and sorted(os.listdir(b)) == ["run1", "train_gpt.py"]
+    _run([sys.executable, "train_gpt.py", "--set", "schedule.iterations=2"], cwd=str(b), env=env)  # again: run2
+    assert (b / "train_gpt.py").read_bytes() == shipped and sorted(os.listdir(b)) == ["run1", "run2", "train_gpt.py"]
+    return a, b / "run1"
+
+
+def _fails(cmd, cwd, env):
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    return proc.stderr
+
+
+def test_shipped_script_never_writes_into_its_own_folder(two_runs, tmp_path):
+    a, _ = two_runs
+    shutil.copy(a / "train_gpt.py", tmp_path / "train_gpt.py")
+    before = (tmp_path / "train_gpt.py").read_bytes()
+    err = _fails([sys.executable, "train_gpt.py"], str(tmp_path), {**os.environ, "RUN_DIR": "."})
+    assert "would replace" in err and os.listdir(tmp_path) == ["train_gpt.py"]
+    assert (tmp_path / "train_gpt.py").read_bytes() == before
+
+
+def test_a_code_path_the_packer_removed_fails_loudly(two_runs, tmp_path, demo_data):
+    a, _ = two_runs
+    shutil.copy(a / "train_gpt.py", tmp_path / "train_gpt.py")
+    env = {**os.environ, "RUN_DIR": str(tmp_path / "out"), "DATA_PATH": str(demo_data.data_path),
+           "TOKENIZER_PATH": str(demo_data.tokenizer_path)}
+    # packed for score-first TTT: the "off" path of the TTT config check is not in the file
+    err = _fails([sys.executable, "train_gpt.py", "--set", "ttt.mode=off"], str(tmp_path), env)
+    assert "PackedPathError" in err and "packed without the code that runs when" in err and "ttt" in err
+    assert not (tmp_path / "out" / "result.json").exists()
 
 
 def test_standalone_wrapper_reproduces_the_package_run(two_runs):

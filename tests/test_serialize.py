@@ -83,3 +83,62 @@ def test_a_pickle_is_refused_not_executed():
     torch.save({"w": torch.zeros(3)}, buf)
     with pytest.raises(BlobError):
         serialize.unpack(serialize.decompress(zlib.compress(buf.getvalue())))
+
+
+# ---- strict loader (#12.5): every one of these loaded (or inflated fully) before
+def _blob(comp="zlib", level=6, **kw):
+    return serialize.compress(serialize.pack(_tensors(), {"m": 1}, **kw), comp, level)
+
+
+@pytest.mark.parametrize("comp", ["zlib", "zstd", "lzma", "brotli"])
+def test_trailing_bytes_after_the_stream_are_refused(comp):
+    blob = _blob(comp)
+    assert serialize.unpack(serialize.decompress(blob))[1] == {"m": 1}
+    with pytest.raises(BlobError, match="after the end|cannot decompress"):
+        serialize.decompress(blob + b"junk")
+
+
+def test_header_without_payload_checksum_is_refused():
+    import json
+    import struct
+    packed = serialize.pack(_tensors(), {"m": 1})
+    hlen = struct.unpack_from("<I", packed, len(serialize.MAGIC))[0]
+    start = len(serialize.MAGIC) + 4
+    header = json.loads(packed[start:start + hlen])
+    del header["payload_sha256"]
+    h = json.dumps(header).encode()
+    stripped = serialize.MAGIC + struct.pack("<I", len(h)) + h + packed[start + hlen:]
+    with pytest.raises(BlobError, match="payload_sha256"):
+        serialize.unpack(stripped)
+
+
+def test_dtype_outside_the_allow_list_is_refused():
+    from pgolf.trainers.quant import dequantize_state_dict
+    meta = {"tensors": {"w": {"kind": "fp16", "dtype": "Tensor"}}}
+    with pytest.raises(BlobError, match="not allowed"):
+        dequantize_state_dict({"w": torch.zeros(2, dtype=torch.float16)}, meta)
+    with pytest.raises(BlobError, match="not allowed"):
+        serialize.dtype_from_name("__class__")
+
+
+@pytest.mark.parametrize("comp", ["zlib", "zstd", "lzma", "brotli"])
+def test_a_bomb_is_not_inflated_past_the_declared_size(comp, monkeypatch):
+    packed = serialize.pack({"z": torch.zeros(1000, dtype=torch.int8)}, {"m": 1})
+    bomb = serialize.compress(packed + b"\0" * (64 << 20), comp, 1 if comp != "brotli" else 1)
+    seen = []
+    real = serialize._Stream.read
+    monkeypatch.setattr(serialize._Stream, "read", lambda self, n: seen.append(n) or real(self, n))
+    with pytest.raises(BlobError, match="inflates past"):
+        serialize.decompress(bomb)
+    assert sum(seen) <= len(packed) + 1  # bounded reads only: never the 64 MiB behind the header
+
+
+def test_brotli_and_byte_shuffle_round_trip_bit_exact():
+    tensors = _tensors()
+    for shuffle in (False, True):
+        blob = serialize.compress(serialize.pack(tensors, {"m": 1}, byte_shuffle=shuffle), "brotli", 11)
+        back, _ = serialize.unpack(serialize.decompress(blob))
+        for k, t in tensors.items():
+            a, b = (x.view(torch.uint8) if x.dtype == torch.bfloat16 else x for x in (back[k], t))
+            assert back[k].dtype == t.dtype and torch.equal(a, b), (shuffle, k)
+    assert serialize.pack(tensors, {}, byte_shuffle=True) != serialize.pack(tensors, {})

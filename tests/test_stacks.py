@@ -31,6 +31,8 @@ EXPECTED = {
     "pr549": ("pr414", 26_928_220),
     "pr691": ("pr414", 26_993_756),  # record
     "pr414_lateqat": ("pr414", 26_993_756),  # #414 with its late QAT actually on
+    "pr1394": ("pr549", 35_943_512),  # record (model_params log line)
+    "pr1493": ("pr1394", 35_944_536),  # record (model_params log line)
 }
 
 
@@ -101,12 +103,15 @@ def test_smoke_shrink_keeps_every_technique_on():
     assert smoke.smoke_layers(9) == 3 and smoke.smoke_layers(11) == 4
 
 
+FAST_SMOKE = {"schedule.iterations": 20, "data.train_batch_tokens": 64 * 8, "data.val_tokens_limit": 4096,
+              "eval.train_log_every": 19}
+SMOKE_RUNS: dict[str, str] = {}  # stack -> run dir of its smoke run (test_stacks_packed.py replays them)
+
+
 @pytest.fixture
 def fast_smoke(monkeypatch):
-    monkeypatch.setitem(smoke.SMOKE_SHAPE, "schedule.iterations", 20)
-    monkeypatch.setitem(smoke.SMOKE_SHAPE, "data.train_batch_tokens", 64 * 8)
-    monkeypatch.setitem(smoke.SMOKE_SHAPE, "data.val_tokens_limit", 4096)
-    monkeypatch.setitem(smoke.SMOKE_SHAPE, "eval.train_log_every", 19)
+    for k, v in FAST_SMOKE.items():
+        monkeypatch.setitem(smoke.SMOKE_SHAPE, k, v)
 
 
 def run_smoke(name: str, data_root, run_dir, seed: int = 1) -> tuple[dict, list[dict]]:
@@ -122,20 +127,26 @@ def run_smoke(name: str, data_root, run_dir, seed: int = 1) -> tuple[dict, list[
 
 
 # pr414_lateqat is pr414 plus the late-QAT switch, which test_compile_graphs runs in the trainer
-SMOKE_RUNS = sorted(n for n in EXPECTED if n != "pr414_lateqat")
+SMOKE_STACKS = sorted(n for n in EXPECTED if n != "pr414_lateqat")
 
 
-@pytest.mark.parametrize("name", SMOKE_RUNS)
+@pytest.mark.parametrize("name", SMOKE_STACKS)
 def test_stack_trains_in_smoke_mode(name, fast_smoke, data_root, tmp_path):
     result, events = run_smoke(name, data_root, tmp_path / name)
+    SMOKE_RUNS[name] = str(tmp_path / name)
     losses = [e["train/loss"] for e in events if e["event"] == "train"]
     assert len(losses) >= 2 and all(math.isfinite(x) for x in losses)
     assert losses[-1] < losses[0] - 0.5, losses
     assert result["steps"] == 20
-    assert math.isfinite(result["final/val_loss"]) and result["final/val_loss"] < math.log(1024)
     cfg = load_experiment(_path(name), smoke=True).config
+    assert math.isfinite(result["final/val_loss"]) and result["final/val_loss"] < math.log(cfg.model.vocab_size)
     kinds = {e["event"] for e in events}
     assert ("late_qat" in kinds) == (cfg.avg.late_qat_threshold > 0)
     assert (result["ttt"].get("fake_quant_linears", 0) > 0) == (cfg.ttt.fake_quant and cfg.ttt.mode != "off")
     if cfg.avg.ema_decay > 0 or cfg.avg.swa_apply or cfg.avg.prune_frac > 0:
         assert "prequant" in kinds
+    if cfg.model.num_loops and cfg.model.loop_enable_frac > 0:
+        (switch,) = [e for e in events if e["event"] == "layer_loop"]
+        assert switch["step"] == next(s for s in range(21) if s / 20 >= cfg.model.loop_enable_frac)
+    if cfg.ttt.mode == "score_first":
+        assert result["ttt"]["trace_verdict"]["compliant"], result["ttt"]["trace_verdict"]

@@ -1,33 +1,53 @@
 """The counted code: a self-extracting `train_gpt.py` holding the compressed trainer sources and the
 resolved config. It runs standalone (`python train_gpt.py` or `torchrun ... train_gpt.py`) from any
-folder, and its exact byte size is the `artifact/code_bytes` of the run."""
+folder, and its exact byte size is the `artifact/code_bytes` of the run.
+
+The sources it carries are what packer.py keeps for the run's config (reached code only, minified);
+the payload goes through the smallest of lzma / brotli / zlib and is stored as a latin-1 string
+literal (every byte but five as itself). A run of the packed script re-emits the same file."""
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import lzma
 import os
+import sys
+import zlib
 from dataclasses import dataclass
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+PACKED: dict | None = None  # set by the wrapper: {"files", "config", "code_version"} of the running script
 
-_WRAPPER = '''"""pgolf self-extracting trainer. Runs the packed pgolf.trainers with the embedded config.
-Usage: torchrun --standalone --nproc_per_node=8 train_gpt.py [--set section.key=value ...]
-Env overrides: DATA_PATH, TOKENIZER_PATH, RUN_DIR, SEED."""
-import atexit,base64,json,lzma,os,shutil,sys,tempfile
-B=%r
-d=json.loads(lzma.decompress(base64.b85decode(B)))
+# Wrapper: line 1 declares latin-1 so the literal can hold raw bytes; %s = import, %s = decompress call.
+_HEAD = "# -*- coding: latin-1 -*-\n"
+_BODY = '''# pgolf self-extracting trainer: [torchrun --standalone --nproc_per_node=8] train_gpt.py [--set s.k=v]; env DATA_PATH TOKENIZER_PATH RUN_DIR SEED
+import atexit,json,os,shutil,sys,tempfile%s
+d=json.loads(%s)
 r=tempfile.mkdtemp(prefix="pgolf_code_");atexit.register(shutil.rmtree,r,True)
 for n,s in d["files"].items():
-    f=os.path.join(r,"pgolf","trainers",n);os.makedirs(os.path.dirname(f),exist_ok=True)
-    open(f,"w",encoding="utf-8").write(s)
-open(os.path.join(r,"pgolf","__init__.py"),"w").close()
-sys.path.insert(0,r)
+ f=os.path.join(r,"pgolf","trainers",n);os.makedirs(os.path.dirname(f),exist_ok=True);open(f,"w",encoding="utf-8").write(s)
+open(os.path.join(r,"pgolf","__init__.py"),"w").close();sys.path.insert(0,r)
 for m in [k for k in sys.modules if k=="pgolf" or k.startswith("pgolf.")]:del sys.modules[m]
-from pgolf.trainers.gpt import main
-sys.exit(main(["--config-json",json.dumps(d["config"])]+sys.argv[1:]))
+from pgolf.trainers.codebundle import run_packed
+sys.exit(run_packed(d,sys.argv[1:]))
 '''
+_CODECS = {  # name -> (import line suffix, decompress expression around X, compress)
+    "lzma": (",lzma", "lzma.decompress(X,lzma.FORMAT_ALONE)",
+             lambda b: lzma.compress(b, lzma.FORMAT_ALONE, filters=[{"id": lzma.FILTER_LZMA1,
+                                                                      "preset": 9 | lzma.PRESET_EXTREME}])),
+    "brotli": (",brotli", "brotli.decompress(X)", None),
+    "zlib": (",zlib", "zlib.decompress(X)", lambda b: zlib.compress(b, 9)),
+}
+_ESC = {0: "\\0", 10: "\\n", 13: "\\r", 34: '\\"', 92: "\\\\"}
+
+
+class PackedPathError(RuntimeError):
+    """Code the packer left out of this train_gpt.py was reached."""
+
+
+def gone(why: str):
+    raise PackedPathError(f"this train_gpt.py was packed without the code that runs when `{why}` "
+                          "(false for its embedded config). Re-pack it for this config: pgolf train <stack.toml>")
 
 
 _SOURCES: dict[str, str] | None = None
@@ -58,7 +78,10 @@ def _read_sources() -> dict[str, str]:
 
 
 def code_version() -> str:
-    """Hash of the trainer sources: part of the config hash, so changed code is a new variant."""
+    """Hash of the trainer sources: part of the config hash, so changed code is a new variant. A packed
+    script reports the version of the package that packed it."""
+    if PACKED is not None:
+        return PACKED["code_version"]
     h = hashlib.sha256()
     for rel, text in trainer_sources().items():
         h.update(rel.encode() + b"\0" + text.encode() + b"\0")
@@ -70,18 +93,127 @@ class CodeArtifact:
     path: str
     packed_bytes: int  # size of the self-extracting train_gpt.py: what the cap counts
     raw_source_bytes: int  # size of the readable sources, reported for comparison
+    shipped_source_bytes: int = 0  # the minified sources the file carries
+    codec: str = ""
 
 
-def build_wrapper(config: dict) -> str:
-    payload = json.dumps({"files": trainer_sources(), "config": config}, sort_keys=True, separators=(",", ":"))
-    packed = base64.b85encode(lzma.compress(payload.encode(), preset=9 | lzma.PRESET_EXTREME)).decode("ascii")
-    return _WRAPPER % packed
+def _literal(data: bytes) -> str:
+    out = []
+    for i, b in enumerate(data):
+        if b == 0 and i + 1 < len(data) and 48 <= data[i + 1] <= 55:
+            out.append("\\x00")  # "\0" before an octal digit would read as a longer octal escape
+        else:
+            out.append(_ESC.get(b) or chr(b))
+    return '"' + "".join(out) + '".encode("latin-1")'
+
+
+_SHIPPED: dict[str, dict[str, str]] = {}
+
+
+def _shipped(config: dict) -> tuple[dict[str, str], str]:
+    if PACKED is not None:
+        return PACKED["files"], PACKED["code_version"]
+    key = json.dumps(config, sort_keys=True)
+    if key not in _SHIPPED:
+        from .packer import ship_sources  # packing needs python-minifier: only where the package is installed
+        _SHIPPED[key] = ship_sources(trainer_sources(), config)
+    return dict(_SHIPPED[key]), code_version()
+
+
+def build_wrapper(config: dict) -> tuple[bytes, str]:
+    """The counted file's bytes and the codec that made them smallest."""
+    files, version = _shipped(config)
+    payload = json.dumps({"files": files, "config": config, "code_version": version}, sort_keys=True,
+                         separators=(",", ":")).encode()
+    best = None
+    for name, (imp, expr, comp) in _CODECS.items():
+        if comp is None:
+            try:
+                import brotli
+            except ImportError:
+                continue
+            comp = lambda b: brotli.compress(b, quality=11, lgwin=24)  # noqa: E731
+        text = (_HEAD + _BODY % (imp, expr.replace("X", _literal(comp(payload))))).encode("latin-1")
+        if best is None or len(text) < len(best[0]):
+            best = (text, name)
+    return best
+
+
+def payload_of(text: bytes) -> dict:
+    """The payload of a counted file, read without running it."""
+    import ast
+    tree = ast.parse(text)
+    call = next(n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+                and n.func.attr == "decompress")
+    codec = call.func.value.id
+    raw = ast.literal_eval(call.args[0].func.value)
+    if codec == "lzma":
+        return json.loads(lzma.decompress(raw.encode("latin-1"), lzma.FORMAT_ALONE))
+    if codec == "brotli":
+        import brotli
+        return json.loads(brotli.decompress(raw.encode("latin-1")))
+    return json.loads(zlib.decompress(raw.encode("latin-1")))
+
+
+def verify_wrapper(path: str) -> dict:
+    """Raise ValueError unless the file is exactly the canonical wrapper of its own payload (nothing
+    added outside it); returns the payload."""
+    with open(path, "rb") as fh:
+        text = fh.read()
+    try:
+        d = payload_of(text)
+        global PACKED
+        saved, PACKED = PACKED, d
+        try:
+            canon, _ = build_wrapper(d["config"])
+        finally:
+            PACKED = saved
+    except Exception as exc:  # noqa: BLE001 - any failure to read it back means it is not our file
+        raise ValueError(f"{path}: not a pgolf train_gpt.py ({type(exc).__name__}: {exc})") from None
+    if canon != text:
+        raise ValueError(f"{path}: differs from the canonical wrapper of its own payload ({len(text)} vs "
+                         f"{len(canon)} bytes): something was added or changed outside the packed code")
+    return d
 
 
 def write_code_artifact(out_dir: str, config: dict) -> CodeArtifact:
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "train_gpt.py")
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(build_wrapper(config))
+    text, codec = build_wrapper(config)
+    with open(path, "wb") as fh:
+        fh.write(text)
+    files, _ = _shipped(config)
     raw = sum(len(t.encode()) for t in trainer_sources().values())
-    return CodeArtifact(path=path, packed_bytes=os.path.getsize(path), raw_source_bytes=raw)
+    return CodeArtifact(path=path, packed_bytes=os.path.getsize(path), raw_source_bytes=raw,
+                        shipped_source_bytes=sum(len(t.encode()) for t in files.values()), codec=codec)
+
+
+def _fresh_run_dir(script_dir: str) -> str:
+    """Where a packed run without RUN_DIR writes: a new folder beside the script, the same on every
+    rank (torchrun gives all ranks one run id), never the script's own folder."""
+    rid = os.environ.get("TORCHELASTIC_RUN_ID", "")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and rid:
+        return os.path.join(script_dir, f"run_{rid[:12]}")
+    n = 1
+    while os.path.exists(os.path.join(script_dir, f"run{n}")):
+        n += 1
+    return os.path.join(script_dir, f"run{n}")
+
+
+def run_packed(d: dict, argv: list[str]) -> int:
+    """Entry point of the wrapper: run the packed trainer with the embedded config."""
+    global PACKED
+    PACKED = d
+    script = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else os.path.abspath("train_gpt.py")
+    here = os.path.dirname(script)
+    chosen = os.environ.get("RUN_DIR") or next((a.split("=", 1)[1] for a in argv if a.startswith("run.run_dir=")), None)
+    if chosen is None:
+        chosen = _fresh_run_dir(here)
+        print(f"pgolf: outputs go to {chosen} (set RUN_DIR to choose)", file=sys.stderr)
+        argv = argv + ["--set", f"run.run_dir={chosen}"]
+    if os.path.realpath(os.path.abspath(chosen)) == os.path.realpath(here):
+        print(f"pgolf trainer: RUN_DIR {chosen} is this script's folder: the run would replace {script}. "
+              "Pick another folder (or unset RUN_DIR for a fresh one).", file=sys.stderr)
+        return 2
+    from .gpt import main
+    return main(["--config-json", json.dumps(d["config"])] + argv)

@@ -24,17 +24,23 @@ from .evaluate import autocast_for
 from .quant import INT_FORMATS, IntFormat, candidate_scales, pick_best, plan_state_dict
 
 
-def gptq_targets(model: nn.Module, cfg: QuantConfig) -> dict[str, nn.Linear]:
-    """Weight name -> Linear module, for the weights the plan quantizes to an integer format in a
-    GPTQ category. Embeddings are not Linear modules and stay round-to-nearest."""
+def gptq_targets(model: nn.Module, cfg: QuantConfig) -> dict[str, nn.Module]:
+    """Weight name -> the module whose input is that weight's x, for the weights the plan quantizes to
+    an integer format in a GPTQ category: every such Linear, and the tied embedding (#1394), whose x
+    is the final hidden state entering the output head (`model.head_input`)."""
     plans = plan_state_dict(dict(model.state_dict()), cfg)
-    out = {}
+
+    def wanted(wname: str) -> bool:
+        plan = plans.get(wname)
+        return plan is not None and plan.kind == "int" and plan.category in cfg.gptq_categories
+
+    out: dict[str, nn.Module] = {}
     for mname, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            wname = f"{mname}.weight"
-            plan = plans.get(wname)
-            if plan is not None and plan.kind == "int" and plan.category in cfg.gptq_categories:
-                out[wname] = module
+        if isinstance(module, nn.Linear) and wanted(f"{mname}.weight"):
+            out[f"{mname}.weight"] = module
+    head_input = getattr(model, "head_input", None)
+    if head_input is not None and getattr(model, "lm_head", 0) is None and wanted("tok_emb.weight"):
+        out["tok_emb.weight"] = head_input
     return out
 
 
@@ -89,10 +95,11 @@ def collect_hessians(model: nn.Module, targets: dict[str, nn.Linear], batches, d
             h.remove()
         model.train(was_training)
     # A rank that never saw a layer (zero batches) still has to join the reduction.
-    for name, module in targets.items():
+    state = model.state_dict()
+    for name in targets:
         if name not in hess:
-            n = module.weight.size(1)
-            hess[name] = torch.zeros(n, n, dtype=torch.float32, device=module.weight.device)
+            n = state[name].size(1)
+            hess[name] = torch.zeros(n, n, dtype=torch.float32, device=state[name].device)
         if _dist_on():
             dist.all_reduce(hess[name], op=dist.ReduceOp.SUM)
     return hess, used

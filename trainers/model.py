@@ -1,7 +1,8 @@
 """The GPT of the official baseline (RMSNorm, GQA attention with QK-norm + RoPE + q-gain, relu^2 MLP,
 resid mix, U-Net skips, tied embeddings, logit softcap, zero-initialised output projections) plus every
 architectural technique of the seed stacks as a ModelConfig switch: LeakyReLU^2, gated skips, NTK and
-partial RoPE, LN scale, SmearGate v1/v2/v3, BigramHash v1/v2, value embeddings, OrthoInit, XSA, Backout.
+partial RoPE, LN scale, SmearGate v1/v2/v3, BigramHash v1/v2, value embeddings, OrthoInit, XSA, Backout,
+and the SP8192 lineage's depth recurrence (#1394/#1493) and GPT-J parallel residuals (#1493).
 
 The model owns only model concerns. Which parameters are "control" tensors (kept fp32, scalar
 optimizer group, never quantized) is decided by name patterns shared with the optimizer and quantizer.
@@ -18,7 +19,8 @@ from .layers import (BigramHash, CastedLinear, Rotary, SmearGate, ValueEmbedding
                      exclusive_self_attention, ortho_proj_factor, rms_norm)
 
 __all__ = ["GPT", "CastedLinear", "CONTROL_PATTERNS", "TOKEN_TABLES", "is_control", "rms_norm",
-           "count_parameters", "flops_per_token", "prepare_for_device", "validate_model_config"]
+           "count_parameters", "flops_per_token", "prepare_for_device", "validate_model_config",
+           "layer_plan", "set_looping"]
 
 # Name fragments of small control tensors: fp32, scalar Adam group, passthrough in the quantizer.
 CONTROL_PATTERNS: tuple[str, ...] = (
@@ -61,6 +63,38 @@ def validate_model_config(cfg: ModelConfig) -> None:
             raise ValueError(f"model.ve_layers must be distinct layer indices in 0..{cfg.num_layers - 1}, got {cfg.ve_layers}")
     if cfg.backout and not -1 <= cfg.backout_layer < cfg.num_layers:
         raise ValueError(f"model.backout_layer must be -1 or in 0..{cfg.num_layers - 1}, got {cfg.backout_layer}")
+    if cfg.num_loops < 0:
+        raise ValueError(f"model.num_loops must be >= 0 (0 = no depth recurrence), got {cfg.num_loops}")
+    if cfg.num_loops and not 0 <= cfg.loop_start <= cfg.loop_end < cfg.num_layers:
+        raise ValueError(f"model.loop_start..loop_end must satisfy 0 <= start <= end < {cfg.num_layers}, "
+                         f"got {cfg.loop_start}..{cfg.loop_end}")
+    if not 0.0 <= cfg.loop_enable_frac < 1.0:
+        raise ValueError(f"model.loop_enable_frac must be in [0, 1), got {cfg.loop_enable_frac}")
+    if cfg.parallel_start >= cfg.num_layers:
+        raise ValueError(f"model.parallel_start must be -1 (off) or < {cfg.num_layers}, got {cfg.parallel_start}")
+
+
+def layer_plan(cfg: ModelConfig, looping: bool) -> tuple[list[int], list[int]]:
+    """(encoder, decoder) block indices in visiting order. Looping repeats loop_start..loop_end
+    num_loops extra times and splits the virtual sequence in half (#1394: 15 virtual layers,
+    #1493: 17); without looping the physical layers split at num_layers // 2 as in the baseline."""
+    if looping and cfg.num_loops:
+        span = list(range(cfg.loop_start, cfg.loop_end + 1))
+        seq = list(range(cfg.loop_start)) + span * (cfg.num_loops + 1) + list(range(cfg.loop_end + 1, cfg.num_layers))
+    else:
+        seq = list(range(cfg.num_layers))
+    n_enc = len(seq) // 2 if cfg.unet_skips else 0
+    return seq[:n_enc], seq[n_enc:]
+
+
+def set_looping(model: nn.Module, on: bool) -> None:
+    """Switch depth recurrence. A Python attribute on purpose: the two layer sequences are different
+    graphs (a tensor flag would have to run both). Dynamo guards on it, so a compiled model keeps one
+    graph per state; the trainer's warm-up compiles both, and flipping it later is a cache hit."""
+    base = getattr(model, "_orig_mod", model)
+    base = getattr(base, "module", base)
+    if getattr(base, "cfg", None) is not None and base.cfg.num_loops:
+        base.looping = bool(on)
 
 
 class CausalSelfAttention(nn.Module):
@@ -125,6 +159,7 @@ class Block(nn.Module):
         self.resid_mix = nn.Parameter(torch.stack((torch.ones(cfg.model_dim), torch.zeros(cfg.model_dim))))
         # LN scale damps the normalised input of deeper blocks (#315); 1.0 keeps the baseline exact.
         self.ln_scale = (layer_idx + 1) ** -0.5 if cfg.ln_scale else 1.0
+        self.parallel = 0 <= cfg.parallel_start <= layer_idx
 
     def norm(self, x: torch.Tensor) -> torch.Tensor:
         n = rms_norm(x)
@@ -133,6 +168,9 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, x0: torch.Tensor, ve: torch.Tensor | None = None) -> torch.Tensor:
         mix = self.resid_mix.to(x.dtype)
         x = mix[0] * x + mix[1] * x0
+        if self.parallel:  # both branches read the same input (#1493)
+            n = self.norm(x)
+            return x + self.attn_scale.to(x.dtype) * self.attn(n, ve) + self.mlp_scale.to(x.dtype) * self.mlp(n)
         x = x + self.attn_scale.to(x.dtype) * self.attn(self.norm(x), ve)
         x = x + self.mlp_scale.to(x.dtype) * self.mlp(self.norm(x))
         return x
@@ -154,7 +192,12 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_layers))
         self.num_encoder_layers = cfg.num_layers // 2 if cfg.unet_skips else 0
         self.num_decoder_layers = cfg.num_layers - self.num_encoder_layers
-        num_skips = min(self.num_encoder_layers, self.num_decoder_layers)
+        # Built in the final (looped) plan; the trainer starts it unlooped (recurrence.LoopSwitch).
+        self.looping = cfg.num_loops > 0
+        # Skip weights sized for the longest (looped) plan; the unlooped plan uses the first ones.
+        enc, dec = layer_plan(cfg, looping=True)
+        num_skips = min(len(enc), len(dec))
+        self.num_skips = num_skips
         self.skip_weights = nn.Parameter(torch.ones(num_skips, cfg.model_dim)) if num_skips else None
         self.skip_gates = (nn.Parameter(torch.zeros(num_skips, cfg.model_dim))
                            if num_skips and cfg.skip_gates else None)
@@ -165,6 +208,8 @@ class GPT(nn.Module):
             self.backout_layer = -1
             self.backout_lambda = None
         self.lm_head = None if cfg.tie_embeddings else CastedLinear(cfg.model_dim, cfg.vocab_size, zero_init=True)
+        # No-op hook point: its input is what the output head multiplies (GPTQ's Hessian of the tied embedding).
+        self.head_input = nn.Identity()
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -203,17 +248,18 @@ class GPT(nn.Module):
         ve_base = self.ve(input_ids) if self.ve is not None else None
         skips: list[torch.Tensor] = []
         h_mid = None
-        for i, block in enumerate(self.blocks):
-            if i >= self.num_encoder_layers and skips:
-                j = i - self.num_encoder_layers
+        enc, dec = layer_plan(self.cfg, self.looping)
+        for pos, i in enumerate(enc + dec):
+            j = pos - len(enc)
+            if j >= 0 and skips and j < self.num_skips:
                 skip = self.skip_weights[j].to(x.dtype) * skips.pop()
                 if self.skip_gates is not None:
                     x = torch.lerp(skip, x, torch.sigmoid(self.skip_gates[j]).to(x.dtype))
                 else:
                     x = x + skip
             ve = self.ve.for_layer(ve_base, i) if ve_base is not None else None
-            x = block(x, x0, ve)
-            if i < self.num_encoder_layers:
+            x = self.blocks[i](x, x0, ve)
+            if j < 0:
                 skips.append(x)
             if i == self.backout_layer:
                 h_mid = x
@@ -222,7 +268,7 @@ class GPT(nn.Module):
         return rms_norm(x)
 
     def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
-        h = self.hidden(input_ids)
+        h = self.head_input(self.hidden(input_ids))
         weight = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
         z = F.linear(h, weight.to(h.dtype)).float()
         c = self.cfg.logit_softcap

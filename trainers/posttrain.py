@@ -58,6 +58,8 @@ class RunContext:
 
 def validate_posttrain_config(cfg: TrainConfig) -> None:
     validate_quant_config(cfg.quant)
+    if cfg.quant.layout not in serialize.LAYOUTS:
+        raise ConfigError(f"quant.layout = {cfg.quant.layout!r}: expected one of {', '.join(serialize.LAYOUTS)}")
     validate_ttt_config(cfg)
     e = cfg.eval
     if e.sliding_stride < 0 or e.sliding_stride > cfg.data.train_seq_len:
@@ -91,12 +93,15 @@ def blob_path_for(cfg: TrainConfig) -> str:
 
 
 def embedded_config(cfg: TrainConfig) -> dict:
-    """The config the counted train_gpt.py carries: run dir "." (wherever it is run) and absolute
-    data paths so it works from any folder here; DATA_PATH / TOKENIZER_PATH override them elsewhere."""
+    """The config the counted train_gpt.py carries, the same bytes from any checkout: run dir "" (the
+    packed script picks a fresh folder) and the challenge's relative data layout, data/<dir>/<name>
+    (relative to where it runs, as the records' ./data/...); DATA_PATH / TOKENIZER_PATH override it."""
     d = cfg.to_dict()
-    d["run"]["run_dir"] = "."
-    d["data"]["data_path"] = os.path.abspath(d["data"]["data_path"])
-    d["data"]["tokenizer_path"] = os.path.abspath(d["data"]["tokenizer_path"])
+    d["run"]["run_dir"] = ""
+    for key in ("data_path", "tokenizer_path"):
+        path = d["data"][key]
+        if os.path.isabs(path):
+            d["data"][key] = "data/" + "/".join(os.path.normpath(path).split(os.sep)[-2:])
     return d
 
 
@@ -131,7 +136,8 @@ def write_artifact(ctx: RunContext, gptq_codes: dict | None = None) -> tuple[str
     with timed(phases, "quantize", False):
         qtensors, qmeta = quantize_state_dict(state, cfg.quant, gptq_codes)
     with timed(phases, "serialize", False):
-        packed = serialize.pack(qtensors, qmeta)
+        order = serialize.layout_order(qtensors, qmeta, cfg.quant.layout)
+        packed = serialize.pack(qtensors, qmeta, byte_shuffle=cfg.quant.byte_shuffle, order=order)
     with timed(phases, "compress", False):
         blob = serialize.compress(packed, cfg.quant.compressor, cfg.quant.compress_level, cfg.quant.compress_threads)
     path = blob_path_for(cfg)
@@ -140,9 +146,12 @@ def write_artifact(ctx: RunContext, gptq_codes: dict | None = None) -> tuple[str
             fh.write(blob)
             if cfg.faults.pad_artifact_bytes:
                 fh.write(b"\0" * cfg.faults.pad_artifact_bytes)
-        write_code_artifact(cfg.run.run_dir, embedded_config(cfg))
+        code = write_code_artifact(cfg.run.run_dir, embedded_config(cfg))
     _sync_barrier()
-    return path, {"payload_bytes": len(packed), "formats": summarize(qmeta, qtensors)}
+    report = {"payload_bytes": len(packed), "formats": summarize(qmeta, qtensors)}
+    if ctx.ddp.is_main:
+        report["code_shipped_bytes"], report["code_codec"] = code.shipped_source_bytes, code.codec
+    return path, report
 
 
 def load_artifact(ctx: RunContext, blob_path: str) -> GPT:
@@ -285,6 +294,7 @@ def finish_run(ctx: RunContext) -> dict:
         report = artifact_report(blob_path, code_path, cfg.run.artifact_cap_bytes)
         result.update(report)
         result["artifact/code_raw_bytes"] = sum(len(t.encode()) for t in trainer_sources().values())
+        result["artifact/code_shipped_bytes"] = qreport["code_shipped_bytes"]  # minified, reached code only
         result["artifact/blob"] = os.path.basename(blob_path)
         over = []
         if not report["artifact/under_cap"]:
@@ -305,7 +315,8 @@ def finish_run(ctx: RunContext) -> dict:
         log.event("final", status=result["status"], **final_metrics)
         log.log(f"final ({final_phase}) val_loss:{final.val_loss:.8f} val_bpb:{final.val_bpb:.8f}")
         log.log(f"artifact bytes: {report['artifact/bytes']:,} (model {report['artifact/model_bytes']:,} + code "
-                f"{report['artifact/code_bytes']:,} packed; raw source {result['artifact/code_raw_bytes']:,}) "
+                f"{report['artifact/code_bytes']:,} packed; raw source {result['artifact/code_raw_bytes']:,}, shipped "
+                f"{result['artifact/code_shipped_bytes']:,} minified) "
                 f"cap {cfg.run.artifact_cap_bytes:,} headroom {report['artifact/headroom_bytes']:,}")
         for fmt, row in sorted(qreport["formats"].items()):
             log.log(f"  {fmt:9s} tensors:{row['tensors']:4d} params:{row['params']:>11,} stored:{row['bytes']:>11,} B")

@@ -19,6 +19,7 @@ import torch
 
 from .config import ConfigError, QuantConfig
 from .config.quant import CATEGORIES, FORMATS
+from .serialize import COMPRESSORS, dtype_from_name
 
 
 @dataclass(frozen=True)
@@ -79,8 +80,8 @@ def validate_quant_config(cfg: QuantConfig) -> None:
             raise ConfigError(f"quant.scale_floor_{f} is NaN: use a number (<0 = 1/Q, 0 = none, >0 absolute)")
     if cfg.int8_round_scale not in ("fp32", "fp16"):
         raise ConfigError(f"quant.int8_round_scale = {cfg.int8_round_scale!r}: expected fp32 or fp16")
-    if cfg.compressor not in ("zlib", "zstd", "lzma"):
-        raise ConfigError(f"quant.compressor = {cfg.compressor!r}: expected zlib, zstd or lzma")
+    if cfg.compressor not in COMPRESSORS:
+        raise ConfigError(f"quant.compressor = {cfg.compressor!r}: expected one of {', '.join(COMPRESSORS)}")
     if cfg.gptq_reserve_seconds < 0 or cfg.gptq_calib_batches < 0 or cfg.gptq_block_size < 1:
         raise ConfigError("quant.gptq_reserve_seconds / gptq_calib_batches must be >= 0 and gptq_block_size >= 1")
 
@@ -184,7 +185,7 @@ def candidate_scales(rows: torch.Tensor, fmt: IntFormat, category: str, cfg: Qua
     a = rows.abs()
     k = sd_clip_k(cfg, category)
     if k > 0:
-        std = rows.std(dim=1, unbiased=False) if rows.size(1) > 1 else a[:, 0]
+        std = rows.std(dim=1) if rows.size(1) > 1 else a[:, 0]  # unbiased, as #1394 computes it
         return [(scale_from_clip(k * std, fmt, floor), None)]
     if fmt.name == "int8":
         (clip,) = quantile_rows(a, [cfg.int8_clip_percentile / 100.0])
@@ -269,7 +270,7 @@ def quantize_state_dict(state: dict[str, torch.Tensor], cfg: QuantConfig,
 def dequantize_state_dict(tensors: dict[str, torch.Tensor], meta: dict) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = {}
     for name, info in meta["tensors"].items():
-        dtype = getattr(torch, info.get("dtype", "float32"))
+        dtype = dtype_from_name(info.get("dtype", "float32"))
         kind = info["kind"]
         if kind == "raw":
             state[name] = tensors[name]

@@ -4,10 +4,12 @@ Layout: MAGIC | u32 header length | UTF-8 JSON header | raw little-endian tensor
 The header lists every tensor (dtype, shape, offset, nbytes) plus free-form metadata, so loading a
 downloaded artifact never executes code (torch.load would unpickle). A SHA-256 of the payload in
 the header turns silent corruption (a flipped bit that still decompresses) into a clear error.
+Loading is strict: one compressed stream, nothing after it, output bounded by the header's size.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import lzma
 import struct
@@ -22,71 +24,142 @@ _DTYPES = {
     "int8": torch.int8, "int16": torch.int16, "int32": torch.int32, "int64": torch.int64,
     "uint8": torch.uint8, "bool": torch.bool,
 }
+COMPRESSORS = ("zlib", "zstd", "lzma", "brotli")
+MAX_HEADER = 1 << 24
+MAX_PAYLOAD = 1 << 31  # 2 GiB: far above any blob under the 16 MB cap, far below a bomb's reach
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _XZ_MAGIC = b"\xfd7zXZ\x00"
+_BROTLI_TAG = b"PGBR"  # brotli has no magic number: a 4-byte tag makes the codec detectable
 
 
 class BlobError(ValueError):
     """The blob is corrupt, truncated or not a pgolf artifact."""
 
 
-def pack(tensors: dict[str, torch.Tensor], meta: dict) -> bytes:
+def dtype_from_name(name: str) -> torch.dtype:
+    """The allow-listed dtype of a header name (never getattr(torch, name) on downloaded text)."""
+    if not isinstance(name, str) or name not in _DTYPES:
+        raise BlobError(f"dtype {name!r} is not allowed (expected one of {', '.join(_DTYPES)})")
+    return _DTYPES[name]
+
+
+def _planes(raw: bytes, size: int, inverse: bool) -> bytes:
+    """Byte shuffle: byte k of every element together (fp16 high bytes compress far better alone)."""
+    if size == 1 or not raw:
+        return raw
+    a = np.frombuffer(raw, dtype=np.uint8)
+    return (a.reshape(size, -1).T if inverse else a.reshape(-1, size).T).tobytes()
+
+
+def pack(tensors: dict[str, torch.Tensor], meta: dict, *, byte_shuffle: bool = False,
+         order: list[str] | None = None) -> bytes:
+    """`order`: tensor names in payload order (default sorted); grouping alike tensors helps the codec."""
+    names = sorted(tensors) if order is None else list(order)
+    if sorted(names) != sorted(tensors):
+        raise BlobError("pack order must name every tensor exactly once")
     entries, chunks, offset = [], [], 0
-    for name in sorted(tensors):
+    for name in names:
         t = tensors[name].detach().contiguous().cpu()
         dtype = str(t.dtype).removeprefix("torch.")
         if dtype not in _DTYPES:
             raise BlobError(f"tensor {name}: dtype {dtype} is not serialisable")
         raw = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.dtype == torch.bfloat16 else t.numpy().tobytes()
+        if byte_shuffle:
+            raw = _planes(raw, t.element_size(), False)
         entries.append({"name": name, "dtype": dtype, "shape": list(t.shape), "offset": offset, "nbytes": len(raw)})
         chunks.append(raw)
         offset += len(raw)
     payload = b"".join(chunks)
-    header = json.dumps({"tensors": entries, "meta": meta, "payload_bytes": offset,
-                         "payload_sha256": hashlib.sha256(payload).hexdigest()},
-                        sort_keys=True, separators=(",", ":")).encode()
+    head = {"tensors": entries, "meta": meta, "payload_bytes": offset, "payload_sha256": hashlib.sha256(payload).hexdigest()}
+    if byte_shuffle:
+        head["byte_shuffle"] = True
+    header = json.dumps(head, sort_keys=True, separators=(",", ":")).encode()
     return MAGIC + struct.pack("<I", len(header)) + header + payload
 
 
-def unpack(blob: bytes) -> tuple[dict[str, torch.Tensor], dict]:
-    if len(blob) < len(MAGIC) + 4 or not blob.startswith(MAGIC):
+LAYOUTS = ("state", "sorted", "grouped")
+
+
+def layout_order(tensors: dict[str, torch.Tensor], meta: dict, layout: str) -> list[str]:
+    """Payload order. "state": as quantize_state_dict emits them (state_dict order, codes then scales:
+    the records' torch.save order); "sorted": by name; "grouped": codes by category and format, then
+    scales, then everything else, each in state order."""
+    names = list(tensors)
+    if layout == "state":
+        return names
+    if layout == "sorted":
+        return sorted(names)
+    if layout != "grouped":
+        raise ValueError(f"unknown blob layout {layout!r} (expected {', '.join(LAYOUTS)})")
+    info = meta.get("tensors", {})
+
+    def key(n: str):
+        base, _, part = n.rpartition(".")
+        e = info.get(base, {}) if part in ("q", "scale") else {}
+        if part == "q" and e.get("kind") == "int":
+            return (0, e.get("category", ""), e.get("format", ""))
+        if part == "scale" and e.get("kind") == "int":
+            return (1, "", "")
+        return (2, str(tensors[n].dtype), "")
+    return sorted(names, key=key)
+
+
+def _header(blob: bytes | memoryview) -> tuple[dict, int]:
+    if len(blob) < len(MAGIC) + 4 or bytes(blob[:len(MAGIC)]) != MAGIC:
         raise BlobError("not a pgolf tensor container (bad magic)")
     (hlen,) = struct.unpack_from("<I", blob, len(MAGIC))
     start = len(MAGIC) + 4
+    if hlen > MAX_HEADER:
+        raise BlobError(f"header of {hlen} bytes is larger than the {MAX_HEADER} allowed")
     if start + hlen > len(blob):
         raise BlobError(f"truncated header: needs {hlen} bytes, {len(blob) - start} present")
     try:
-        header = json.loads(blob[start:start + hlen])
-        entries = header["tensors"]
-        if not isinstance(entries, list) or not isinstance(header.get("meta"), dict):
+        header = json.loads(bytes(blob[start:start + hlen]))
+        if not isinstance(header, dict) or not isinstance(header.get("tensors"), list) \
+                or not isinstance(header.get("meta"), dict):
             raise ValueError("header lacks a tensor list or metadata")
-    except (ValueError, KeyError, TypeError) as exc:
+        size = header.get("payload_bytes")
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_PAYLOAD:
+            raise ValueError(f"payload_bytes {size!r} is not a size up to {MAX_PAYLOAD}")
+        if not isinstance(header.get("payload_sha256"), str):
+            raise ValueError("no payload_sha256: every pgolf blob carries its payload checksum")
+    except (ValueError, TypeError) as exc:
         raise BlobError(f"corrupt header: {exc}") from exc
-    payload = memoryview(blob)[start + hlen:]
-    if len(payload) != header.get("payload_bytes"):
-        raise BlobError(f"payload is {len(payload)} bytes, header says {header.get('payload_bytes')} (truncated or padded)")
-    digest = header.get("payload_sha256")
-    if digest is not None and hashlib.sha256(payload).hexdigest() != digest:
+    return header, start + hlen
+
+
+def unpack(blob: bytes) -> tuple[dict[str, torch.Tensor], dict]:
+    header, start = _header(blob)
+    payload = memoryview(blob)[start:]
+    if len(payload) != header["payload_bytes"]:
+        raise BlobError(f"payload is {len(payload)} bytes, header says {header['payload_bytes']} (truncated or padded)")
+    if hashlib.sha256(payload).hexdigest() != header["payload_sha256"]:
         raise BlobError("payload checksum mismatch: the blob is corrupt")
+    shuffled = header.get("byte_shuffle") is True
     tensors = {}
-    for e in entries:
+    for e in header["tensors"]:
         try:
-            dtype = _DTYPES.get(e["dtype"])
+            dtype = dtype_from_name(e["dtype"])
             bad_range = not (0 <= e["offset"] and 0 <= e["nbytes"] and e["offset"] + e["nbytes"] <= len(payload))
-        except (KeyError, TypeError) as exc:
+            shape = [int(s) for s in e["shape"]]
+        except (KeyError, TypeError, ValueError) as exc:
             raise BlobError(f"corrupt header entry {e!r}: {exc}") from exc
-        if dtype is None or bad_range:
-            raise BlobError(f"tensor {e.get('name')}: bad dtype or range")
-        buf = bytearray(payload[e["offset"]:e["offset"] + e["nbytes"]])
+        if bad_range:
+            raise BlobError(f"tensor {e.get('name')}: byte range outside the payload")
+        raw = bytes(payload[e["offset"]:e["offset"] + e["nbytes"]])
+        size = torch.empty(0, dtype=dtype).element_size()
+        if len(raw) % size:
+            raise BlobError(f"tensor {e['name']}: {len(raw)} bytes is not a whole number of {e['dtype']}")
+        buf = bytearray(_planes(raw, size, True) if shuffled else raw)
         if dtype == torch.bfloat16:
             t = torch.frombuffer(buf, dtype=torch.uint8).view(torch.bfloat16) if buf else torch.empty(0, dtype=dtype)
         else:
             np_dtype = np.dtype(e["dtype"]) if e["dtype"] != "bool" else np.bool_
             t = torch.from_numpy(np.frombuffer(buf, dtype=np_dtype).copy())
-        expected = int(np.prod(e["shape"])) if e["shape"] else 1
+        expected = int(np.prod(shape)) if shape else 1
         if t.numel() != expected:
-            raise BlobError(f"tensor {e['name']}: {t.numel()} elements, shape {e['shape']} needs {expected}")
-        tensors[e["name"]] = t.reshape(e["shape"])
+            raise BlobError(f"tensor {e['name']}: {t.numel()} elements, shape {shape} needs {expected}")
+        tensors[e["name"]] = t.reshape(shape)
     return tensors, header["meta"]
 
 
@@ -98,18 +171,98 @@ def compress(data: bytes, compressor: str, level: int, threads: int = 0) -> byte
         return zstandard.ZstdCompressor(level=level, threads=threads, write_checksum=True).compress(data)
     if compressor == "lzma":
         return lzma.compress(data, preset=level)
-    raise ValueError(f"unknown compressor '{compressor}' (expected zlib, zstd or lzma)")
+    if compressor == "brotli":
+        import brotli
+        return _BROTLI_TAG + brotli.compress(data, quality=level, lgwin=24)
+    raise ValueError(f"unknown compressor '{compressor}' (expected {', '.join(COMPRESSORS)})")
 
 
-def decompress(data: bytes) -> bytes:
+class _Stream:
+    """Bounded reads from one compressed stream: `read(n)` never inflates more than n bytes."""
+
+    def __init__(self, data: bytes):
+        self.data, self.pending = data, b""
+        if data.startswith(_ZSTD_MAGIC):
+            import zstandard
+            self.kind = "zstd"
+            self.reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=False)
+        elif data.startswith(_XZ_MAGIC):
+            self.kind, self.obj = "lzma", lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+        elif data.startswith(_BROTLI_TAG):
+            import brotli
+            self.kind, self.obj, self.data = "brotli", brotli.Decompressor(), data[len(_BROTLI_TAG):]
+        else:
+            self.kind, self.obj = "zlib", zlib.decompressobj()
+        self.fed = False
+
+    def read(self, n: int) -> bytes:
+        out = self.pending[:n]
+        self.pending = self.pending[n:]
+        while len(out) < n:
+            chunk = self._more(n - len(out))
+            if not chunk:
+                break
+            out += chunk
+        return out
+
+    def _more(self, n: int) -> bytes:
+        if self.kind == "zstd":
+            return self.reader.read(n)
+        if self.kind == "zlib":
+            src = self.obj.unconsumed_tail if self.fed else self.data
+            self.fed = True
+            return self.obj.decompress(src, n) if src or not self.obj.eof else b""
+        if self.kind == "lzma":
+            if self.obj.eof:
+                return b""
+            src, self.fed = (b"" if self.fed else self.data), True
+            return self.obj.decompress(src, n)
+        if self.obj.is_finished():
+            return b""
+        if self.fed and self.obj.can_accept_more_data():
+            return b""
+        src, self.fed = (b"" if self.fed else self.data), True
+        got = self.obj.process(src, output_buffer_limit=n)
+        self.pending += got[n:]  # the limit is a soft cap: keep the excess for the next read
+        return got[:n]
+
+    def trailing(self) -> bool:
+        """Bytes after the end of the compressed stream (or a stream that never ended)."""
+        if self.kind == "zlib":
+            return bool(self.obj.unused_data) or not self.obj.eof
+        if self.kind == "lzma":
+            return bool(self.obj.unused_data) or not self.obj.eof
+        if self.kind == "brotli":
+            return not self.obj.is_finished()
+        import zstandard
+        obj = zstandard.ZstdDecompressor().decompressobj()
+        obj.decompress(self.data)  # one frame, already known to inflate to the bounded size
+        return bool(obj.unused_data) or not obj.eof
+
+
+def decompress(data: bytes, max_bytes: int = MAX_PAYLOAD) -> bytes:
+    """The container inside one compressed stream, inflated no further than its header declares."""
     if not data:
         raise BlobError("empty blob")
     try:
-        if data.startswith(_ZSTD_MAGIC):
-            import zstandard
-            return zstandard.ZstdDecompressor().decompress(data, max_output_size=1 << 31)
-        if data.startswith(_XZ_MAGIC):
-            return lzma.decompress(data)
-        return zlib.decompress(data)
+        s = _Stream(data)
+        head = s.read(len(MAGIC) + 4)
+        if len(head) < len(MAGIC) + 4 or not head.startswith(MAGIC):
+            raise BlobError("the stream does not hold a pgolf tensor container (bad magic)")
+        (hlen,) = struct.unpack_from("<I", head, len(MAGIC))
+        if hlen > MAX_HEADER:
+            raise BlobError(f"header of {hlen} bytes is larger than the {MAX_HEADER} allowed")
+        head += s.read(hlen)
+        want = _header(head)[0]["payload_bytes"]
+        if len(head) + want > max_bytes:
+            raise BlobError(f"header declares {want} payload bytes, more than the {max_bytes} allowed")
+        out = head + s.read(want)
+        if s.read(1):
+            raise BlobError(f"the stream inflates past the {len(out)} bytes its header declares (a bomb or a corrupt header)")
+        if s.trailing():
+            raise BlobError("bytes after the end of the compressed stream (or a stream cut short): not the blob pgolf wrote")
+        return out
+    except BlobError:
+        raise
     except Exception as exc:  # every codec has its own error type; the caller needs one
         raise BlobError(f"cannot decompress blob ({len(data)} bytes): {exc}") from exc

@@ -30,6 +30,7 @@ from .averaging import WeightAverager, check_avg_config
 from .model import GPT, count_parameters, flops_per_token, prepare_for_device, validate_model_config
 from .prune import magnitude_prune
 from .optim import apply_schedules, build_optimizers, lr_scale, muon_momentum
+from .recurrence import LoopSwitch
 from .faults import after_step
 from .posttrain import RunContext, finish_run, train_schedule
 
@@ -183,6 +184,7 @@ def run_training(cfg: TrainConfig) -> dict:
     n_params = count_parameters(base_model)
     fpt = flops_per_token(cfg.model, n_params, cfg.data.train_seq_len)
     log.log(f"model_params: {n_params}  flops_per_token: {fpt:.4g}  world_size: {ddp.world_size}  grad_accum: {accum}")
+    loops = LoopSwitch(base_model, cfg.model, loop_schedule)  # before compiling: starts unlooped
     late_qat = cfg.avg.late_qat_threshold > 0
     if late_qat:
         # The fake-quant branch must exist before compiling; its buffer flag flips it later.
@@ -225,8 +227,11 @@ def run_training(cfg: TrainConfig) -> dict:
             saved_model = copy.deepcopy(base_model.state_dict())
             saved_opts = [copy.deepcopy(o.state_dict()) for o in optimizers]
             loader = make_loader()
-            for s in range(cfg.schedule.warmup_steps):
-                train_step(loader, s, 0.0)
+            for looping in loops.warmup_plans():
+                loops.set(looping)
+                for s in range(cfg.schedule.warmup_steps):
+                    train_step(loader, s, 0.0)
+            loops.set(False)
             base_model.load_state_dict(saved_model)
             for o, st in zip(optimizers, saved_opts):
                 o.load_state_dict(st)
@@ -279,6 +284,9 @@ def run_training(cfg: TrainConfig) -> dict:
             elapsed_ms = train_ms + 1000.0 * (time.perf_counter() - t0)
             if cap_ms > 0:
                 elapsed_ms = _all_reduce_max(elapsed_ms, device)
+        if loops.due(step, elapsed_ms):
+            log.event("layer_loop", step=step)
+            log.log(f"layer_loop:enabled step:{step}")
         t_step = time.perf_counter()
         loss, scale = train_step(loader, step, elapsed_ms)
         step += 1
@@ -308,6 +316,7 @@ def run_training(cfg: TrainConfig) -> dict:
                 stop_after = step
                 log.log(f"stopping_early: wallclock_cap train_time:{agreed_ms:.0f}ms step:{step}")
     phases["train"] = train_ms / 1000.0
+    loops.finish()
     steps_done = step
     last_val = average_and_prune(cfg, base_model, averager, last_val, phases, log,
                                  lambda: evaluate(eval_model, val_tokens, luts, seq_len=cfg.data.train_seq_len,

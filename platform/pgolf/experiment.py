@@ -283,11 +283,17 @@ def _axis_probe_value(cfg: TrainConfig, axis: str, spec: Any) -> Any:
 def apply_data_source(exp: Experiment, cfg: TrainConfig, data_root: str | None = None) -> TrainConfig:
     """Point the config at absolute data paths; for `data = "demo"` build the demo corpus if missing."""
     if exp.meta.data == "demo":
-        from pgolf.datasets import default_data_dir, ensure_demo
-        root = os.path.join(data_root or default_data_dir(), "demo")
-        ensure_demo(root)
-        cfg.data.data_path = os.path.join(root, "datasets", "fineweb10B_sp1024")
-        cfg.data.tokenizer_path = os.path.join(root, "tokenizers", "fineweb_1024_bpe.model")
+        # The demo at the model's vocab (sp1024 / sp4096 / sp8192), so a stack's embedding is exercised whole.
+        from pgolf.datasets import DataError, default_data_dir, demo_dir_name, demo_layout, ensure_demo
+        vocab = cfg.model.vocab_size
+        try:
+            root = os.path.join(data_root or default_data_dir(), demo_dir_name(vocab))
+        except DataError as exc:
+            raise ExperimentError(f"{exp.path}: [experiment] data = 'demo' with config.model.vocab_size = {vocab}: {exc}") from None
+        ensure_demo(root, vocab=vocab)
+        dataset, tok_file = demo_layout(vocab)
+        cfg.data.data_path = os.path.join(root, "datasets", dataset)
+        cfg.data.tokenizer_path = os.path.join(root, tok_file)
     else:
         cfg.data.data_path = os.path.abspath(cfg.data.data_path)
         cfg.data.tokenizer_path = os.path.abspath(cfg.data.tokenizer_path)

@@ -14,8 +14,9 @@ remapped into the smaller run instead of being dropped:
   still reaches their projections; size thresholds (pruning floor, quantizer passthrough) scale with
   width^2 so the same tensors are pruned and quantized; the TTT chunk and the sliding stride keep their
   ratio to the sequence length (stride at least 1/8 of it, to bound the CPU cost).
-* steps: the records run ~7,000 steps in 600 s; warmdown, momentum warm-up, EMA horizon, EMA start
-  and the SWA period keep their fraction of that run.
+* steps: the records run ~7,000 steps in 600 s; warmdown, momentum warm-up, EMA horizon, EMA start,
+  the SWA period and the GPTQ calibration batches keep their fraction of that run. Depth-recurrence
+  and parallel-residual start layers scale like other explicit layer indices.
 """
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ MAX_TABLE_DIM = 64  # BigramHash / VE widths in smoke: OrthoInit needs both dims
 # Layer-indexed fields of other sections register here (only applied where the field exists).
 LAYER_COUNT_FIELDS = ("model.xsa_last_n", "ttt.freeze_blocks")  # "first/last N layers"
 LAYER_LIST_FIELDS = ("model.ve_layers", "quant.late_k_fp16_layers")  # layer lists, mapped from the end (< 0 kept)
-LAYER_INDEX_FIELDS = ("model.backout_layer",)  # one explicit layer (-1 = automatic, kept)
+LAYER_INDEX_FIELDS = ("model.backout_layer", "model.loop_start", "model.loop_end", "model.parallel_start")  # one explicit layer (-1 = off/automatic, kept)
 # Token counts tied to the sequence length keep their ratio to it (floor: the given fraction of a sequence).
 SEQ_SCALED_FIELDS = {"ttt.chunk_tokens": 1.0, "eval.sliding_stride": 1 / 8}
 _BLOCK_NAME = re.compile(r"blocks\.(\d+)\.")
@@ -144,6 +145,8 @@ def shrink(cfg: TrainConfig) -> TrainConfig:
         avg.ema_start_step = _steps(avg.ema_start_step, iters)
     if avg.swa_every > 0:
         avg.swa_every = max(1, _steps(avg.swa_every, iters))
+    # GPTQ calibration reads training batches: it keeps its share of the run's data (64 -> 2 batches).
+    cfg.quant.gptq_calib_batches = min(cfg.quant.gptq_calib_batches, max(2, _steps(cfg.quant.gptq_calib_batches, iters)))
 
     if cfg.quant.compressor == "zstd":
         cfg.quant.compress_level = min(cfg.quant.compress_level, 3)  # level 22 costs ~40 s on CPU

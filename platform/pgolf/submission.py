@@ -15,10 +15,8 @@ Record rules are fixed (16,000,000 bytes, 600 s train, 600 s eval) whatever budg
 from __future__ import annotations
 
 import ast
-import base64
 import datetime as _dt
 import json
-import lzma
 import math
 import os
 import re
@@ -194,20 +192,15 @@ def _group(uri: str, c, exp_id: str, trials, source: str) -> Group:
 
 
 def bundle_contents(path: str) -> dict | None:
-    """{"files": {...}, "config": {...}} packed inside a pgolf train_gpt.py, or None when the file is
-    not in that format. Read with `ast`, never executed."""
+    """{"files": {...}, "config": {...}, "code_version": ...} packed inside a pgolf train_gpt.py, or None
+    when the file is not in that format. Read with `ast`, never executed."""
+    from pgolf.trainers.codebundle import payload_of
     try:
-        with open(path, encoding="utf-8") as fh:
-            tree = ast.parse(fh.read())
-        for node in tree.body:
-            if (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
-                    and node.targets[0].id == "B" and isinstance(node.value, ast.Constant)
-                    and isinstance(node.value.value, str)):
-                out = json.loads(lzma.decompress(base64.b85decode(node.value.value)))
-                return out if isinstance(out, dict) else None
-    except (OSError, SyntaxError, ValueError, lzma.LZMAError):
+        with open(path, "rb") as fh:
+            out = payload_of(fh.read())
+        return out if isinstance(out, dict) else None
+    except Exception:  # noqa: BLE001 - any unreadable file is "not in that format"
         return None
-    return None
 
 
 def _same_run_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -328,6 +321,11 @@ def self_check(folder: str, *, data_path: str, tokenizer_path: str, sets: Sequen
     code the run needs."""
     import time
 
+    from pgolf.trainers.codebundle import verify_wrapper
+    try:  # the file that runs must be the packed code and nothing else (#12.8)
+        verify_wrapper(os.path.join(folder, "train_gpt.py"))
+    except ValueError as exc:
+        return SelfCheck(False, str(exc), [], 0.0)
     tmp = tempfile.mkdtemp(prefix="pgolf_selfcheck_")
     try:
         dest = os.path.join(tmp, os.path.basename(os.path.normpath(folder)) or "submission")

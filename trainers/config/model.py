@@ -42,3 +42,8 @@ class ModelConfig:
     backout: bool = False  # before the final norm x <- x - lambda * h_mid; off; #339 -> seed #366
     backout_lambda_init: float = 0.2  # initial lambda (#339 BACKOUT_LAMBDA_INIT)
     backout_layer: int = -1  # block whose output is h_mid; -1 = num_layers // 2 (#339 BACKOUT_LAYER)
+    num_loops: int = 0  # depth recurrence: layers loop_start..loop_end (inclusive, shared weights) run 1 + num_loops times once looping is on; 0 = off; 2 in #1394/#1493
+    loop_start: int = 0  # first looped layer; 4 #1394, 3 #1493
+    loop_end: int = 0  # last looped layer (inclusive); 5 in #1394/#1493
+    loop_enable_frac: float = 0.0  # looping switches on at this fraction of training (of the cap minus the GPTQ reserve, else of iterations); 0.5 #1394, 0.35 #1493
+    parallel_start: int = -1  # GPT-J parallel residual from this layer on: attention and MLP both read the mixed input, outputs summed; -1 = off; 7 #1493

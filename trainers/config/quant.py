@@ -61,6 +61,12 @@ class QuantConfig:
     gptq_block_size: int = 128
     gptq_damp: float = 0.01  # H += damp * mean(diag H) * I
     gptq_act_order: bool = True
-    compressor: str = "zlib"  # zlib | zstd | lzma
+    compressor: str = "zlib"  # zlib | zstd | lzma | brotli (quality = compress_level, 0..11)
     compress_level: int = 9
+    # Blob layout. "state" is the records' torch.save order (state_dict order, codes then scales); by
+    # name ("sorted", pgolf's old order) compresses ~5% worse on heavy-tailed weights (RESULTS.md);
+    # "grouped" puts codes of one category/format together. byte_shuffle stores byte k of every
+    # multi-byte element together (fp16 scales and passthrough tensors).
+    layout: str = "state"  # state | sorted | grouped
+    byte_shuffle: bool = False
     compress_threads: int = 0  # zstd workers: 0 single-threaded, -1 one per core

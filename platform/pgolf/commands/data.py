@@ -10,24 +10,29 @@ def add_arguments(p) -> None:
     demo = sub.add_parser("demo", help="build the embedded demo corpus (stdlib text) -> tokenizer + shards")
     demo.add_argument("--out", default=None, help="output folder (default: $PGOLF_DATA_DIR/demo or ./data/demo)")
     demo.add_argument("--force", action="store_true", help="rebuild even if the manifest verifies")
+    demo.add_argument("--vocab", type=int, default=1024, choices=(1024, 4096, 8192),
+                      help="BPE size (default 1024; 4096/8192 build into demo_sp<V>/)")
     fw = sub.add_parser("fineweb", help="download the official FineWeb shards + tokenizer (needs network)")
-    fw.add_argument("--variant", default="sp1024")
+    fw.add_argument("--variant", default="sp1024", choices=("sp1024", "sp4096", "sp8192"))
+    fw.add_argument("--repo-id", default=None,
+                    help="HF dataset repo (default: the challenge's for sp1024, kevclark/parameter-golf for sp4096/sp8192)")
     fw.add_argument("--train-shards", type=int, default=80)
     fw.add_argument("--out", default=None, help="output folder (default: $PGOLF_DATA_DIR or ./data)")
 
 
 def run(args) -> int:
-    from pgolf.datasets import DataError, build_demo, default_data_dir, download_fineweb
+    from pgolf.datasets import DataError, build_demo, default_data_dir, demo_dir_name, download_fineweb, variant_repo
 
     try:
         if args.source == "demo":
-            out = args.out or os.path.join(default_data_dir(), "demo")
-            manifest = build_demo(out, force=args.force)
+            out = args.out or os.path.join(default_data_dir(), demo_dir_name(args.vocab))
+            manifest = build_demo(out, force=args.force, vocab=args.vocab)
             print(f"demo corpus ready in {os.path.abspath(out)}")
             print(_describe(manifest))
         else:
             out = args.out or default_data_dir()
-            download_fineweb(variant=args.variant, train_shards=args.train_shards, out_dir=out)
+            download_fineweb(variant=args.variant, train_shards=args.train_shards, out_dir=out,
+                             repo_id=args.repo_id or variant_repo(args.variant))
     except DataError as exc:
         print(f"pgolf data: {exc}", file=sys.stderr)
         return 3

@@ -1,0 +1,73 @@
+"""Counted code bytes of every stack file: readable trainer sources, what the packer ships (reached code,
+minified), and the real size of the self-extracting train_gpt.py, next to the record's own counted
+train_gpt.py where the stack reproduces a record in the challenge repository.
+
+    python benchmarks/code_bytes.py [--stacks pr691,baseline] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The record's counted train_gpt.py (bytes): `git cat-file -s` in the challenge repository, records/ on
+# main, or the PR head (refs/pull/N/head) for the seed PRs not merged into records/.
+RECORD_CODE_BYTES = {
+    "baseline": (47_642, "2026-03-17_NaiveBaseline"),
+    "pr162": (52_243, "2026-03-20_Int6_MLP3x_SmearGate_BigramHash_MuonWD_SWA"),
+    "pr180": (52_930, "2026-03-20_10L_Int5MLP_MuonWD04_SWA50"),
+    "pr198": (64_415, "PR #198 head: 2026-03-20_11L_Int6_MLP3x_WD04_SmearBigram2k_1.1318"),
+    "pr264": (56_124, "PR #264 head: 2026-03-21_11L_Int5MLP_TTT_SmearGate"),
+    "pr317": (70_875, "PR #317 head: 2026-03-21_11L_XSA4_EMA_TTT_Int6_MLP3x_WD04"),
+    "pr366": (59_331, "PR #366 head: 2026-03-21_TTT_BackoutConn_Int5MLP (non-record)"),
+    "pr287": (66_133, "2026-03-20_11L_XSA4_EMA_Int6_MLP3x_WD04_1.1271"),
+    "pr315": (67_617, "2026-03-21_11L_XSA4_EMA_PartialRoPE_LateQAT_1.1248"),
+    "pr414": (67_603, "2026-03-22_11L_EMA_GPTQ-lite_warmdown3500_QAT015_1.1233"),
+    "pr549": (89_458, "2026-03-23_LeakyReLU_LegalTTT_ParallelMuon"),
+    "pr691": (74_001, "PR #691 head 787610b: 2026-03-25_PR414_CosineTTT30ep_1.0988"),
+    "pr1394": (15_516, "2026-04-05_SP8192_GPTQ-Embeddings_SDClip_Loop45x2"),
+    "pr1493": (16_594, "2026-04-09_SP8192_3LayerRecur_ParResid_QK525_LegalTTT"),
+}
+
+
+def measure(name: str) -> dict:
+    from pgolf.experiment import load_experiment
+    from pgolf.trainers.codebundle import write_code_artifact
+    from pgolf.trainers.posttrain import embedded_config
+
+    cfg = load_experiment(os.path.join(ROOT, "experiments", "stacks", f"{name}.toml")).resolved(None, 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        art = write_code_artifact(tmp, embedded_config(cfg))
+        size = os.path.getsize(os.path.join(tmp, "train_gpt.py"))
+    rec = RECORD_CODE_BYTES.get(name)
+    return {"stack": name, "raw_bytes": art.raw_source_bytes, "minified_bytes": art.shipped_source_bytes,
+            "packed_bytes": size, "codec": art.codec, "record_bytes": rec[0] if rec else None,
+            "record": rec[1] if rec else None}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--stacks", default="", help="comma-separated stack names (default: every file)")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    names = [s for s in args.stacks.split(",") if s] or sorted(
+        os.path.basename(p)[:-5] for p in glob.glob(os.path.join(ROOT, "experiments", "stacks", "*.toml")))
+    rows = []
+    print(f"{'stack':9s} {'raw_B':>8s} {'minified_B':>10s} {'packed_B':>9s} {'codec':6s} {'record_B':>9s} {'vs record':>9s}")
+    for name in names:
+        r = measure(name)
+        rows.append(r)
+        vs = f"{r['packed_bytes'] / r['record_bytes']:.2f}x" if r["record_bytes"] else "-"
+        rec = f"{r['record_bytes']:,}" if r["record_bytes"] else "-"
+        print(f"{name:9s} {r['raw_bytes']:8,} {r['minified_bytes']:10,} {r['packed_bytes']:9,} {r['codec']:6s} "
+              f"{rec:>9s} {vs:>9s}", flush=True)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(rows, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,359 @@
+"""Builds the trainer sources a counted train_gpt.py ships: only the code the resolved config reaches,
+minified. Runs where the package is installed (it needs python-minifier); never shipped itself.
+
+1. Constant branches: an `if`/conditional expression whose test reads only config fields (through a
+   parameter annotated with a config class, an alias of one, or a field typed as one) and literals is
+   decided with the packed config. The arm it never takes becomes `_gone("<test>")`, which raises
+   PackedPathError: a `--set` that changes the switch fails loudly instead of running other code.
+2. Dead code: top-level functions, classes, constants and imported names nothing live refers to are
+   dropped, to a fixed point; modules no live import reaches are left out (import graph from the
+   wrapper's entry point, `codebundle.run_packed`).
+3. python-minifier: docstrings, comments and annotations (class fields keep theirs: dataclasses need
+   them), local renaming.
+"""
+from __future__ import annotations
+
+import ast
+import operator
+
+from .config import SECTIONS
+
+_CLASS_SECTION = {cls.__name__: name for name, cls in SECTIONS.items()}
+_OPS = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt,
+        ast.GtE: operator.ge, ast.In: lambda a, b: a in b, ast.NotIn: lambda a, b: a not in b,
+        ast.Is: operator.is_, ast.IsNot: operator.is_not}
+_BIN = {ast.Mod: operator.mod, ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
+_ROOT = ("codebundle", "run_packed")
+_GONE = "_gone"
+
+
+class _Unknown(Exception):
+    pass
+
+
+def _modname(rel: str) -> str:
+    parts = rel[:-3].split("/")
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _ann_kind(ann: ast.AST | None) -> str | None:
+    """'train' for TrainConfig, a section name for a section class, else None."""
+    name = ann.value if isinstance(ann, ast.Constant) and isinstance(ann.value, str) else \
+        ann.id if isinstance(ann, ast.Name) else ann.attr if isinstance(ann, ast.Attribute) else None
+    if name == "TrainConfig":
+        return "train"
+    return _CLASS_SECTION.get(name)
+
+
+class _Pruner(ast.NodeTransformer):
+    """Decides config-constant tests inside functions (see the module docstring)."""
+
+    def __init__(self, config: dict, field_types: dict[str, dict[str, str]]):
+        self.config, self.field_types, self.scope, self.cls = config, field_types, [{}], None
+        self.once: set[str] = set()
+        self.sites = 0
+
+    def kind_of(self, node: ast.AST) -> str | None:
+        if isinstance(node, ast.Name):
+            for s in reversed(self.scope):
+                if node.id in s:
+                    return s[node.id] if isinstance(s[node.id], str) else None
+            return None
+        if isinstance(node, ast.Attribute):
+            base = self.kind_of(node.value)
+            if base == "train" and node.attr in SECTIONS:
+                return node.attr
+            if isinstance(base, str) and base.startswith("class:"):
+                return self.field_types.get(base[6:], {}).get(node.attr)
+        return None
+
+    def value(self, node: ast.AST):
+        if isinstance(node, ast.Constant):
+            return node.value
+        if isinstance(node, ast.Name):  # a local bound once to a config-constant value
+            for s in reversed(self.scope):
+                if node.id in s:
+                    if isinstance(s[node.id], tuple):
+                        return s[node.id][0]
+                    break
+            raise _Unknown
+        if isinstance(node, (ast.Tuple, ast.List)):
+            return tuple(self.value(e) for e in node.elts)
+        if isinstance(node, ast.Attribute):
+            base = self.kind_of(node.value)
+            if base in SECTIONS and node.attr in self.config.get(base, {}):
+                return self.config[base][node.attr]
+            raise _Unknown
+        if isinstance(node, ast.Compare):
+            left = self.value(node.left)
+            for op, right in zip(node.ops, node.comparators):
+                r = self.value(right)
+                if type(op) not in _OPS:
+                    raise _Unknown
+                if not _OPS[type(op)](left, r):
+                    return False
+                left = r
+            return True
+        if isinstance(node, ast.BoolOp):
+            vals = [bool(self.value(v)) for v in node.values]
+            return all(vals) if isinstance(node.op, ast.And) else any(vals)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+            return not self.value(node.operand)
+        if isinstance(node, ast.BinOp) and type(node.op) in _BIN:
+            try:
+                return _BIN[type(node.op)](self.value(node.left), self.value(node.right))
+            except (TypeError, ZeroDivisionError):
+                raise _Unknown from None
+        raise _Unknown
+
+    def decide_value(self, node: ast.AST) -> tuple | None:
+        if isinstance(node, ast.Constant):
+            return None  # a literal is not a config switch
+        try:
+            return (self.value(node),)
+        except _Unknown:
+            return None
+
+    def decide(self, test: ast.AST) -> bool | None:
+        try:
+            return bool(self.value(test))
+        except _Unknown:
+            return None
+
+    def gone(self, test: ast.AST, taken: bool) -> ast.Call:
+        self.sites += 1
+        why = ast.unparse(test)
+        return ast.Call(ast.Name(_GONE, ast.Load()), [ast.Constant(why if taken else f"not ({why})")], [])
+
+    def visit_ClassDef(self, node):
+        outer, self.cls = self.cls, node.name
+        self.generic_visit(node)
+        self.cls = outer
+        return node
+
+    def visit_FunctionDef(self, node):
+        scope = {}
+        for a in node.args.posonlyargs + node.args.args + node.args.kwonlyargs:
+            kind = _ann_kind(a.annotation)
+            if kind is None and isinstance(a.annotation, (ast.Name, ast.Constant)):
+                name = a.annotation.id if isinstance(a.annotation, ast.Name) else a.annotation.value
+                kind = f"class:{name}" if name in self.field_types else None
+            if kind:
+                scope[a.arg] = kind
+        from collections import Counter
+        stores = Counter(n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store))
+        outer = self.once
+        self.once = {n for n, c in stores.items() if c == 1} - {a.arg for a in ast.walk(node.args) if isinstance(a, ast.arg)}
+        self.scope.append(scope)
+        self.generic_visit(node)
+        self.scope.pop()
+        self.once = outer
+        return node
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+    def visit_Assign(self, node):
+        self.generic_visit(node)
+        if len(self.scope) == 1:
+            return node
+        pairs = [(node.targets[0], node.value)]
+        if isinstance(node.targets[0], ast.Tuple) and isinstance(node.value, ast.Tuple) \
+                and len(node.targets[0].elts) == len(node.value.elts):
+            pairs = list(zip(node.targets[0].elts, node.value.elts))
+        for tgt, val in pairs:
+            if isinstance(tgt, ast.Name):
+                kind = self.kind_of(val) if len(node.targets) == 1 else None
+                const = self.decide_value(val) if len(node.targets) == 1 and tgt.id in self.once else None
+                if kind:
+                    self.scope[-1][tgt.id] = kind
+                elif const is not None:
+                    self.scope[-1][tgt.id] = const  # (value,): bound once in this function
+                else:
+                    self.scope[-1].pop(tgt.id, None)  # rebound to something else: no longer a config
+        return node
+
+    def visit_If(self, node):
+        self.generic_visit(node)
+        taken = self.decide(node.test)
+        if taken is True and node.orelse:
+            node.orelse = [ast.Expr(self.gone(node.test, False))]
+        elif taken is False and not _is_gone(node.body):
+            node.body = [ast.Expr(self.gone(node.test, True))]
+        return node
+
+    def visit_IfExp(self, node):
+        self.generic_visit(node)
+        taken = self.decide(node.test)
+        if taken is True:
+            node.orelse = self.gone(node.test, False)
+        elif taken is False:
+            node.body = self.gone(node.test, True)
+        return node
+
+
+def _is_gone(body: list) -> bool:
+    return len(body) == 1 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Call) \
+        and isinstance(body[0].value.func, ast.Name) and body[0].value.func.id == _GONE
+
+
+def _field_types(trees: dict[str, ast.Module]) -> dict[str, dict[str, str]]:
+    """Classes with annotated fields of a config type: `ctx.cfg` where ctx is a RunContext."""
+    out: dict[str, dict[str, str]] = {}
+    for tree in trees.values():
+        for node in tree.body:
+            if isinstance(node, ast.ClassDef):
+                fields = {s.target.id: k for s in node.body if isinstance(s, ast.AnnAssign)
+                          and isinstance(s.target, ast.Name) and (k := _ann_kind(s.annotation))}
+                if fields:
+                    out[node.name] = fields
+    return out
+
+
+def _defined(stmt: ast.stmt) -> list[str]:
+    if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return [stmt.name]
+    if isinstance(stmt, ast.Assign) and all(isinstance(t, ast.Name) for t in stmt.targets) \
+            and not any(isinstance(n, ast.Call) for n in ast.walk(stmt.value)):
+        return [t.id for t in stmt.targets]
+    return []
+
+
+def _uses(node: ast.AST) -> set[str]:
+    out = set()
+    for n in ast.walk(node):
+        if isinstance(n, ast.Name):
+            out.add(n.id)
+        elif isinstance(n, ast.Attribute):
+            out.add(n.attr)
+        elif isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value.isidentifier():
+            out.add(n.value)  # getattr(obj, "name") and friends
+    return out
+
+
+def _relative_imports(tree: ast.AST, mod: str, modules: set[str]) -> set[str]:
+    pkg = mod if any(m.startswith(mod + ".") for m in modules) else mod.rpartition(".")[0]
+    out = set()
+    for n in ast.walk(tree):
+        if isinstance(n, ast.ImportFrom) and n.level:
+            base = pkg
+            for _ in range(n.level - 1):
+                base = base.rpartition(".")[0]
+            target = ".".join(p for p in (base, n.module or "") if p)
+            for a in n.names:
+                sub = ".".join(p for p in (target, a.name) if p)
+                out.add(sub if sub in modules else target)
+    return out & modules
+
+
+def _drop_dead(trees: dict[str, ast.Module]) -> None:
+    """Remove unreferenced top-level definitions and imported names, to a fixed point."""
+    from collections import Counter
+
+    cache: dict[int, set[str]] = {}
+
+    def uses(stmt: ast.stmt) -> set[str]:
+        # an import is not a use (the importing module's own code is); nor is __all__
+        if isinstance(stmt, (ast.Import, ast.ImportFrom)) or _defined(stmt) == ["__all__"]:
+            return set()
+        if id(stmt) not in cache:
+            cache[id(stmt)] = _uses(stmt)
+        return cache[id(stmt)]
+
+    while True:
+        changed = False
+        total = Counter(n for t in trees.values() for s in t.body for n in uses(s))
+        owns = {mod: set().union(*(uses(s) for s in tree.body)) for mod, tree in trees.items()}
+        for mod, tree in trees.items():  # `from .x import a as b` with b used is a use of x's a
+            total.update(a.name for s in tree.body if isinstance(s, ast.ImportFrom) for a in s.names
+                         if a.asname and a.asname != a.name and a.asname in owns[mod])
+        for mod, tree in trees.items():
+            own = owns[mod]
+            keep = []
+            for stmt in tree.body:
+                names = _defined(stmt)
+                if names == ["__all__"]:
+                    changed = True
+                    continue
+                if names and (mod, names[0]) != _ROOT:
+                    mine = uses(stmt)
+                    if not any(total[n] - (n in mine) > 0 for n in names):
+                        changed = True
+                        continue
+                if isinstance(stmt, ast.ImportFrom) and stmt.module != "__future__":
+                    live = [a for a in stmt.names if (a.asname or a.name) in own or a.name == "*"]
+                    if len(live) != len(stmt.names):
+                        changed = True
+                        if not live:
+                            continue
+                        stmt.names = live
+                keep.append(stmt)
+            tree.body = keep
+        if not changed:
+            return
+
+
+def ship_sources(sources: dict[str, str], config: dict) -> dict[str, str]:
+    import python_minifier
+
+    trees = {_modname(rel): ast.parse(src) for rel, src in sources.items() if rel != "packer.py"}
+    rels = {_modname(rel): rel for rel in sources}
+    types = _field_types(trees)
+    for mod, tree in trees.items():
+        p = _Pruner(config, types)
+        p.visit(tree)
+        if p.sites and mod != "codebundle":
+            at = 0
+            while at < len(tree.body) and (isinstance(tree.body[at], ast.ImportFrom) and tree.body[at].module == "__future__"
+                                           or isinstance(tree.body[at], ast.Expr) and isinstance(tree.body[at].value, ast.Constant)):
+                at += 1
+            tree.body.insert(at, ast.ImportFrom("pgolf.trainers.codebundle", [ast.alias("gone", _GONE)], 0))
+        elif p.sites:
+            tree.body.append(ast.parse(f"{_GONE} = gone").body[0])
+    _drop_dead(trees)
+    modules = set(trees)
+    live, todo = ({""} & modules) | {_ROOT[0]}, [_ROOT[0]]
+    while todo:
+        mod = todo.pop()
+        for dep in _relative_imports(trees[mod], mod, modules):
+            parents = {".".join(dep.split(".")[:k]) for k in range(1, dep.count(".") + 1)}
+            for d in {dep} | (parents & modules):
+                if d not in live:
+                    live.add(d)
+                    todo.append(d)
+    ann = python_minifier.RemoveAnnotationsOptions(remove_variable_annotations=True, remove_return_annotations=True,
+                                                   remove_argument_annotations=True,
+                                                   remove_class_attribute_annotations=False)
+    out = {}
+    for mod in sorted(live):
+        keep_doc = "__doc__" in _uses(trees[mod])  # e.g. argparse text read from the docstring
+        out[rels[mod]] = _cached_minify(ast.unparse(trees[mod]), f"doc={keep_doc}", lambda code: python_minifier.minify(
+            code, remove_annotations=ann, remove_literal_statements=not keep_doc, rename_locals=True, rename_globals=False,
+            hoist_literals=False, remove_asserts=False, remove_debug=False))
+    return dict(sorted(out.items()))
+
+
+def _cached_minify(code: str, options: str, minify) -> str:
+    """python-minifier is deterministic but slow (seconds a module): results are cached on disk by the
+    sha256 of the input and the minifier version, so only changed modules are minified again."""
+    import hashlib
+    import os
+
+    from importlib.metadata import version
+    key = hashlib.sha256(f"{version('python-minifier')}\0{options}\0{code}".encode()).hexdigest()
+    root = os.environ.get("PGOLF_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "pgolf")
+    path = os.path.join(root, "minified", key[:2], key + ".py")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    except OSError:
+        pass
+    small = minify(code)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(small)
+        os.replace(tmp, path)  # atomic: parallel trials never read half a file
+    except OSError:
+        pass  # a read-only home only costs time
+    return small
