@@ -43,9 +43,14 @@ def test_round_trip_on_random_strings():
         assert sum(original_bytes(pieces)) == len(text.encode("utf-8"))
 
 
-def test_round_trip_on_the_demo_corpus():
+@pytest.fixture(scope="module")
+def demo_docs():
     from pgolf.demo_text import _collect_in_process
-    docs = _collect_in_process()[0]
+    return _collect_in_process()[0]
+
+
+def test_round_trip_on_the_demo_corpus(demo_docs):
+    docs = demo_docs
     assert len(docs) > 10
     for doc in docs:
         assert decode(encode(doc)) == doc
@@ -60,3 +65,35 @@ def test_decode_rejects_strings_no_text_encodes_to(bad):
 def test_pieces_ending_inside_an_escape_are_an_error():
     with pytest.raises(CaseOpsError, match="escape"):
         original_bytes(["ab", ESC])
+
+
+@pytest.fixture(scope="module")
+def caseops_sp(demo_docs):
+    """A small BPE trained on CaseOps text with the operators as user-defined symbols (as #1729)."""
+    import io
+
+    import sentencepiece as spm
+
+    docs = demo_docs
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter([encode(d) for d in docs[40:200]]), model_writer=model, minloglevel=2,
+        model_type="bpe", vocab_size=400, byte_fallback=True, normalization_rule_name="identity",
+        add_dummy_prefix=False, remove_extra_whitespaces=False, user_defined_symbols=list(OPERATORS), bos_id=1, eos_id=2, unk_id=3, pad_id=0,
+        hard_vocab_limit=False, num_threads=1, character_coverage=1.0)
+    return spm.SentencePieceProcessor(model_proto=model.getvalue()), docs[:40]
+
+
+def test_sidecar_bytes_equal_the_canonical_recount(caseops_sp):
+    from pgolf.trainers.caseops import canonical_bytes, encode_with_sidecar
+    sp, docs = caseops_sp
+    for op in OPERATORS:
+        assert sp.piece_to_id(op) > 3  # one token each, never byte-fallback
+    transformed_bytes = 0
+    for doc in docs + ADVERSARIAL[1:]:
+        ids, sidecar = encode_with_sidecar(sp, doc)
+        assert len(sidecar) == len(ids)
+        assert sum(sidecar) == canonical_bytes(sp, ids) == len(doc.encode("utf-8"))
+        transformed_bytes += len(sp.decode(ids).encode("utf-8"))
+    original = sum(len(d.encode("utf-8")) for d in docs + ADVERSARIAL[1:])
+    assert transformed_bytes > original  # counting the tokens' own bytes would score the operators too

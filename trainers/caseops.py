@@ -43,50 +43,45 @@ def encode(text: str) -> str:
     return _TOKEN.sub(lambda m: ESC + m.group() if m.group() in OPERATORS else _encode_run(m.group()), text)
 
 
+_DECODE = re.compile(f"{ESC}(.?)|([{TITLE}{ALLCAPS}]?)([a-z{CAPNEXT}]+)|([{TITLE}{ALLCAPS}A-Z])", re.S)
+
+
 def decode(text: str) -> str:
     """CaseOps text -> original text; CaseOpsError on a string `encode` cannot produce."""
     out: list[str] = []
-    i, n = 0, len(text)
-    after_word = False  # a case operator may not continue a word (runs are maximal)
-    while i < n:
-        ch = text[i]
-        word, after_word = after_word, False
-        if ch == ESC:
-            if i + 1 >= n or text[i + 1] not in OPERATORS:
-                raise CaseOpsError(f"ESC at {i} not followed by an operator character")
-            out.append(text[i + 1])
-            i += 2
-            continue
-        if ch in (TITLE, ALLCAPS):
-            j = i + 1
-            while j < n and ("a" <= text[j] <= "z" or text[j] == CAPNEXT):
-                j += 1
-            body = text[i + 1:j]
-            if not body or body[0] == CAPNEXT or word:
-                raise CaseOpsError(f"case operator at {i} does not start a lowercase word")
-            if ch == ALLCAPS:
+    pos, word_end = 0, -1
+    for m in _DECODE.finditer(text):
+        out.append(text[pos:m.start()])
+        lit, op, body = m.group(1), m.group(2), m.group(3)
+        if lit is not None:
+            if lit not in OPERATORS:
+                raise CaseOpsError(f"ESC at {m.start()} not followed by an operator character")
+            out.append(lit)
+        elif body is not None:
+            if op and m.start() == word_end:  # runs are maximal: an operator never continues a word
+                raise CaseOpsError(f"case operator at {m.start()} inside a word")
+            if op == ALLCAPS:
                 if CAPNEXT in body or len(body) < 2:
-                    raise CaseOpsError(f"ALLCAPS at {i} must cover two or more letters without CAPNEXT")
+                    raise CaseOpsError(f"ALLCAPS at {m.start()} must cover two or more letters without CAPNEXT")
                 out.append(body.upper())
+            elif op == TITLE:
+                if body[0] == CAPNEXT:
+                    raise CaseOpsError(f"TITLE at {m.start()} followed by CAPNEXT")
+                out.append(body[0].upper() + _capnext(body[1:], m.start() + 2))
             else:
-                out.append(body[0].upper() + _capnext(body[1:], i + 2))
-            i, after_word = j, True
-            continue
-        if ch == CAPNEXT or "a" <= ch <= "z":
-            j = i
-            while j < n and ("a" <= text[j] <= "z" or text[j] == CAPNEXT):
-                j += 1
-            out.append(_capnext(text[i:j], i))
-            i, after_word = j, True
-            continue
-        if "A" <= ch <= "Z":
-            raise CaseOpsError(f"uppercase letter {ch!r} at {i}: CaseOps text is lowercase")
-        out.append(ch)
-        i += 1
+                out.append(_capnext(body, m.start()))
+            word_end = m.end()
+        else:
+            raise CaseOpsError(f"{m.group(4)!r} at {m.start()}: an uppercase letter, or a case operator "
+                               "not followed by a lowercase letter")
+        pos = m.end()
+    out.append(text[pos:])
     return "".join(out)
 
 
 def _capnext(body: str, at: int) -> str:
+    if CAPNEXT not in body:
+        return body
     out, up = [], False
     for k, c in enumerate(body):
         if c == CAPNEXT:
@@ -116,3 +111,17 @@ def original_bytes(pieces: list[str]) -> list[int]:
     if escaped:
         raise CaseOpsError("the pieces end inside an escape")
     return counts
+
+
+def encode_with_sidecar(sp, text: str) -> tuple[list[int], list[int]]:
+    """Token ids of the CaseOps form of `text` and, per token, the original UTF-8 bytes it covers (the
+    `fineweb_val_bytes_*` sidecar). Needs a tokenizer without normalization (identity rule), so that
+    every piece's surface is a slice of its input: identity rule, remove_extra_whitespaces off."""
+    proto = sp.encode_as_proto(encode(text))
+    pieces = list(proto.pieces)
+    return [p.id for p in pieces], original_bytes([p.surface for p in pieces])
+
+
+def canonical_bytes(sp, ids: list[int]) -> int:
+    """The canonical recount: decode the tokens, invert the transform, count UTF-8 bytes."""
+    return len(decode(sp.decode(list(ids))).encode("utf-8"))
