@@ -33,6 +33,7 @@ EXPECTED = {
     "pr414_lateqat": ("pr414", 26_993_756),  # #414 with its late QAT actually on
     "pr1394": ("pr549", 35_943_512),  # record (model_params log line)
     "pr1493": ("pr1394", 35_944_536),  # record (model_params log line)
+    "pr1855": ("pr1493", 35_945_671),  # record (model_params log line)
 }
 
 

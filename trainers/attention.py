@@ -42,6 +42,7 @@ class AttentionBackend:
     fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # causal attention
     version: str = ""
     notes: tuple[str, ...] = ()  # why earlier candidates of "auto" were skipped
+    varlen: Callable | None = None  # flash_attn_varlen_func of the flash module (document attention)
 
     def split_heads(self, x: torch.Tensor, heads: int) -> torch.Tensor:
         """(B, T, heads*D) projection output -> this backend's layout (a view for FA)."""
@@ -57,6 +58,35 @@ class AttentionBackend:
     def rotary_table(self, table: torch.Tensor) -> torch.Tensor:
         """Rotary's [1, 1, T, d] table broadcast over this layout (a view)."""
         return table if self.heads_dim == 1 else table.transpose(1, 2)
+
+    def documents(self, input_ids: torch.Tensor, bos_id: int):
+        """What `attend_documents` needs to keep each query inside its document (a document starts at a
+        BOS or at the row start): a block-diagonal causal mask [B, 1, T, T] for SDPA, cu_seqlens and
+        the longest segment over the flattened batch for varlen FlashAttention."""
+        starts = input_ids == bos_id
+        if self.varlen is None or self.heads_dim == 1:
+            doc = starts.cumsum(1)
+            t = input_ids.size(1)
+            causal = torch.ones(t, t, dtype=torch.bool, device=input_ids.device).tril()
+            return ((doc[:, :, None] == doc[:, None, :]) & causal)[:, None]
+        starts = starts.clone()
+        starts[:, 0] = True
+        flat = starts.flatten().nonzero().flatten()
+        cu = torch.cat((flat, flat.new_tensor([starts.numel()]))).to(torch.int32)
+        return cu, int((cu[1:] - cu[:-1]).max())
+
+    def attend_documents(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, docs) -> torch.Tensor:
+        if isinstance(docs, torch.Tensor):  # SDPA layout (B, H, T, D) and a boolean mask
+            if self.heads_dim == 2:
+                q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=docs, enable_gqa=k.size(1) != q.size(1))
+            return y if self.heads_dim == 1 else y.transpose(1, 2)
+        cu, longest = docs
+        b, t = q.shape[:2]
+        out = self.varlen(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), cu_seqlens_q=cu, cu_seqlens_k=cu,
+                          max_seqlen_q=longest, max_seqlen_k=longest, causal=True)
+        out = out[0] if isinstance(out, tuple) else out
+        return out.unflatten(0, (b, t))
 
     def describe(self) -> str:
         text = f"{self.name} ({self.version})" if self.version else self.name
@@ -102,7 +132,8 @@ def _try_flash(name: str, device: torch.device, dtype: torch.dtype, head_dim: in
     except Exception as exc:  # a broken build can fail with OSError / undefined symbols, not just ImportError
         return f"{name} unavailable: cannot import {module_name}.flash_attn_func ({type(exc).__name__}: {exc})"
     version = getattr(module, "__version__", "") or ""
-    return AttentionBackend(name, 2, _flash_fn(func), f"{module_name} {version}".strip())
+    return AttentionBackend(name, 2, _flash_fn(func), f"{module_name} {version}".strip(),
+                            varlen=getattr(module, "flash_attn_varlen_func", None))
 
 
 def resolve(choice: str, device: torch.device, dtype: torch.dtype = torch.bfloat16,
@@ -123,7 +154,7 @@ def resolve(choice: str, device: torch.device, dtype: torch.dtype = torch.bfloat
     for name in AUTO_ORDER[:-1]:
         got = _try_flash(name, device, dtype, head_dim)
         if not isinstance(got, str):
-            return AttentionBackend(got.name, got.heads_dim, got.fn, got.version, tuple(notes))
+            return AttentionBackend(got.name, got.heads_dim, got.fn, got.version, tuple(notes), got.varlen)
         notes.append(got)
     return AttentionBackend(SDPA.name, SDPA.heads_dim, SDPA.fn, SDPA.version, tuple(notes))
 

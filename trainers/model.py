@@ -25,7 +25,8 @@ __all__ = ["GPT", "CastedLinear", "CONTROL_PATTERNS", "TOKEN_TABLES", "is_contro
 # Name fragments of small control tensors: fp32, scalar Adam group, passthrough in the quantizer.
 CONTROL_PATTERNS: tuple[str, ...] = (
     "attn_scale", "mlp_scale", "resid_mix", "q_gain", "skip_weight", "skip_gate",
-    "smear", "bigram.scale", "ve.scale", "ve.layer_scales", "backout",
+    "smear", "bigram.scale", "ve.scale", "ve.layer_scales", "backout", "attn_gate_w", "parallel_post_lambdas",
+    "parallel_resid_lambdas",
 )
 
 # Embedding tables trained in the token Adam group at the tied/embedding LR (§3.16).
@@ -72,6 +73,12 @@ def validate_model_config(cfg: ModelConfig) -> None:
         raise ValueError(f"model.loop_enable_frac must be in [0, 1), got {cfg.loop_enable_frac}")
     if cfg.parallel_start >= cfg.num_layers:
         raise ValueError(f"model.parallel_start must be -1 (off) or < {cfg.num_layers}, got {cfg.parallel_start}")
+    if cfg.parallel_lanes and cfg.parallel_start < 0:
+        raise ValueError("model.parallel_lanes needs model.parallel_start >= 0 (the first two-lane layer)")
+    if cfg.attn_gate not in ("off", "dense", "sparse"):
+        raise ValueError(f"model.attn_gate must be off|dense|sparse, got {cfg.attn_gate!r}")
+    if cfg.attn_gate == "sparse" and not 0 < cfg.attn_gate_window <= cfg.model_dim:
+        raise ValueError(f"model.attn_gate_window must be in 1..{cfg.model_dim}, got {cfg.attn_gate_window}")
 
 
 def layer_plan(cfg: ModelConfig, looping: bool) -> tuple[list[int], list[int]]:
@@ -111,8 +118,18 @@ class CausalSelfAttention(nn.Module):
         self.q_gain = nn.Parameter(torch.full((cfg.num_heads,), cfg.qk_gain_init, dtype=torch.float32))
         self.rotary = Rotary(cfg.rope_dims or self.head_dim, cfg.rope_base, cfg.rope_ntk_ref_len)
         self.xsa = layer_idx >= cfg.num_layers - cfg.xsa_last_n
+        # Output gate per head (#1736 dense / #1787 sparse); fp32 control tensor, int8 per row in the blob.
+        self.gate_window = cfg.attn_gate_window if cfg.attn_gate == "sparse" else cfg.model_dim
+        self.gate_scale = cfg.attn_gate_scale
+        if cfg.attn_gate != "off":
+            w = torch.zeros(cfg.num_heads, self.gate_window)
+            if cfg.attn_gate_init_std > 0:
+                nn.init.normal_(w, std=cfg.attn_gate_init_std)
+            self.attn_gate_w = nn.Parameter(w)
+        else:
+            self.attn_gate_w = None
 
-    def forward(self, x: torch.Tensor, ve: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ve: torch.Tensor | None = None, docs=None) -> torch.Tensor:
         backend = attention.active()
         hd = backend.heads_dim
         q = backend.split_heads(self.c_q(x), self.num_heads)
@@ -126,9 +143,12 @@ class CausalSelfAttention(nn.Module):
         cos, sin = backend.rotary_table(cos), backend.rotary_table(sin)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         q = q * self.q_gain.to(q.dtype).view(-1, *([1] * (q.dim() - 1 - hd)))
-        y = backend.fn(q, k, v)
+        y = backend.fn(q, k, v) if docs is None else backend.attend_documents(q, k, v, docs)
         if self.xsa:
             y = exclusive_self_attention(y, v, hd)
+        if self.attn_gate_w is not None:
+            g = torch.sigmoid(self.gate_scale * F.linear(x[..., : self.gate_window], self.attn_gate_w.to(x.dtype)))
+            y = y * (g[..., None] if hd == 2 else g.transpose(1, 2)[..., None])
         return self.proj(backend.merge_heads(y))
 
 
@@ -165,15 +185,26 @@ class Block(nn.Module):
         n = rms_norm(x)
         return n * self.ln_scale if self.ln_scale != 1.0 else n
 
-    def forward(self, x: torch.Tensor, x0: torch.Tensor, ve: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, x0: torch.Tensor, ve: torch.Tensor | None = None, docs=None) -> torch.Tensor:
         mix = self.resid_mix.to(x.dtype)
         x = mix[0] * x + mix[1] * x0
         if self.parallel:  # both branches read the same input (#1493)
             n = self.norm(x)
-            return x + self.attn_scale.to(x.dtype) * self.attn(n, ve) + self.mlp_scale.to(x.dtype) * self.mlp(n)
-        x = x + self.attn_scale.to(x.dtype) * self.attn(self.norm(x), ve)
+            return x + self.attn_scale.to(x.dtype) * self.attn(n, ve, docs) + self.mlp_scale.to(x.dtype) * self.mlp(n)
+        x = x + self.attn_scale.to(x.dtype) * self.attn(self.norm(x), ve, docs)
         x = x + self.mlp_scale.to(x.dtype) * self.mlp(self.norm(x))
         return x
+
+    def lanes(self, lane0: torch.Tensor, lane1: torch.Tensor, x0: torch.Tensor, post: torch.Tensor,
+              resid: torch.Tensor, ve: torch.Tensor | None = None, docs=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two-lane parallel block (#1530/#1855): attention reads lane 0 mixed with x0, the MLP reads lane
+        1; post[b] routes branch b (0 attention, 1 MLP) into lanes 0 and 1; resid scales each lane."""
+        mix = self.resid_mix.to(lane0.dtype)
+        a = self.attn_scale.to(lane0.dtype) * self.attn(self.norm(mix[0] * lane0 + mix[1] * x0), ve, docs)
+        m = self.mlp_scale.to(lane0.dtype) * self.mlp(self.norm(lane1))
+        post, resid = post.to(lane0.dtype), resid.to(lane0.dtype)
+        return (resid[0] * lane0 + post[0, 0] * a + post[1, 0] * m,
+                resid[1] * lane1 + post[0, 1] * a + post[1, 1] * m)
 
 
 class GPT(nn.Module):
@@ -207,6 +238,9 @@ class GPT(nn.Module):
         else:
             self.backout_layer = -1
             self.backout_lambda = None
+        if cfg.parallel_lanes:  # sized for every layer as in #1855; only layers >= parallel_start use them
+            self.parallel_post_lambdas = nn.Parameter(torch.ones(cfg.num_layers, 2, 2))
+            self.parallel_resid_lambdas = nn.Parameter(torch.full((cfg.num_layers, 2), 1.1))
         self.lm_head = None if cfg.tie_embeddings else CastedLinear(cfg.model_dim, cfg.vocab_size, zero_init=True)
         # No-op hook point: its input is what the output head multiplies (GPTQ's Hessian of the tied embedding).
         self.head_input = nn.Identity()
@@ -248,9 +282,14 @@ class GPT(nn.Module):
         ve_base = self.ve(input_ids) if self.ve is not None else None
         skips: list[torch.Tensor] = []
         h_mid = None
+        docs = attention.active().documents(input_ids, self.cfg.bos_id) if self.cfg.doc_attention else None
+        lanes = self.cfg.parallel_lanes
+        lane1 = None  # x is lane 0 once the two lanes split (at the first layer >= parallel_start)
         enc, dec = layer_plan(self.cfg, self.looping)
         for pos, i in enumerate(enc + dec):
             j = pos - len(enc)
+            if lanes and lane1 is None and self.blocks[i].parallel:
+                lane1 = x
             if j >= 0 and skips and j < self.num_skips:
                 skip = self.skip_weights[j].to(x.dtype) * skips.pop()
                 if self.skip_gates is not None:
@@ -258,11 +297,17 @@ class GPT(nn.Module):
                 else:
                     x = x + skip
             ve = self.ve.for_layer(ve_base, i) if ve_base is not None else None
-            x = self.blocks[i](x, x0, ve)
+            if lane1 is not None:
+                x, lane1 = self.blocks[i].lanes(x, lane1, x0, self.parallel_post_lambdas[i],
+                                                self.parallel_resid_lambdas[i], ve, docs)
+            else:
+                x = self.blocks[i](x, x0, ve, docs)
             if j < 0:
                 skips.append(x)
             if i == self.backout_layer:
                 h_mid = x
+        if lane1 is not None:
+            x = 0.5 * (x + lane1)
         if h_mid is not None:
             x = x - self.backout_lambda.to(x.dtype) * h_mid
         return rms_norm(x)

@@ -19,6 +19,7 @@ import torch
 
 from .config import ConfigError, QuantConfig
 from .config.quant import CATEGORIES, FORMATS
+from . import lqer
 from .serialize import COMPRESSORS, dtype_from_name
 
 
@@ -84,6 +85,10 @@ def validate_quant_config(cfg: QuantConfig) -> None:
         raise ConfigError(f"quant.compressor = {cfg.compressor!r}: expected one of {', '.join(COMPRESSORS)}")
     if cfg.gptq_reserve_seconds < 0 or cfg.gptq_calib_batches < 0 or cfg.gptq_block_size < 1:
         raise ConfigError("quant.gptq_reserve_seconds / gptq_calib_batches must be >= 0 and gptq_block_size >= 1")
+    if cfg.lqer_rank < 0 or (cfg.lqer_rank and (cfg.lqer_top_k < 1 or cfg.lqer_group < 1
+                                                or not 2 <= cfg.lqer_factor_bits <= 8)):
+        raise ConfigError(f"quant.lqer_*: rank >= 0 (0 = off), top_k >= 1, group >= 1, factor_bits in 2..8; got "
+                          f"rank {cfg.lqer_rank}, top_k {cfg.lqer_top_k}, group {cfg.lqer_group}, bits {cfg.lqer_factor_bits}")
 
 
 def _late_k_names(cfg: QuantConfig, num_layers: int) -> set[str]:
@@ -113,6 +118,8 @@ def plan_tensor(name: str, t: torch.Tensor, cfg: QuantConfig, late_k: set[str]) 
     cat = category_of(name)
     if not t.is_floating_point():
         return Plan("raw", cat, reason="not a float tensor")
+    if cfg.gate_int8_rows and name.endswith(".attn_gate_w") and t.ndim == 2:
+        return Plan("gate_int8", cat, reason="quant.gate_int8_rows")
     small = t.numel() <= cfg.passthrough_max_numel
     if _is_control(name) and not (small and cfg.control_size_first):
         return Plan("fp32", cat, reason="control tensor")
@@ -251,6 +258,10 @@ def quantize_state_dict(state: dict[str, torch.Tensor], cfg: QuantConfig,
             out[name] = t.float().cpu()
         elif plan.kind == "fp16":
             out[name] = t.to(torch.float16).cpu()
+        elif plan.kind == "gate_int8":  # the record's rule: |row|max / 127, no percentile clip
+            scale = (t.float().abs().amax(dim=1).clamp_min(1e-10) / 127).to(torch.float16)
+            out[name + ".q"] = torch.clamp(torch.round(t.float() / scale.float()[:, None]), -127, 127).to(torch.int8).cpu()
+            out[name + ".scale"] = scale.cpu()
         else:
             fmt = INT_FORMATS[plan.fmt]
             if name in gptq_codes:
@@ -264,7 +275,16 @@ def quantize_state_dict(state: dict[str, torch.Tensor], cfg: QuantConfig,
             out[name + ".scale"] = scale.to(torch.float16).cpu().contiguous()
             info["format"] = fmt.name
         meta[name] = info
+    if cfg.lqer_rank > 0:
+        ints = {n: _dequant(out, n) for n, i in meta.items() if i["kind"] == "int"}
+        lqer.add_corrections(state, out, meta, ints, rank=cfg.lqer_rank, top_k=cfg.lqer_top_k, asym=cfg.lqer_asym,
+                             group=cfg.lqer_group, bits=cfg.lqer_factor_bits)
     return out, {"scheme": cfg.scheme, "tensors": meta}
+
+
+def _dequant(tensors: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+    q = tensors[name + ".q"].float()
+    return (_rows(q) * tensors[name + ".scale"].float()[:, None]).reshape(q.shape)
 
 
 def dequantize_state_dict(tensors: dict[str, torch.Tensor], meta: dict) -> dict[str, torch.Tensor]:
@@ -276,10 +296,11 @@ def dequantize_state_dict(tensors: dict[str, torch.Tensor], meta: dict) -> dict[
             state[name] = tensors[name]
         elif kind in ("fp32", "fp16"):
             state[name] = tensors[name].to(dtype)
-        elif kind in ("int", "int8"):  # "int8" = blobs written before the mixed formats existed
-            q = tensors[name + ".q"].float()
-            scale = tensors[name + ".scale"].float()
-            state[name] = (_rows(q) * scale[:, None]).reshape(q.shape).to(dtype)
+        elif kind in ("int", "int8", "gate_int8"):  # "int8" = blobs written before the mixed formats existed
+            w = _dequant(tensors, name)
+            if info.get("lqer"):
+                w = w + lqer.correction(tensors, name, info["lqer"])
+            state[name] = w.to(dtype)
         else:
             raise ValueError(f"tensor {name}: unknown quantization kind '{kind}'")
     return state
@@ -290,7 +311,9 @@ def summarize(meta: dict, tensors: dict[str, torch.Tensor]) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for name, info in meta["tensors"].items():
         key = info.get("format") or info["kind"]
-        parts = [name + ".q", name + ".scale"] if info["kind"] == "int" else [name]
+        parts = [name + ".q", name + ".scale"] if info["kind"] in ("int", "gate_int8") else [name]
+        if info.get("lqer"):
+            parts += [name + sfx for sfx in lqer.SUFFIXES]
         nbytes = sum(tensors[p].numel() * tensors[p].element_size() for p in parts)
         row = out.setdefault(key, {"tensors": 0, "bytes": 0, "params": 0})
         row["tensors"] += 1

@@ -238,8 +238,7 @@ class _Stream:
             return self.obj.decompress(src, n)
         if self.obj.is_finished():
             return b""
-        if self.fed and self.obj.can_accept_more_data():
-            return b""
+        # No can_accept_more_data() shortcut: brotli 1.2 reports True while output is still pending.
         src, self.fed = (b"" if self.fed else self.data), True
         got = self.obj.process(src, output_buffer_limit=n)
         self.pending += got[n:]  # the limit is a soft cap: keep the excess for the next read

@@ -130,6 +130,7 @@ def shrink(cfg: TrainConfig) -> TrainConfig:
     m.bigram_dim = min(m.bigram_dim, MAX_TABLE_DIM)
     m.ve_dim = min(m.ve_dim, MAX_TABLE_DIM)
     m.smear_window = min(m.smear_window, m.model_dim)
+    m.attn_gate_window = min(m.attn_gate_window, m.model_dim)
     area = (m.model_dim / old_dim) ** 2  # matrices shrink with width^2: size thresholds follow
     avg.prune_min_numel = max(1, int(avg.prune_min_numel * area))
     if getattr(cfg.quant, "passthrough_max_numel", 0) > 0:

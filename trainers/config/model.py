@@ -73,3 +73,9 @@ class ModelConfig:
     loop_end: int = 0  # last looped layer (inclusive); 5 in #1394/#1493
     loop_enable_frac: float = 0.0  # looping switches on at this fraction of training (of the cap minus the GPTQ reserve, else of iterations); 0.5 #1394, 0.35 #1493
     parallel_start: int = -1  # GPT-J parallel residual from this layer on: attention and MLP both read the mixed input, outputs summed; -1 = off; 7 #1493
+    parallel_lanes: bool = False  # with parallel_start: the two-lane form (#1530/#1855): attention reads lane 0 (+ x0 mix), MLP reads lane 1, both outputs go to both lanes via learned 2x2 post-weights, lane residual scales init 1.1, final hidden = mean of the lanes
+    attn_gate: str = "off"  # per-head sigmoid gate on the attention output before the out projection: off | dense (#1736: gate from the whole normed input, W (H, d)) | sparse (#1787/#1855: from its first attn_gate_window dims, W (H, window))
+    attn_gate_window: int = 12  # sparse gate input width; 12 in #1787/#1855 (GATE_WINDOW)
+    attn_gate_scale: float = 1.0  # g = sigmoid(scale * W x); 0.5 in #1855 (SPARSE_ATTN_GATE_SCALE)
+    attn_gate_init_std: float = 0.0  # W ~ N(0, std^2); 0 = zeros (sparse, #1787/#1855); 0.01 for dense in #1736
+    doc_attention: bool = False  # attention restricted to the document: a query never sees keys before the latest BOS (#1530 varlen FlashAttention; block-diagonal causal mask on SDPA)

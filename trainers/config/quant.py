@@ -85,3 +85,12 @@ class QuantConfig:
     layout: Literal["state", "sorted", "grouped"] = "state"
     byte_shuffle: bool = False
     compress_threads: int = 0  # zstd workers: 0 single-threaded, -1 one per core
+    # LQER (#1797/#1855, trainers/lqer.py): rank-r correction of the quantization error on the top_k int
+    # matrices by error norm; 0 = off; rank 4, top 3, asymmetric int2 A / int4 B groups of 64 in #1855.
+    lqer_rank: int = 0
+    lqer_top_k: int = 3
+    lqer_asym: bool = True
+    lqer_group: int = 64
+    lqer_factor_bits: int = 4  # symmetric per-row factor bits (lqer_asym off, or B not a multiple of the group)
+    # Attention output gates (`*.attn_gate_w`) as int8 rows, scale |row|max/127 fp16 (#1736 GATED_ATTN_QUANT_GATE)
+    gate_int8_rows: bool = False
