@@ -34,6 +34,8 @@ class ExperimentMeta:
 class Resources:
     gpus: int = 8  # per trial; all in the trial's first placement bundle
     cpus: int = 8
+    gpu_hour_usd: float = 0.0  # price per GPU-hour for cost reports and --max-usd; 0 = not set
+    cpu_hour_usd: float = 0.0  # price per CPU-hour (CPU-only trials); 0 = not set
 
 
 @dataclass(kw_only=True)
