@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from pgolf import compliance, stats
+from pgolf.records import RECORD_PRESETS
 from pgolf.tracking import KIND, KIND_TRIAL
 
 __all__ = [
@@ -342,7 +343,7 @@ _NUMBER = re.compile(r"^\s*(?:record:)?([0-9]*\.?[0-9]+)\s*(bpb|nats)?\s*$", re.
 
 def baseline_from_spec(spec: str, runs: pd.DataFrame) -> Baseline:
     """`--baseline` values: a number (BPB unless suffixed `nats`), a published record preset name
-    (pgolf.stats.RECORD_PRESETS, e.g. "#549"), a config hash (or unique prefix) or a variant name."""
+    (pgolf.RECORD_PRESETS, e.g. "#549"), a config hash (or unique prefix) or a variant name."""
     ok = runs[(runs["status"] == "FINISHED") & (runs["counted"] == "yes")] if not runs.empty else runs
     # A hash (or prefix) in the store wins over reading the text as a number: hashes can be all digits.
     hashes = sorted({h for h in ok.get("config_hash", []) if len(spec) >= 6 and str(h).startswith(spec)})
@@ -352,15 +353,15 @@ def baseline_from_spec(spec: str, runs: pd.DataFrame) -> Baseline:
     if m and not hashes:
         unit = (m.group(2) or "bpb").lower()
         return Baseline("record", f"record {float(m.group(1)):g} {unit}", float(m.group(1)), unit=unit)
-    if spec in stats.RECORD_PRESETS and not hashes:
-        p = stats.RECORD_PRESETS[spec]
+    if spec in RECORD_PRESETS and not hashes:
+        p = RECORD_PRESETS[spec]
         values: Any = dict(zip(p.seeds, p.per_seed_bpb)) if p.seeds else list(p.per_seed_bpb)
         if len(p.per_seed_bpb) == 1:
             return Baseline("record", f"{p.name} ({p.per_seed_bpb[0]:g} bpb)", p.per_seed_bpb[0], unit="bpb")
         return Baseline("seeds", f"{p.name} ({len(p.per_seed_bpb)} published seeds, mean {p.mean_bpb:.5f} bpb)",
                         values, unit="bpb")
     if len(hashes) != 1:
-        known = ", ".join(sorted(stats.RECORD_PRESETS))
+        known = ", ".join(sorted(RECORD_PRESETS))
         what = "matches several config hashes: " + ", ".join(hashes) if hashes else "matches no finished variant"
         raise ValueError(f"--baseline {spec!r} {what}; give a number (BPB, or '<x> nats'), a record preset "
                          f"({known}), a config hash or a variant name")

@@ -79,7 +79,7 @@ def _ctx(uri, tmp_path, name="trial-tests", deadline=120.0):
 
 def _spec(data_root, seed, extra=()):
     from pgolf.experiment import load_experiment
-    from pgolf.orchestrate import build_spec
+    from pgolf.specs import build_spec
 
     exp = load_experiment(SMOKE, overrides=TINY + list(extra))
     return build_spec(exp, None, seed, {}, str(data_root))

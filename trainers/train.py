@@ -26,8 +26,8 @@ from .fingerprint import data_fingerprint, environment
 from .loader import DistributedTokenLoader, load_validation_tokens
 from .shards import list_shards
 from . import attention, qat
-from .averaging import WeightAverager, check_avg_config
-from .model import GPT, count_parameters, flops_per_token, prepare_for_device, validate_model_config
+from .averaging import WeightAverager
+from .model import GPT, count_parameters, flops_per_token, prepare_for_device
 from .prune import magnitude_prune
 from .optim import apply_schedules, build_optimizers, lr_scale, muon_momentum
 from .faults import after_step
@@ -58,26 +58,6 @@ def leave_process_group() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
-
-
-def validate_config(cfg: TrainConfig, world_size: int) -> int:
-    """Cross-field checks that types alone cannot express; returns grad accumulation steps."""
-    d, s = cfg.data, cfg.schedule
-    accum = d.grad_accum_steps or max(8 // world_size, 1)
-    per_micro = world_size * accum * d.train_seq_len
-    if d.train_batch_tokens % per_micro:
-        raise ConfigError(f"data.train_batch_tokens={d.train_batch_tokens} must be a multiple of "
-                          f"world_size*grad_accum*train_seq_len = {world_size}*{accum}*{d.train_seq_len}")
-    if s.iterations <= 0:
-        raise ConfigError(f"schedule.iterations must be > 0, got {s.iterations}")
-    if cfg.model.vocab_size > 65536:
-        raise ConfigError("model.vocab_size > 65536 cannot be stored in uint16 shards")
-    try:
-        validate_model_config(cfg.model)
-        check_avg_config(cfg.avg)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    return accum
 
 
 def _all_reduce_max(value: float, device: torch.device) -> float:
@@ -129,8 +109,9 @@ def average_and_prune(cfg: TrainConfig, model: GPT, averager: WeightAverager, ra
 def run_training(cfg: TrainConfig) -> dict:
     """Run one seed end to end. Returns the result dict (also written to result.json on rank 0)."""
     ddp, device = setup_distributed(cfg.run.device)
-    accum = validate_config(cfg, ddp.world_size)
-    loop_schedule = train_schedule(cfg)  # checks quant/eval/ttt; the cap minus the GPTQ calibration reserve
+    cfg.validate(ddp.world_size)
+    accum = cfg.data.grad_accum(ddp.world_size)
+    loop_schedule = train_schedule(cfg)
     if cfg.run.threads > 0:
         torch.set_num_threads(cfg.run.threads)
     seed_everything(cfg.run.seed)

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pgolf import tracking
+from pgolf.specs import TrialSpec, spec_from_sample
+from pgolf.trainers.contract import EXIT_OVER_BUDGET, EXIT_REASONS
 
 POLL_SECONDS = 0.5
 TERM_GRACE_SECONDS = 5.0
@@ -27,18 +29,6 @@ TERM_GRACE_SECONDS = 5.0
 DEADLINE_SLACK_SECONDS = 300.0
 LOG_TAIL_LINES = 60
 
-EXIT_REASONS = {1: "trainer crashed", 2: "bad config", 3: "bad data", 4: "over budget"}
-
-
-@dataclass
-class TrialSpec:
-    """Everything one trial needs about its config; built and hashed on the driver."""
-    key: str  # unique within an invocation: "<variant>-s<seed>"
-    variant: str
-    seed: int
-    config_hash: str
-    config: dict[str, dict[str, Any]]  # the resolved TrainConfig as a dict, absolute data paths
-    overrides: dict[str, Any] = field(default_factory=dict)  # sweep axis values of this variant
 
 
 @dataclass
@@ -193,7 +183,7 @@ def classify(returncode: int | None, result: dict | None, *, timed_out: bool, st
         except ValueError:
             name = f"signal {-returncode}"
         return "FAILED", f"trainer killed by {name}{at} (out of memory, or killed from outside)"
-    if returncode == 4 and result and result.get("status_reason"):
+    if returncode == EXIT_OVER_BUDGET and result and result.get("status_reason"):
         return "FAILED", f"over budget: {result['status_reason']}"
     label = EXIT_REASONS.get(returncode or 0, "trainer failed")
     return "FAILED", f"{label} (exit {returncode}){at}: {last}" if last else f"{label} (exit {returncode}){at}"
@@ -408,7 +398,7 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     if "key" in config:
         spec = ctx.specs[config["key"]]
     else:
-        spec = spec_from_sample(ctx, config)
+        spec = spec_from_sample(ctx.experiment, ctx.seeds, ctx.data_root, config)
         if ctx.resume:
             done = tracking.finished_trials(ctx.tracking_uri, ctx.experiment_id).get((spec.config_hash, spec.seed))
             if done is not None:
@@ -429,15 +419,6 @@ def _tune_stop_requested() -> bool:
         return bool(session is not None and session.stop_event.is_set())
     except Exception:  # noqa: BLE001
         return False
-
-
-def spec_from_sample(ctx: TrialContext, config: dict) -> TrialSpec:
-    """A searcher's suggestion (axis values + Repeater index) -> the spec of one seed of it."""
-    from pgolf.orchestrate import build_spec
-
-    index = int(config.get("__trial_index__", 0))
-    seed = ctx.seeds[index % len(ctx.seeds)]
-    return build_spec(ctx.experiment, None, seed, dict(config.get("axes", {})), ctx.data_root)
 
 
 def _resumed_report(spec: TrialSpec, run) -> dict:
