@@ -105,7 +105,7 @@ def test_plan_bad_input_exits_2(argv, message, capsys, monkeypatch):
 def test_plan_resume_leaves_out_finished_pairs(tracking_uri, data_root, capsys):
     from pgolf import tracking
     from pgolf.experiment import load_experiment
-    from pgolf.orchestrate import validate_specs
+    from pgolf.specs import validate_specs
 
     exp = load_experiment(SMOKE)
     spec = validate_specs(exp, [2], str(data_root))[0]

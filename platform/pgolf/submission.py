@@ -89,6 +89,7 @@ class Group:
     seeds: list[SeedRun]  # the counted FINISHED run of each seed, by seed
     not_finished: list[SeedRun]  # seeds whose newest attempt did not finish
     superseded: list[SeedRun]  # older attempts replaced by a newer finished run of the same seed
+    cancelled: list[SeedRun] = field(default_factory=list)  # seeds --stop-futile cancelled, at any attempt
     parent_run_ids: list[str] = field(default_factory=list)
 
 
@@ -177,6 +178,7 @@ def _group(uri: str, c, exp_id: str, trials, source: str) -> Group:
         source=source, seeds=seeds,
         not_finished=[seed_run(r) for r in counted if r["status"] != "FINISHED"],
         superseded=[seed_run(r) for r in rows if r["counted"] != "yes"],
+        cancelled=[seed_run(r) for r in rows if r.get("outcome") == "CANCELLED"],
         parent_run_ids=list(dict.fromkeys(p for p in trials["parent_run_id"] if isinstance(p, str))),
     )
 
@@ -374,6 +376,9 @@ def build_submission(tracking_uri: str, ref: str, out_dir: str, *, experiment: s
         reasons = list(verdict.reasons)
         reasons += [f"seed {s.seed}: newest run {s.run_id} is {s.status} ({s.reason or 'no reason recorded'})"
                     for s in group.not_finished]
+        # a futility cancellation is evidence that this config cannot beat its baseline
+        reasons += [f"seed {s.seed}: cancelled as futile by validate --stop-futile (run {s.run_id}): {s.reason}"
+                    for s in group.cancelled]
         if not non_record and reasons:
             raise SubmissionRefused(
                 f"{group.source} ({group.variant}) is not a record: {len(reasons)} problem(s); fix them or pass "

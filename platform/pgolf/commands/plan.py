@@ -57,7 +57,7 @@ def build_plan(args) -> dict:
     MLflow only for --resume and only if the store and experiment exist; creates nothing."""
     from pgolf import cost, tracking
     from pgolf.experiment import ExperimentError, load_experiment
-    from pgolf.orchestrate import check_baseline, check_sweep, make_plan, sweep_specs, validate_specs
+    from pgolf.specs import check_sweep, make_plan, sweep_specs, validate_specs
     from pgolf.trial import deadline_for
 
     kind = "sweep" if args.tune else "validation"
@@ -66,7 +66,6 @@ def build_plan(args) -> dict:
     if len(set(seeds)) != len(seeds):
         raise ExperimentError(f"--seeds {seeds}: each seed may appear once")
     check_sweep(exp, kind)
-    check_baseline(exp)
     prices = cost.resolve_prices(exp.resources, gpu_hour_usd=args.gpu_hour_usd, cpu_hour_usd=args.cpu_hour_usd,
                                  file=exp.path)
     cost.Ledger(args.max_gpu_hours, args.max_usd)  # a bad cap fails here

@@ -10,6 +10,9 @@ def add_arguments(p) -> None:
     add_common(p)
     p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="N",
                    help="seeds to run (default: [experiment] seeds of the file)")
+    p.add_argument("--stop-futile", action="store_true",
+                   help="after each finished seed, do not start the remaining seeds of a variant that no values "
+                        "of them could make significant against [baseline] (recorded as CANCELLED; docs/futility.md)")
 
 
 def run(args) -> int:
