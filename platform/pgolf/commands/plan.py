@@ -132,7 +132,7 @@ def format_plan(plan: dict, *, cluster_gpus: float, cluster_cpus: float, where: 
     head = ["trial", "GPUs", "worst GPU-h", "expected GPU-h"] + (["worst $", "expected $"] if priced else [])
     rows = [[k, str(g), cost.fmt_hours(worst.gpu_seconds), cost.fmt_hours(expd.gpu_seconds)]
             + ([cost.fmt_usd(worst.usd), cost.fmt_usd(expd.usd)] if priced else []) for k in keys]
-    tot = [f"total ({n})", str(g * n), cost.fmt_hours(worst.gpu_seconds * n), cost.fmt_hours(expd.gpu_seconds * n)]
+    tot = [f"total ({n})", "", cost.fmt_hours(worst.gpu_seconds * n), cost.fmt_hours(expd.gpu_seconds * n)]
     if priced:
         tot += [cost.fmt_usd((worst.usd or 0) * n), cost.fmt_usd((expd.usd or 0) * n)]
     rows.append(tot)
