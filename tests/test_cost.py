@@ -116,3 +116,32 @@ def test_plan_resume_leaves_out_finished_pairs(tracking_uri, data_root, capsys):
     rc, out = run_cli(["plan", SMOKE, "--resume", "--data-dir", str(data_root)], capsys)
     assert rc == 0
     assert "smoke (2 trial(s) to run" in out and f"skip smoke-s2: finished earlier in MLflow run {run.info.run_id}" in out
+
+
+def test_report_shows_cost_per_variant_and_per_accepted_improvement(tmp_path):
+    import report_store as S
+    from pgolf.dashboards import html
+    from pgolf.dashboards.report import build_report, format_text
+
+    uri, root = S.new_store(S.template_db(), tmp_path)
+    exp_id = S.experiment(uri, root, "costs")
+    pid = S.parent(uri, exp_id)
+    spend = {"base": (1.1300, 3600.0, 9.0), "better": (1.1200, 7200.0, 18.0), "worse": (1.1400, 3600.0, 9.0)}
+    for variant, (bpb, gpu_s, usd) in spend.items():
+        h = {"base": "aaaaaaaaaaaa", "better": "bbbbbbbbbbbb", "worse": "cccccccccccc"}[variant]
+        for seed in (1, 2, 3):
+            r = S.synthetic_result(seed=seed, config_hash=h, bpb=bpb + 0.0001 * seed)
+            r.update({"cost/gpu_seconds": gpu_s, "cost/usd": usd})
+            S.trial(uri, exp_id, pid, variant=variant, seed=seed, config_hash=h, result=r)
+    # one failed attempt of `worse`, paid for too
+    S.trial(uri, exp_id, pid, variant="worse", seed=4, config_hash="cccccccccccc", status="FAILED",
+            reason="trainer crashed", result=None)
+    rep = build_report(uri, "costs", baseline="aaaaaaaaaaaa", curves=False)
+    g = rep.groups.set_index("variant")
+    assert g.loc["better", "gpu_hours"] == pytest.approx(6.0) and g.loc["better", "usd"] == pytest.approx(54.0)
+    text = format_text(rep)
+    # tested: better + worse = 6 + 3 GPU-hours, $54 + $27; one accepted
+    assert "1 of 2 tested variant(s) accepted: 9.000 GPU-hours ($81.00) per accepted improvement" in text
+    assert "GPU-h (failed)" in text and "6.000 (0.000)" in text
+    page = html.render(rep)
+    assert "per accepted improvement" in page and "of which failed" in page
