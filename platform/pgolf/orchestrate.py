@@ -259,7 +259,8 @@ def _costs(inv: Invocation, summary: dict[str, Any]) -> dict[str, float]:
                  f"({cost.fmt_hours(out['cost/saved_gpu_seconds_worst'])} worst case)")
     if out.get("budget/not_started"):
         line += f"; {int(out['budget/not_started'])} seed(s) NOT STARTED (budget): --resume runs them"
-    print(line, flush=True)
+    if out["cost/gpu_seconds"] > 0 or "cost/usd" in out or state is not None:  # CPU runs without a price: nothing to say
+        print(line, flush=True)
     return out
 
 
