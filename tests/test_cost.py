@@ -145,3 +145,70 @@ def test_report_shows_cost_per_variant_and_per_accepted_improvement(tmp_path):
     assert "GPU-h (failed)" in text and "6.000 (0.000)" in text
     page = html.render(rep)
     assert "per accepted improvement" in page and "of which failed" in page
+
+
+def _gate_inv(seeds, sets, data_root, monkeypatch):
+    """An orchestrate.Invocation-shaped object for pgolf.gate without Ray or MLflow: the 8-GPU pr691
+    stack; the gate's records of unstarted trials are captured instead of written."""
+    from types import SimpleNamespace
+
+    from pgolf import gate
+    from pgolf.experiment import load_experiment
+    from pgolf.specs import make_plan, validate_specs
+    from pgolf.trial import deadline_for
+
+    exp = load_experiment(PR691, overrides=sets)
+    plan = make_plan(validate_specs(exp, seeds, str(data_root)), None)
+    recorded = []
+    monkeypatch.setattr(gate, "record_unstarted", lambda inv, key, outcome, reason: recorded.append((key, outcome, reason)))
+    inv = SimpleNamespace(exp=exp, plan=plan, ctx=SimpleNamespace(deadline_seconds=deadline_for(exp.budget)),
+                          uri="sqlite:///unused", experiment_id="0", parent_id="p")
+    return inv, recorded
+
+
+def test_gate_max_gpu_hours_on_8_gpu_trials_without_ray(tmp_path, monkeypatch):
+    from ray.tune.search import Searcher
+
+    from pgolf import gate
+
+    inv, recorded = _gate_inv([1, 2, 3], [], tmp_path, monkeypatch)
+    s = gate.make_searcher(inv, cost.Ledger(max_gpu_hours=7.0), stop_futile=False, prices=cost.Prices())
+    assert s.suggest("t1") == {"key": "pr691-s1"} and s.suggest("t2") == {"key": "pr691-s2"}  # 2 x 3.344 <= 7
+    assert s.suggest("t3") is None  # the two running ones hold the room: wait, never kill
+    s.on_trial_complete("t1", {"cost/gpu_seconds": 8 * 1200.0})
+    assert s.suggest("t3") is None  # 7 h - 2.667 h spent - 3.344 h held < 3.344 h
+    s.on_trial_complete("t2", {"cost/gpu_seconds": 8 * 1200.0})
+    assert s.suggest("t3") == Searcher.FINISHED
+    assert [(k, o) for k, o, _ in recorded] == [("pr691-s3", gate.NOT_STARTED)]
+    assert "exceeds what is left (1.667 of 7 GPU-hours left)" in recorded[0][2]
+    assert gate.saved_metrics(s.state)["budget/not_started"] == 1
+
+
+def test_gate_futility_and_the_labelled_power_rule_without_ray(tmp_path, monkeypatch):
+    from ray.tune.search import Searcher
+
+    from pgolf import gate
+
+    sets = ["baseline.record=2.0", "baseline.unit=nats"]
+    inv, recorded = _gate_inv([1, 2, 3], sets, tmp_path, monkeypatch)
+    s = gate.make_searcher(inv, cost.Ledger(), stop_futile=True, prices=cost.Prices(gpu_hour_usd=3.0))
+    assert s.suggest("t1") == {"key": "pr691-s1"}
+    s.on_trial_complete("t1", {"ok": True, "final/val_loss": 2.3, "cost/gpu_seconds": 9600.0, "cost/usd": 8.0})
+    assert s.suggest("t2") == Searcher.FINISHED
+    assert [(k, o) for k, o, _ in recorded] == [("pr691-s2", gate.CANCELLED), ("pr691-s3", gate.CANCELLED)]
+    saved = gate.saved_metrics(s.state)
+    assert saved["cost/saved_gpu_seconds_expected"] == 2 * 8 * 1200 and saved["cost/saved_usd_expected"] == 16.0
+
+    # ten seeds: one bad seed can still be outvoted (not futile), but not under an assumed 0.0015-nat spread
+    seeds = list(range(1, 11))
+    inv, recorded = _gate_inv(seeds, sets, tmp_path, monkeypatch)
+    plain = gate.make_searcher(inv, cost.Ledger(), stop_futile=True, prices=cost.Prices())
+    plain.suggest("t1")
+    plain.on_trial_complete("t1", {"ok": True, "final/val_loss": 2.01})
+    assert plain.suggest("t2") == {"key": "pr691-s2"} and not recorded
+    power = gate.make_searcher(inv, cost.Ledger(), stop_futile=True, prices=cost.Prices(), power_below=0.05,
+                               seed_std_nats=0.0015)
+    power.suggest("t1")
+    power.on_trial_complete("t1", {"ok": True, "final/val_loss": 2.01})
+    assert power.suggest("t2") == Searcher.FINISHED and len(recorded) == 9
+    assert "an assumption, not a bound" in recorded[0][2]

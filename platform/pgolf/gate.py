@@ -29,6 +29,8 @@ class GateState:
     expected: cost.TrialCost
     ledger: cost.Ledger
     stop_futile: bool = False
+    power_below: float = 0.0  # second rule, an assumption: cancel when conditional power < this
+    seed_std_nats: float = 0.0
     done: dict[str, dict[int, float]] = field(default_factory=dict)  # variant -> {seed: final/val_loss}
     failed: dict[str, set] = field(default_factory=dict)  # variant -> seeds that ended without a value
     running: dict[str, str] = field(default_factory=dict)  # Tune trial id -> spec key
@@ -37,7 +39,8 @@ class GateState:
     decisions: dict[str, dict] = field(default_factory=dict)  # variant -> futility.Decision.to_dict()
 
 
-def make_searcher(inv: Any, ledger: cost.Ledger, *, stop_futile: bool, prices: cost.Prices):
+def make_searcher(inv: Any, ledger: cost.Ledger, *, stop_futile: bool, prices: cost.Prices,
+                  power_below: float = 0.0, seed_std_nats: float = 0.0):
     """The Searcher for `inv` (an orchestrate.Invocation with fixed specs)."""
     from ray.tune.search import Searcher
 
@@ -48,7 +51,7 @@ def make_searcher(inv: Any, ledger: cost.Ledger, *, stop_futile: bool, prices: c
         seed_of={s.key: s.seed for s in inv.plan.specs},
         worst=cost.TrialCost.of(g, c, cost.worst_seconds(inv.ctx.deadline_seconds), prices),
         expected=cost.TrialCost.of(g, c, cost.expected_seconds(exp.budget), prices), ledger=ledger,
-        stop_futile=stop_futile)
+        stop_futile=stop_futile, power_below=power_below, seed_std_nats=seed_std_nats)
     for key, run in inv.plan.resumed.items():  # seeds finished earlier count for futility
         v = run.data.metrics.get("final/val_loss")
         if v is not None:
@@ -122,13 +125,23 @@ def make_searcher(inv: Any, ledger: cost.Ledger, *, stop_futile: bool, prices: c
             b = exp.baseline
             dec = futility.decide(st.done[variant], remaining, baseline, margin_nats=b.margin_nats, alpha=b.alpha)
             st.decisions[variant] = dec.to_dict()
-            if not dec.futile:
+            reason = dec.reason
+            if not dec.futile and st.power_below > 0:
+                power = futility.conditional_power(st.done[variant], remaining, baseline, margin_nats=b.margin_nats,
+                                                   alpha=b.alpha, seed_std_nats=st.seed_std_nats)
+                st.decisions[variant]["conditional_power"] = power
+                if not power < st.power_below:
+                    return False
+                reason = (f"low conditional power (an assumption, not a bound): P(significant) = {power:.3f} < "
+                          f"{st.power_below:g} if the unfinished seeds score like Normal(mean of the finished ones, "
+                          f"{st.seed_std_nats:g} nats); {dec.reason}")
+            elif not dec.futile:
                 return False
             for k in pending:
                 st.pending.remove(k)
-                self._record(k, CANCELLED, dec.reason)
+                self._record(k, CANCELLED, reason)
             print(f"  futility: {variant}: cancelled {len(pending)} seed(s) "
-                  f"({', '.join(str(st.seed_of[k]) for k in pending)}); {dec.reason}; saved "
+                  f"({', '.join(str(st.seed_of[k]) for k in pending)}); {reason}; saved "
                   f"{_saved_text(st.expected, st.worst, len(pending))}", flush=True)
             return True
 

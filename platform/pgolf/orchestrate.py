@@ -93,6 +93,10 @@ def prepare(args, kind: str) -> Invocation:
         raise cost.PriceError(f"--max-usd needs a price: set [resources] gpu_hour_usd / cpu_hour_usd in {exp.path}, "
                               f"${cost.GPU_ENV} / ${cost.CPU_ENV} or --gpu-hour-usd / --cpu-hour-usd")
     stop_futile = bool(getattr(args, "stop_futile", False))
+    power_below, std = float(getattr(args, "stop_power_below", 0.0) or 0.0), float(getattr(args, "seed_std_nats", 0.0) or 0.0)
+    if power_below and not (stop_futile and 0 < power_below < 1 and std > 0):
+        raise ExperimentError(f"--stop-power-below {power_below:g}: needs --stop-futile, a value in (0, 1) and "
+                              f"--seed-std-nats > 0 (got {std:g})")
     if ledger.capped and kind == "sweep" and exp.sweep.search == "optuna":
         raise ExperimentError(f"{exp.path}: --max-gpu-hours / --max-usd are not supported with search = 'optuna' "
                               f"(its points are not known in advance); use search = 'grid' or 'random'")
@@ -145,7 +149,8 @@ def prepare(args, kind: str) -> Invocation:
         resume=bool(args.resume), experiment=exp if not specs else None,
         caps={"artifact_bytes": exp.budget.artifact_bytes, "train_seconds": exp.budget.train_seconds,
               "eval_seconds": exp.budget.eval_seconds}, prices=prices)
-    gate = dict(ledger=ledger, stop_futile=stop_futile, prices=prices) if (ledger.capped or stop_futile) else None
+    gate = (dict(ledger=ledger, stop_futile=stop_futile, prices=prices, power_below=power_below, seed_std_nats=std)
+            if (ledger.capped or stop_futile) else None)
     inv = Invocation(kind=kind, exp=exp, seeds=seeds, plan=plan, uri=uri, experiment_id=experiment_id,
                      parent_id=parent_id, ctx=ctx, runs_dir=runs_dir, stamp=stamp, gate=gate, prices=prices)
 
