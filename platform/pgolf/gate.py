@@ -37,6 +37,7 @@ class GateState:
     outcomes: dict[str, tuple[str, str]] = field(default_factory=dict)  # key -> (outcome, reason)
     tokens_per_byte: list[float] = field(default_factory=list)
     decisions: dict[str, dict] = field(default_factory=dict)  # variant -> futility.Decision.to_dict()
+    decided: dict[str, tuple] = field(default_factory=dict)  # variant -> the inputs of its last "keep" verdict
 
 
 def make_searcher(inv: Any, ledger: cost.Ledger, *, stop_futile: bool, prices: cost.Prices,
@@ -122,6 +123,9 @@ def make_searcher(inv: Any, ledger: cost.Ledger, *, stop_futile: bool, prices: c
                 return False
             running = [st.seed_of[k] for k in st.running.values() if st.variant_of[k] == variant]
             remaining = running + [st.seed_of[k] for k in pending]
+            inputs = (tuple(sorted(st.done[variant].items())), tuple(sorted(remaining)))
+            if st.decided.get(variant) == inputs:  # Tune asks often; nothing changed since "keep"
+                return False
             b = exp.baseline
             dec = futility.decide(st.done[variant], remaining, baseline, margin_nats=b.margin_nats, alpha=b.alpha)
             st.decisions[variant] = dec.to_dict()
@@ -131,11 +135,13 @@ def make_searcher(inv: Any, ledger: cost.Ledger, *, stop_futile: bool, prices: c
                                                    alpha=b.alpha, seed_std_nats=st.seed_std_nats)
                 st.decisions[variant]["conditional_power"] = power
                 if not power < st.power_below:
+                    st.decided[variant] = inputs
                     return False
                 reason = (f"low conditional power (an assumption, not a bound): P(significant) = {power:.3f} < "
                           f"{st.power_below:g} if the unfinished seeds score like Normal(mean of the finished ones, "
                           f"{st.seed_std_nats:g} nats); {dec.reason}")
             elif not dec.futile:
+                st.decided[variant] = inputs
                 return False
             for k in pending:
                 st.pending.remove(k)
