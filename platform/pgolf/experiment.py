@@ -163,6 +163,8 @@ def _read_toml(path: str) -> dict:
             return tomllib.load(fh)
     except FileNotFoundError:
         raise ExperimentError(f"experiment file not found: {path}") from None
+    except IsADirectoryError:
+        raise ExperimentError(f"{path} is a directory; pass an experiment .toml file inside it") from None
     except tomllib.TOMLDecodeError as exc:
         raise ExperimentError(f"{path}: invalid TOML: {exc}") from None
 

@@ -74,7 +74,7 @@ def build_plan(args) -> dict:
     data_root = os.path.abspath(args.data_dir) if args.data_dir else str(default_data_dir())
     notes = []
     if kind == "sweep" and exp.sweep.search == "optuna":
-        keys = [f"sample {i + 1} -s{s}" for i in range(exp.sweep.num_samples) for s in seeds]
+        keys = [f"sample {i + 1}-s{s}" for i in range(exp.sweep.num_samples) for s in seeds]
         notes.append("optuna picks the points while it runs: --resume skips cannot be known in advance")
     else:
         specs = sweep_specs(exp, seeds, data_root) if kind == "sweep" else validate_specs(exp, seeds, data_root)
