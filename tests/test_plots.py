@@ -30,7 +30,7 @@ def data(tmp_path_factory):
             params={"optim.muon_wd": 0.08})
     S.trial(uri, exp, pid, variant="big", seed=1, config_hash=H["big"], params={"optim.muon_wd": 0.02},
             result=S.synthetic_result(seed=1, config_hash=H["big"], bpb=1.1190, artifact_bytes=16_400_000))
-    d = Q.load_experiment(uri, "plots")
+    d = Q.load_runs(uri, "plots")
     groups = Q.group_table(d.runs, d.results, data=d)
     curves = Q.load_curves(uri, d.runs.loc[d.runs["status"] == "FINISHED", "run_id"])
     return d, groups, curves, Q.sweep_axes(d.runs)
@@ -187,7 +187,7 @@ def test_score_vs_bytes_zooms_to_small_artifacts(tmp_path, monkeypatch):
         S.trial(uri, exp, pid, variant="smoke", seed=seed, config_hash=H["base"],
                 result=S.synthetic_result(seed=seed, config_hash=H["base"], bpb=1.97 + seed / 1000,
                                           artifact_bytes=600_000 + 1000 * seed))
-    d = Q.load_experiment(uri, "small")
+    d = Q.load_runs(uri, "small")
     groups = Q.group_table(d.runs, d.results, data=d)
     fig = _figure_of(monkeypatch, plots, lambda: plots.bpb_vs_bytes(d.runs, groups, str(tmp_path)))
     lo, hi = fig.axes[0].get_xlim()

@@ -8,6 +8,8 @@ import os
 import sys
 import time
 
+from .contract import METRICS_FILE, TRAIN_LOG
+
 
 def _clean(value):
     if isinstance(value, float) and not math.isfinite(value):
@@ -23,8 +25,8 @@ class EventLog:
         self._events = self._log = None
         if enabled:
             os.makedirs(run_dir, exist_ok=True)
-            self._events = open(os.path.join(run_dir, "metrics.jsonl"), "a", encoding="utf-8")
-            self._log = open(os.path.join(run_dir, "train.log"), "a", encoding="utf-8")
+            self._events = open(os.path.join(run_dir, METRICS_FILE), "a", encoding="utf-8")
+            self._log = open(os.path.join(run_dir, TRAIN_LOG), "a", encoding="utf-8")
 
     def event(self, kind: str, **fields) -> None:
         if not self.enabled:

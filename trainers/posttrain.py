@@ -16,7 +16,6 @@ import os
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 
 from . import serialize
 from .bpb import ByteLUTs
@@ -25,6 +24,7 @@ from .compiling import compile_model, wants_compile
 from .config import TrainConfig
 from .config.schedule import ScheduleConfig
 from .context import Dist, timed
+from .distributed import barrier
 from .evaluate import EvalResult, evaluate
 from .events import EventLog
 from .model import GPT, prepare_for_device
@@ -59,11 +59,6 @@ class RunContext:
 def train_schedule(cfg: TrainConfig) -> ScheduleConfig:
     """The schedule the training loop runs under (see TrainConfig.loop_wallclock_seconds)."""
     return dataclasses.replace(cfg.schedule, max_wallclock_seconds=cfg.loop_wallclock_seconds())
-
-
-def _sync_barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 def blob_path_for(cfg: TrainConfig) -> str:
@@ -121,7 +116,7 @@ def write_artifact(ctx: RunContext, gptq_codes: dict | None = None) -> tuple[str
             if cfg.faults.pad_artifact_bytes:
                 fh.write(b"\0" * cfg.faults.pad_artifact_bytes)
         write_code_artifact(cfg.run.run_dir, embedded_config(cfg))
-    _sync_barrier()
+    barrier()
     return path, {"payload_bytes": len(packed), "formats": summarize(qmeta, qtensors)}
 
 

@@ -11,7 +11,6 @@ still be validated.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -39,7 +38,7 @@ __all__ = [
     "train_seconds",
 ]
 
-Budget = Literal["train", "eval", "report_only"]
+CapName = Literal["train", "eval", "report_only"]
 BUDGETS: tuple[str, ...] = ("train", "eval", "report_only")
 
 # One policy for trainer and platform: the trainer writes time/train_s and time/eval_s with it, and

@@ -22,7 +22,7 @@ from pgolf import cost
 
 from pgolf import tracking
 from pgolf.experiment import Experiment, ExperimentError, load_experiment
-from pgolf.specs import (Plan, TrialSpec, _probe_point, build_spec, check_sweep, make_plan, spec_from_sample,
+from pgolf.specs import (TrialPlan, TrialSpec, _probe_point, build_spec, check_sweep, make_plan, spec_from_sample,
                          sweep_specs, validate_specs)
 from pgolf.summary import aggregate, collect, format_details, format_table, parent_metrics
 from pgolf.trial import TrialContext, deadline_for
@@ -35,7 +35,7 @@ class Invocation:
     kind: str
     exp: Experiment
     seeds: list[int]
-    plan: Plan
+    plan: TrialPlan
     uri: str
     experiment_id: str
     parent_id: str
@@ -281,7 +281,7 @@ def _job_submission_id() -> str | None:
         return None
 
 
-def _optuna_specs(grid, ctx: TrialContext, plan: Plan, uri: str) -> list[TrialSpec]:
+def _optuna_specs(grid, ctx: TrialContext, plan: TrialPlan, uri: str) -> list[TrialSpec]:
     """Searcher mode has no specs up front: rebuild one per finished trial from its config. Trials that
     --resume answered from an earlier run point at that run, which is not a child of this parent."""
     specs, seen = [], {}

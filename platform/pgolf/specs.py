@@ -11,6 +11,7 @@ from typing import Any
 
 from pgolf import tracking
 from pgolf.experiment import Experiment, ExperimentError, apply_data_source
+from pgolf.trainers.config import TrainConfig
 
 
 @dataclass
@@ -20,8 +21,12 @@ class TrialSpec:
     variant: str
     seed: int
     config_hash: str
-    config: dict[str, dict[str, Any]]  # the resolved TrainConfig as a dict, absolute data paths
+    cfg: TrainConfig  # resolved and validated, absolute data paths; run_dir is the trial's to set
     overrides: dict[str, Any] = field(default_factory=dict)  # sweep axis values of this variant
+
+    @property
+    def config(self) -> dict[str, dict[str, Any]]:
+        return self.cfg.to_dict()
 
 
 def build_spec(exp: Experiment, variant: str | None, seed: int, overrides: dict[str, Any],
@@ -34,10 +39,9 @@ def build_spec(exp: Experiment, variant: str | None, seed: int, overrides: dict[
     if overrides:
         label = point_label(overrides)
         name = f"{name},{label}" if exp.variants else label
-    d = cfg.to_dict()
-    d["run"]["run_dir"] = ""
+    cfg.run.run_dir = ""
     return TrialSpec(key=tracking.trial_run_name(name, seed), variant=name, seed=seed,
-                     config_hash=exp.hash_of(cfg), config=d, overrides=dict(overrides))
+                     config_hash=exp.hash_of(cfg), cfg=cfg, overrides=dict(overrides))
 
 
 def point_label(point: dict[str, Any]) -> str:
@@ -171,22 +175,22 @@ def check_sweep(exp: Experiment, kind: str) -> None:
 
 
 @dataclass
-class Plan:
+class TrialPlan:
     specs: list[TrialSpec]  # every requested (variant, seed), in order
     to_run: list[TrialSpec]
     resumed: dict[str, Any] = field(default_factory=dict)  # spec key -> finished MLflow run
     duplicate_of: dict[str, str] = field(default_factory=dict)  # spec key -> key of the spec that runs it
 
 
-def make_plan(specs: list[TrialSpec], finished: dict[tuple[str, int], Any] | None) -> Plan:
+def make_plan(specs: list[TrialSpec], finished: dict[tuple[str, int], Any] | None) -> TrialPlan:
     """Which specs train. A duplicate is the same (config hash, seed) reading the same files: the hash
     leaves the data location out (moving the data must not make old runs unresumable), so two variants
     that differ only in where they read are both trained."""
     seen: dict[tuple, str] = {}
-    plan = Plan(specs=specs, to_run=[])
+    plan = TrialPlan(specs=specs, to_run=[])
     for spec in specs:
         pair = (spec.config_hash, spec.seed)
-        same = (*pair, spec.config["data"]["data_path"], spec.config["data"]["tokenizer_path"])
+        same = (*pair, spec.cfg.data.data_path, spec.cfg.data.tokenizer_path)
         if same in seen:
             plan.duplicate_of[spec.key] = seen[same]
             continue

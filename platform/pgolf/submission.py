@@ -24,15 +24,18 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pgolf import compliance, stats
 from pgolf.selfcheck import DEFAULT_SELF_CHECK_SETS, SelfCheck, self_check
+from pgolf.submission_runs import Group, SubmissionRefused, resolve_group, store_client
 from pgolf.submission_readme import write_readme
+from pgolf.summary import seed_numbers
+from pgolf.trainers.config import finite
+from pgolf.trainers.contract import FINAL_BPB, FINAL_LOSS
 
 __all__ = [
     "DEFAULT_SELF_CHECK_SETS",
@@ -53,134 +56,6 @@ RECORD_TRACK, NON_RECORD_TRACK = "10min_16mb", "non_record_16mb"
 TRACK_FOLDERS = {RECORD_TRACK: "records/track_10min_16mb", NON_RECORD_TRACK: "records/track_non_record_16mb"}
 
 _PER_RUN_KEYS = re.compile(r"^(run\.(seed|run_dir|threads)|data\.(data_path|tokenizer_path))$")
-
-
-class SubmissionRefused(Exception):
-    """The group cannot become this kind of records folder; `reasons` says why, one line each."""
-
-    def __init__(self, summary: str, reasons: Sequence[str]):
-        super().__init__(summary + "".join(f"\n  - {r}" for r in reasons))
-        self.summary = summary
-        self.reasons = list(reasons)
-
-
-# --------------------------------------------------------------------------------------------------
-# finding the runs
-
-
-@dataclass
-class SeedRun:
-    seed: int | None
-    run_id: str
-    run_name: str
-    status: str
-    reason: str
-    result: dict | None = None
-
-
-@dataclass
-class Group:
-    tracking_uri: str
-    experiment: str
-    experiment_id: str
-    config_hash: str
-    variant: str
-    source: str  # how the group was named on the command line
-    seeds: list[SeedRun]  # the counted FINISHED run of each seed, by seed
-    not_finished: list[SeedRun]  # seeds whose newest attempt did not finish
-    superseded: list[SeedRun]  # older attempts replaced by a newer finished run of the same seed
-    cancelled: list[SeedRun] = field(default_factory=list)  # seeds --stop-futile cancelled, at any attempt
-    parent_run_ids: list[str] = field(default_factory=list)
-
-
-def _client(uri: str):
-    from pgolf.dashboards import query
-
-    return query.client(uri)
-
-
-def resolve_group(tracking_uri: str, ref: str, *, experiment: str | None = None) -> Group:
-    """`ref`: a config hash (or unique prefix, 6+ characters), a parent run id (validate/tune
-    invocation; must cover one config hash) or a trial run id (its config hash in its experiment)."""
-    from pgolf.dashboards import query
-    from pgolf.tracking import KIND
-
-    c = _client(tracking_uri)
-    ref = ref.strip()
-    exp_filter: list[str]
-    if experiment:
-        e = c.get_experiment_by_name(experiment)
-        if e is None:
-            raise LookupError(f"no MLflow experiment named {experiment!r} in {tracking_uri}")
-        exp_filter = [e.experiment_id]
-    else:
-        exp_filter = [e.experiment_id for e in c.search_experiments()]
-    if not exp_filter:
-        raise LookupError(f"{tracking_uri} has no experiments")
-
-    if re.fullmatch(r"[0-9a-f]{32}", ref):
-        run = c.get_run(ref)
-        exp_id = run.info.experiment_id
-        tags = run.data.tags
-        if tags.get(KIND) in ("validation", "sweep") or "config_hash" not in tags:
-            trials = query.load_trials(tracking_uri, [exp_id], f"tags.`mlflow.parentRunId` = '{ref}'")
-            if trials.empty:
-                raise LookupError(f"run {ref} is neither a trial nor the parent of any trial run")
-            hashes = sorted(set(trials["config_hash"]))
-            if len(hashes) > 1:
-                lines = [f"{h} ({', '.join(sorted(set(trials.loc[trials['config_hash'] == h, 'variant'].astype(str))))}; "
-                         f"seeds {sorted(int(s) for s in trials.loc[trials['config_hash'] == h, 'seed'].dropna())})"
-                         for h in hashes]
-                raise SubmissionRefused(f"parent run {ref} mixes {len(hashes)} config hashes; a records folder "
-                                        f"is one config: pass one of these hashes instead", lines)
-            source = f"parent run {ref}"
-        else:
-            h = tags["config_hash"]
-            trials = query.load_trials(tracking_uri, [exp_id], f"tags.config_hash = '{h}'")
-            source = f"trial run {ref} (config {h})"
-    else:
-        if not re.fullmatch(r"[0-9A-Za-z_\-]{6,64}", ref):
-            raise ValueError(f"{ref!r} is neither a 32-character MLflow run id nor a config hash (6+ characters)")
-        trials = query.load_trials(tracking_uri, exp_filter, f"tags.config_hash LIKE '{ref}%'")
-        if trials.empty:
-            raise LookupError(f"no trial run with config hash {ref!r} in {tracking_uri}"
-                              + (f" (experiment {experiment!r})" if experiment else ""))
-        hashes = sorted(set(trials["config_hash"]))
-        if len(hashes) > 1:
-            raise SubmissionRefused(f"config hash prefix {ref!r} is ambiguous", [f"matches {h}" for h in hashes])
-        exps = sorted(set(trials["experiment_id"]))
-        if len(exps) > 1:
-            names = [c.get_experiment(x).name for x in exps]
-            raise SubmissionRefused(f"config hash {hashes[0]} has runs in several experiments; pick one with "
-                                    f"--experiment", [repr(n) for n in names])
-        source = f"config hash {hashes[0]}"
-    exp_id = str(trials["experiment_id"].iloc[0])
-    return _group(tracking_uri, c, exp_id, trials, source)
-
-
-def _group(uri: str, c, exp_id: str, trials, source: str) -> Group:
-    import pandas as pd
-
-    from pgolf.dashboards import query
-
-    def seed_run(r: Mapping) -> SeedRun:
-        seed = None if pd.isna(r["seed"]) else int(r["seed"])
-        return SeedRun(seed, r["run_id"], str(r["run_name"]), str(r["status"]), str(r["status_reason"] or ""))
-
-    rows = trials.to_dict("records")
-    counted = [r for r in rows if r["counted"] == "yes"]
-    seeds = sorted((seed_run(r) for r in counted if r["status"] == "FINISHED"), key=lambda s: (s.seed is None, s.seed or 0))
-    for s in seeds:
-        s.result = query.result_of(c, s.run_id)
-    return Group(
-        tracking_uri=uri, experiment=c.get_experiment(exp_id).name, experiment_id=exp_id,
-        config_hash=str(trials["config_hash"].iloc[0]), variant=" / ".join(dict.fromkeys(trials["variant"].astype(str))),
-        source=source, seeds=seeds,
-        not_finished=[seed_run(r) for r in counted if r["status"] != "FINISHED"],
-        superseded=[seed_run(r) for r in rows if r["counted"] != "yes"],
-        cancelled=[seed_run(r) for r in rows if r.get("outcome") == "CANCELLED"],
-        parent_run_ids=list(dict.fromkeys(p for p in trials["parent_run_id"] if isinstance(p, str))),
-    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -256,17 +131,13 @@ class SubmissionResult:
     files: list[str]
 
 
-def _num(x: Any) -> float | None:
-    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
-
-
 def _int(x: Any) -> int | None:
-    f = _num(x)
+    f = finite(x)
     return int(f) if f is not None else None
 
 
 def _round(x: Any, nd: int = 8) -> Any:
-    f = _num(x)
+    f = finite(x)
     return None if f is None else round(f, nd)
 
 
@@ -276,7 +147,7 @@ def _significance(group: Group, baseline: str | None, margin: float, alpha: floa
     logged for this hash against the experiment's [baseline]."""
     from pgolf.dashboards import query
 
-    loss = {s.seed: _num((s.result or {}).get("final/val_loss")) for s in group.seeds}
+    loss = {s.seed: finite((s.result or {}).get("final/val_loss")) for s in group.seeds}
     loss = {k: v for k, v in loss.items() if k is not None and v is not None}
     if baseline:
         trials = query.load_trials(group.tracking_uri, [group.experiment_id])
@@ -286,7 +157,7 @@ def _significance(group: Group, baseline: str | None, margin: float, alpha: floa
         res = stats.compare(loss, b.in_nats(tpb), margin_nats=margin, alpha=alpha, tokens_per_byte=tpb).to_dict()
         res["baseline"] = b.label
         return res, []
-    c = _client(group.tracking_uri)
+    c = store_client(group.tracking_uri)
     for pid in reversed(group.parent_run_ids):
         summ = query._download_json(c, pid, query.SUMMARY_ARTIFACT) or {}
         sig = summ.get("significance") or {}
@@ -328,7 +199,7 @@ def build_submission(tracking_uri: str, ref: str, out_dir: str, *, experiment: s
     if not group.seeds:
         raise SubmissionRefused(f"{group.source}: no finished run", [
             f"seed {s.seed}: {s.status} ({s.reason or 'no reason recorded'})" for s in group.not_finished])
-    c = _client(tracking_uri)
+    c = store_client(tracking_uri)
     work = tempfile.mkdtemp(prefix="pgolf_submission_")
     try:
         # ---- per seed: result, log, packed code
@@ -391,11 +262,8 @@ def build_submission(tracking_uri: str, ref: str, out_dir: str, *, experiment: s
 
         # ---- numbers
         seeds = [s.seed for s in group.seeds]
-        bpb = [float(r["final/val_bpb"]) for r in results]
-        loss = [float(r["final/val_loss"]) for r in results]
-        tpbs = [t for r in results if (t := _num(r.get("data/tokens_per_byte")))]
-        tpb = sum(tpbs) / len(tpbs) if tpbs else None
-        sb, sl = stats.summarize(bpb), stats.summarize(loss)
+        nums = seed_numbers(results)
+        sb, sl, tpb = nums[FINAL_BPB], nums[FINAL_LOSS], nums["tokens_per_byte"]
         test, warn = _significance(group, baseline, margin_nats, alpha, tpb)
         warnings += warn
         env = results[0].get("env") or {}
@@ -456,7 +324,7 @@ def build_submission(tracking_uri: str, ref: str, out_dir: str, *, experiment: s
                           "threshold_nats", "required_improvement_nats", "significant", "seeds_needed")},
             "val_bpb_ci95": [_round(sb.ci_low), _round(sb.ci_high)],
             "artifact_bytes_max": max(int(r["artifact/bytes"]) for r in results),
-            "step_avg_ms_mean": _round(sum(_num(r.get("train/step_ms")) or 0 for r in results) / len(results), 3),
+            "step_avg_ms_mean": _round(nums["step_ms_mean"], 3),
             "config_hash": group.config_hash,
             "code_version": results[0].get("code_version"),
             "pgolf": {"experiment": group.experiment, "variant": group.variant,

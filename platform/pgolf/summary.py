@@ -3,13 +3,16 @@ per-variant statistics and compliance, the significance test against [baseline],
 the metrics written onto the parent run."""
 from __future__ import annotations
 
-import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pgolf import tracking
+from pgolf.formatting import finite, integer, num, text_table
+from pgolf.trainers.contract import (ARTIFACT_BYTES, EVAL_SECONDS, FINAL_BPB, FINAL_LOSS, HEADROOM_BYTES, STEPS,
+                                     TOKENS_PER_BYTE, TRAIN_SECONDS)
 from pgolf.experiment import Experiment
-from pgolf.specs import Plan, TrialSpec
+from pgolf.specs import TrialPlan, TrialSpec
 
 
 @dataclass
@@ -33,7 +36,7 @@ class SeedRecord:
         return self.status == "KILLED" and self.reason.startswith("stopped")
 
 
-def collect(uri: str, experiment_id: str, parent_run_id: str, plan: Plan,
+def collect(uri: str, experiment_id: str, parent_run_id: str, plan: TrialPlan,
             extra_specs: list[TrialSpec] | None = None) -> list[SeedRecord]:
     """One record per requested (variant, seed), from MLflow. Within this invocation a spec may have
     several runs only by accident (a searcher repeating a point); the newest FINISHED one wins."""
@@ -64,16 +67,32 @@ def collect(uri: str, experiment_id: str, parent_run_id: str, plan: Plan,
     return records
 
 
-def _num(x: Any) -> float | None:
-    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
+def seed_numbers(rows: Sequence[Mapping[str, Any]], confidence: float = 0.95) -> dict[str, Any]:
+    """The per-variant numbers every summary shows (validate's table, the report, submission.json),
+    from the finished seeds' results (result.json dicts, or report rows with the same keys): score
+    statistics, the largest artifact, the smallest headroom, the slowest train and eval, means of
+    steps, ms/step and tokens per byte. None where no seed has the value."""
+    from pgolf import stats
 
+    def vals(key: str) -> list[float]:
+        return [v for r in rows if (v := finite(r.get(key))) is not None]
 
-def _vals(records: list[SeedRecord], key: str) -> list[float]:
-    return [v for r in records if r.ok and r.result and (v := _num(r.result.get(key))) is not None]
+    def mean(key: str) -> float | None:
+        v = vals(key)
+        return sum(v) / len(v) if v else None
 
-
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
+    bpb, loss = vals(FINAL_BPB), vals(FINAL_LOSS)
+    return {
+        FINAL_BPB: stats.summarize(bpb, confidence) if bpb else None,
+        FINAL_LOSS: stats.summarize(loss, confidence) if loss else None,
+        "artifact_bytes_max": max(vals(ARTIFACT_BYTES), default=None),
+        "model_bytes_max": max(vals("artifact/model_bytes"), default=None),
+        "code_bytes_max": max(vals("artifact/code_bytes"), default=None),
+        "headroom_bytes_min": min(vals(HEADROOM_BYTES), default=None),
+        "train_seconds_max": max(vals(TRAIN_SECONDS), default=None),
+        "eval_seconds_max": max(vals(EVAL_SECONDS), default=None),
+        "steps_mean": mean(STEPS), "step_ms_mean": mean("train/step_ms"), "tokens_per_byte": mean(TOKENS_PER_BYTE),
+    }
 
 
 def aggregate(exp: Experiment, records: list[SeedRecord], uri: str, experiment_id: str, *, kind: str = "validation",
@@ -90,23 +109,19 @@ def aggregate(exp: Experiment, records: list[SeedRecord], uri: str, experiment_i
         variants.setdefault(r.variant, []).append(r)
     out: dict[str, Any] = {}
     for name, recs in variants.items():
-        bpb, loss = _vals(recs, "final/val_bpb"), _vals(recs, "final/val_loss")
         all_results = [r.result for r in recs if r.result]
         ok_results = [r.result for r in recs if r.ok and r.result]
+        nums = seed_numbers(ok_results)
         entry: dict[str, Any] = {
             "config_hash": recs[0].config_hash, "n_requested": len(recs), "n_ok": sum(r.ok for r in recs),
             "overrides": overrides.get(name, {}),
             "seeds": {str(r.seed): {"status": r.status, "reason": r.reason, "run_id": r.run_id, "resumed": r.resumed,
-                                    "final/val_bpb": (r.result or {}).get("final/val_bpb") if r.ok else None,
-                                    "final/val_loss": (r.result or {}).get("final/val_loss") if r.ok else None}
+                                    FINAL_BPB: (r.result or {}).get(FINAL_BPB) if r.ok else None,
+                                    FINAL_LOSS: (r.result or {}).get(FINAL_LOSS) if r.ok else None}
                       for r in recs},
-            "final/val_bpb": stats.summarize(bpb).to_dict() if bpb else None,
-            "final/val_loss": stats.summarize(loss).to_dict() if loss else None,
-            "artifact_bytes_max": max(_vals(recs, "artifact/bytes"), default=None),
-            "headroom_bytes_min": min(_vals(recs, "artifact/headroom_bytes"), default=None),
-            "train_seconds_max": max(_vals(recs, "time/train_s"), default=None),
-            "eval_seconds_max": max(_vals(recs, "time/eval_s"), default=None),
-            "tokens_per_byte": _mean(_vals(recs, "data/tokens_per_byte")),
+            **{k: (v.to_dict() if k in (FINAL_BPB, FINAL_LOSS) and v else v) for k, v in nums.items()
+               if k in (FINAL_BPB, FINAL_LOSS, "artifact_bytes_max", "headroom_bytes_min", "train_seconds_max",
+                        "eval_seconds_max", "tokens_per_byte")},
         }
         # A record claim needs 3 seeds; a sweep row is judged on the seeds it was asked to run.
         min_seeds = 3 if kind == "validation" else min(3, len(recs))
@@ -200,14 +215,6 @@ def significance(exp: Experiment, variants: dict[str, Any], records: list[SeedRe
     return out
 
 
-def _f(x: Any, fmt: str = ".4f") -> str:
-    return "-" if x is None else format(x, fmt)
-
-
-def _int(x: Any) -> str:
-    return "-" if x is None else f"{int(x):,}"
-
-
 def format_table(summary: dict[str, Any], order: list[str] | None = None) -> str:
     variants = summary["variants"]
     names = order or list(variants)
@@ -219,18 +226,15 @@ def format_table(summary: dict[str, Any], order: list[str] | None = None) -> str
         bpb, loss = v["final/val_bpb"], v["final/val_loss"]
         rows.append([
             n, v["config_hash"], f"{v['n_ok']}/{v['n_requested']}",
-            f"{_f(bpb['mean'])} ± {_f(bpb['std'])}" if bpb else "-",
-            f"[{_f(bpb['ci_low'])}, {_f(bpb['ci_high'])}]" if bpb else "-",
-            f"{_f(loss['mean'])} ± {_f(loss['std'])}" if loss else "-",
-            _int(v["artifact_bytes_max"]), _int(v["headroom_bytes_min"]),
-            _f(v["train_seconds_max"], ".1f"), _f(v["eval_seconds_max"], ".1f"),
+            f"{num(bpb['mean'])} ± {num(bpb['std'])}" if bpb else "-",
+            f"[{num(bpb['ci_low'])}, {num(bpb['ci_high'])}]" if bpb else "-",
+            f"{num(loss['mean'])} ± {num(loss['std'])}" if loss else "-",
+            integer(v["artifact_bytes_max"]), integer(v["headroom_bytes_min"]),
+            num(v["train_seconds_max"], ".1f"), num(v["eval_seconds_max"], ".1f"),
             "yes" if v["compliant"] else "no",
         ] + _cost_cells(v, variants))
     head += _cost_head(variants)
-    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(head, widths)).rstrip()]
-    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    return "\n".join(lines)
+    return text_table(head, rows)
 
 
 def _cost_head(variants: dict[str, Any]) -> list[str]:
@@ -275,8 +279,8 @@ def format_details(summary: dict[str, Any]) -> str:
             dbpb = f" ({t['delta_bpb']:+.5f} bpb)" if t.get("delta_bpb") is not None else ""
             need = (f"; needs {t['required_improvement_nats']:.5f} nats below the threshold at this n"
                     if t.get("required_improvement_nats") is not None else "")
-            lines.append(f"  {n}: {t['test']} n={t['n']} df={_f(t['df'], '.1f')} t={_f(t['t'], '.3f')} "
-                         f"p={_f(t['p'], '.3g')}{holm}; delta {t['delta_nats']:+.5f} nats{dbpb}{need} -> {verdict}")
+            lines.append(f"  {n}: {t['test']} n={t['n']} df={num(t['df'], '.1f')} t={num(t['t'], '.3f')} "
+                         f"p={num(t['p'], '.3g')}{holm}; delta {t['delta_nats']:+.5f} nats{dbpb}{need} -> {verdict}")
     return "\n".join(lines)
 
 
@@ -300,7 +304,7 @@ def parent_metrics(summary: dict[str, Any]) -> dict[str, float]:
         if "significant" in t:
             vals["test_significant"] = float(t.get("holm_significant", t["significant"]))
         for k, x in vals.items():
-            if _num(x) is not None:
+            if finite(x) is not None:
                 for p in prefixes:
                     out[p + k] = float(x)
     return out

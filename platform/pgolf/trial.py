@@ -9,6 +9,8 @@ final result, so the other trials go on.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import os
 import signal
@@ -20,6 +22,7 @@ from typing import Any
 
 from pgolf import tracking
 from pgolf.specs import TrialSpec, spec_from_sample
+from pgolf.trainers import contract as C
 from pgolf.trainers.contract import EXIT_OVER_BUDGET, EXIT_REASONS
 
 POLL_SECONDS = 0.5
@@ -194,20 +197,6 @@ def classify(returncode: int | None, result: dict | None, *, timed_out: bool, st
 # the trial
 
 
-def _write_config(spec: TrialSpec, run_dir: str, threads: int) -> str:
-    from pgolf.trainers.config import TrainConfig
-
-    cfg = TrainConfig.from_dict(spec.config, source=f"trial {spec.key}")
-    cfg.run.run_dir = run_dir
-    cfg.run.seed = spec.seed
-    if cfg.run.threads <= 0:
-        cfg.run.threads = threads
-    os.makedirs(run_dir, exist_ok=True)
-    path = os.path.join(run_dir, "resolved_config.json")
-    cfg.write_json(path)
-    return path
-
-
 def _trainer_env(threads: int) -> dict[str, str]:
     env = dict(os.environ)
     # Ray sets OMP_NUM_THREADS to the trial's CPU count (1 unless asked); the trainer's ranks inherit it,
@@ -225,14 +214,14 @@ def execute_trial(spec: TrialSpec, ctx: TrialContext, *, trial_id: str = "local"
                   should_stop: Callable[[], bool] | None = None) -> dict:
     """Run one trial end to end; returns the final report. Inside Tune, `report` is `tune.report` and
     `should_stop` tells when Tune has decided to stop the trial (ASHA, Ctrl-C)."""
-    from pgolf.launch import trainer_command
+    from pgolf.launch import trainer_command, write_run_config
 
     t_trial = time.monotonic()
     report = report or (lambda metrics: None)
     should_stop = should_stop or (lambda: False)
     run_dir = os.path.join(ctx.runs_dir, tracking.trial_run_name(spec.variant, spec.seed) + f"-{trial_id}")
-    threads = int(spec.config.get("run", {}).get("threads") or 0) or max(ctx.cpus, 1)
-    params = tracking.flatten(spec.config)
+    threads = spec.cfg.run.threads or max(ctx.cpus, 1)
+    params = tracking.flatten(dataclasses.asdict(spec.cfg))  # lenient: a version mismatch fails in setup below
     params.pop("run.run_dir", None)
     rec = tracking.TrialRecorder(
         ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, variant=spec.variant, seed=spec.seed,
@@ -250,7 +239,9 @@ def execute_trial(spec: TrialSpec, ctx: TrialContext, *, trial_id: str = "local"
             if ctx.demo_root:
                 from pgolf.datasets import ensure_demo
                 ensure_demo(ctx.demo_root, progress=None)
-            cfg_path = _write_config(spec, run_dir, threads)
+            cfg = copy.deepcopy(spec.cfg)
+            cfg.run.threads = cfg.run.threads if cfg.run.threads > 0 else threads
+            cfg_path = write_run_config(cfg, run_dir)
         except Exception as exc:  # noqa: BLE001 - any setup failure is this trial's failure, not the sweep's
             reason = f"trial setup failed: {type(exc).__name__}: {exc}"
             raise _SetupFailed() from exc
@@ -260,7 +251,7 @@ def execute_trial(spec: TrialSpec, ctx: TrialContext, *, trial_id: str = "local"
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         with open(os.path.join(run_dir, "trainer.pid"), "w") as fh:
             fh.write(f"{proc.pid}\n")
-        tail = MetricsTail(os.path.join(run_dir, "metrics.jsonl"))
+        tail = MetricsTail(os.path.join(run_dir, C.METRICS_FILE))
         started = time.monotonic()
         while True:
             rc = proc.poll()
@@ -281,7 +272,7 @@ def execute_trial(spec: TrialSpec, ctx: TrialContext, *, trial_id: str = "local"
         events = tail.read()
         if events:
             _follow(events, rec, run_dir, last, report=None)
-        result = _load_json(os.path.join(run_dir, "result.json"))
+        result = _load_json(os.path.join(run_dir, C.RESULT_FILE))
         status, reason = classify(proc.returncode, result, timed_out=timed_out, stopped=stopped,
                                   deadline=ctx.deadline_seconds, output_tail=_tail(out_path),
                                   last_step=last.get("step"))
@@ -322,19 +313,19 @@ def _follow(events: list[dict], rec: tracking.TrialRecorder, run_dir: str, last:
         pass
     for ev in events:
         kind = ev.get("event")
-        if kind == "start":
-            env, data = _fingerprints_from_log(os.path.join(run_dir, "train.log"))
+        if kind == C.EVENT_START:
+            env, data = _fingerprints_from_log(os.path.join(run_dir, C.TRAIN_LOG))
             try:
                 rec.fingerprint(env, data)
             except Exception:  # noqa: BLE001 - retried from result.json at the end
                 pass
-        elif kind == "train":
+        elif kind == C.EVENT_TRAIN:
             last["step"] = ev.get("step")
-            if "train/loss" in ev:
-                last["train/loss"] = ev["train/loss"]
-        elif kind == "val":
+            if C.TRAIN_LOSS in ev:
+                last[C.TRAIN_LOSS] = ev[C.TRAIN_LOSS]
+        elif kind == C.EVENT_VAL:
             last["step"] = ev.get("step")
-            for k in ("val/loss", "val/bpb"):
+            for k in (C.VAL_LOSS, C.VAL_BPB):
                 if k in ev:
                     last[k] = ev[k]
             if report is not None:
@@ -350,7 +341,7 @@ def _close(rec: tracking.TrialRecorder, status: str, reason: str, run_dir: str, 
         if tail and os.path.isdir(run_dir):
             with open(os.path.join(run_dir, "log_tail.txt"), "w", encoding="utf-8") as fh:
                 fh.write("\n".join(tail) + "\n")
-        env, data = _fingerprints_from_log(os.path.join(run_dir, "train.log"))
+        env, data = _fingerprints_from_log(os.path.join(run_dir, C.TRAIN_LOG))
         try:
             rec.fingerprint(env, data)
         except Exception:  # noqa: BLE001 - fingerprints are best effort; closing the run is not
@@ -370,8 +361,8 @@ def _close(rec: tracking.TrialRecorder, status: str, reason: str, run_dir: str, 
     rec.finish(status=status, reason=reason, run_dir=run_dir, result=result, extra_metrics=extra)
 
 
-FINAL_KEYS = ("final/val_bpb", "final/val_loss", "artifact/bytes", "artifact/headroom_bytes", "time/train_s",
-              "time/eval_s", "data/tokens_per_byte", "steps")
+FINAL_KEYS = (C.FINAL_BPB, C.FINAL_LOSS, C.ARTIFACT_BYTES, C.HEADROOM_BYTES, C.TRAIN_SECONDS,
+              C.EVAL_SECONDS, C.TOKENS_PER_BYTE, C.STEPS)
 
 
 def _final_report(spec: TrialSpec, run_id: str, status: str, reason: str, result: dict | None,
@@ -381,7 +372,7 @@ def _final_report(spec: TrialSpec, run_id: str, status: str, reason: str, result
         "mlflow_run_id": run_id, "variant": spec.variant, "seed": spec.seed, "config_hash": spec.config_hash,
         "step": int(last.get("step") or 0),
     }
-    for k in ("val/bpb", "val/loss", "train/loss"):
+    for k in (C.VAL_BPB, C.VAL_LOSS, C.TRAIN_LOSS):
         if k in last:
             out[k] = last[k]
     if status == "FINISHED" and result:

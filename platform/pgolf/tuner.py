@@ -1,17 +1,15 @@
 """The Ray Tune runner behind `pgolf validate` and `pgolf tune`: connect to Ray, serve the pending
 trials to Tune (`pending_trials`), see each finished one (`TrialEvents.finished`), and always leave the
-MLflow children of an interrupted or stopped invocation closed."""
+MLflow children of an interrupted or stopped invocation closed. `inv` is an orchestrate.Invocation
+(taken as a value, not imported, so the runner does not depend on the command)."""
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pgolf import tracking
 from pgolf.specs import optuna_space
 from pgolf.trainers.contract import FINAL_BPB, VAL_BPB
-
-if TYPE_CHECKING:
-    from pgolf.orchestrate import Invocation
 
 
 def connect_ray(address: str | None) -> bool:
@@ -53,7 +51,7 @@ def default_concurrency(gpus: int, cpus: int) -> int:
     return max(1, int(res.get("CPU", 1) // max(cpus, 1)))
 
 
-def pending_trials(inv: "Invocation") -> tuple[dict[str, Any], int, int]:
+def pending_trials(inv: Any) -> tuple[dict[str, Any], int, int]:
     """The one place the trials still to run are handed to Tune: (param_space, num_samples, total).
     Fixed specs go in as a grid over their keys; a searcher (Optuna) samples axis values itself and
     each suggestion repeats over the seeds."""
@@ -97,7 +95,7 @@ def _trial_events(total: int):
     return TrialEvents()
 
 
-def run_tuner(inv: "Invocation", *, max_concurrent: int, storage_path: str, run_name: str) -> Any:
+def run_tuner(inv: Any, *, max_concurrent: int, storage_path: str, run_name: str) -> Any:
     from ray import tune
 
     from pgolf.trial import run_trial
@@ -153,7 +151,7 @@ def run_tuner(inv: "Invocation", *, max_concurrent: int, storage_path: str, run_
     return tuner.fit()
 
 
-def execute(inv: "Invocation", args) -> Any:
+def execute(inv: Any, args) -> Any:
     """Run the planned trials through Ray Tune; returns the ResultGrid (None when nothing had to run)."""
     if not inv.plan.to_run and not inv.searcher:
         return None

@@ -76,6 +76,12 @@ class TrainConfig:
         return wall - self.quant.gptq_reserve_seconds
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
+        for f in dataclasses.fields(self):
+            sec = getattr(self, f.name)
+            extra = set(vars(sec)) - {x.name for x in dataclasses.fields(sec)}
+            if extra:  # e.g. a config pickled by a driver whose trainer has fields this one lacks
+                raise ConfigError(f"config.{f.name} has attributes that are no fields of this trainer: "
+                                  f"{', '.join(sorted(extra))} (driver and trainer versions differ?)")
         return dataclasses.asdict(self)
 
     @classmethod
@@ -114,7 +120,6 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
     """Check `value` against the annotated field type; ints widen to float, nothing else converts."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        errors = []
         for arm in typing.get_args(tp):
             if arm is type(None):
                 if value is None:
@@ -122,8 +127,8 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
                 continue
             try:
                 return coerce(value, arm, where)
-            except ConfigError as exc:
-                errors.append(str(exc))
+            except ConfigError:
+                pass
         raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
     if origin in (list, tuple):
         (item_tp, *_) = typing.get_args(tp) or (Any,)

@@ -1,9 +1,10 @@
-"""Arguments shared by `pgolf validate` and `pgolf tune`."""
+"""Arguments and entry point shared by `pgolf validate` and `pgolf tune`."""
 from __future__ import annotations
 
 
-def add_common(p) -> None:
+def add_common(p, seeds_help: str) -> None:
     p.add_argument("experiment", help="experiment TOML file")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="N", help=seeds_help)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any key of the file, e.g. config.schedule.iterations=50 or budget.trial_timeout_seconds=120")
     p.add_argument("--smoke", action="store_true",
@@ -34,3 +35,9 @@ def add_cost_args(p) -> None:
                    help="never start a trial whose worst case (GPUs x deadline) would exceed the GPU-hours left")
     p.add_argument("--max-usd", type=float, default=None, metavar="D",
                    help="never start a trial whose worst-case dollars would exceed what is left (needs a price)")
+
+
+def run_orchestration(args, kind: str) -> int:
+    from pgolf.orchestrate import run
+
+    return run(args, kind)
