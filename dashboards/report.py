@@ -150,15 +150,15 @@ def score_rows(groups: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
 
 def budget_rows(groups: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     head = ["variant", "config", "bytes max", "headroom", "steps", "ms/step", "train s (cap)", "eval s (cap)",
-            "hardware", "compliant", "GPU-h (failed)", "$"]
+            "GPU-h (failed)", "$", "hardware", "compliant"]
     rows = []
     for r in Q.records(groups):
         rows.append([
             str(r["variant"]), r["config_hash"][:12], _i(r["artifact_bytes_max"]), _i(r["headroom_min"]),
             _f(r["steps_mean"], ".0f"), _f(r["step_ms_mean"], ".1f"),
             f"{_f(r['train_s_max'], '.1f')} ({r['train_cap']:g})", f"{_f(r['eval_s_max'], '.1f')} ({r['eval_cap']:g})",
-            r["hardware"] or "-", "yes" if r["compliant"] else "NO",
             f"{_f(r['gpu_hours'], '.3f')} ({_f(r['gpu_hours_failed'], '.3f')})", _f(r["usd"], ",.2f"),
+            r["hardware"] or "-", "yes" if r["compliant"] else "NO",
         ])
     return head, rows
 
@@ -201,7 +201,7 @@ def format_text(rep: Report, *, all_runs: bool = False) -> str:
               _table(*score_rows(rep.groups), right=set()),
               "", f"budgets and compliance (caps: {rep.caps.artifact_bytes:,} bytes, train {rep.caps.train_seconds:g} s, "
                   f"eval {rep.caps.eval_seconds:g} s; >= {rep.min_seeds} seeds)",
-              _table(*budget_rows(rep.groups), right={2, 3, 4, 5, 10, 11}), cost_line(rep.groups)]
+              _table(*budget_rows(rep.groups), right={2, 3, 4, 5, 8, 9}), cost_line(rep.groups)]
     base = rep.baseline.label if rep.baseline else None
     sources = sorted({str(s) for s in rep.groups["test_source"] if s and not pd.isna(s)})
     if base:
