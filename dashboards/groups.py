@@ -102,6 +102,7 @@ GROUP_COLUMNS = [
     "artifact_bytes_max", "model_bytes_max", "code_bytes_max", "headroom_min", "steps_mean", "step_ms_mean",
     "train_s_max", "eval_s_max", "train_cap", "eval_cap", "artifact_cap",
     "compliant", "compliance_reasons", "record_grade", "hardware", "overrides", "pass_fractions",
+    "gpu_hours", "gpu_hours_failed", "usd", "n_cancelled",
 ]
 
 
@@ -177,6 +178,7 @@ def group_table(runs: pd.DataFrame, results: Mapping[str, dict] | None = None, *
             "compliance_reasons": reasons, "record_grade": bool(verdict and verdict.record_grade),
             "hardware": ", ".join(verdict.hardware_classes) if verdict else "",
             "overrides": _overrides(g), "pass_fractions": verdict.pass_fractions() if verdict else {},
+            **_costs(g),
             "_loss_by_seed": {int(s): float(v) for s, v in zip(ok["seed"], ok["final/val_loss"]) if pd.notna(s) and pd.notna(v)},
         })
     _add_tests(rows, baseline, _summary_tests(data), margin_nats, alpha)
@@ -184,6 +186,36 @@ def group_table(runs: pd.DataFrame, results: Mapping[str, dict] | None = None, *
     df["_key"] = df["bpb_mean"].astype(float).fillna(np.inf)
     df = df.sort_values(["_key", "variant"], kind="stable").drop(columns="_key").reset_index(drop=True)
     return df.reindex(columns=GROUP_COLUMNS)
+
+
+def _costs(g: pd.DataFrame) -> dict[str, Any]:
+    """What a config cost: every attempt of every seed, failed and superseded ones included (they were
+    paid for). Dollars only where runs logged them (a price was set)."""
+    gpu = g["cost/gpu_seconds"].fillna(0.0)
+    usd = g["cost/usd"]
+    return {"gpu_hours": float(gpu.sum()) / 3600.0,
+            "gpu_hours_failed": float(gpu[g["status"] != "FINISHED"].sum()) / 3600.0,
+            "usd": float(usd.sum()) if usd.notna().any() else None,
+            "n_cancelled": int((g["outcome"] == "CANCELLED").sum())}
+
+
+def cost_summary(groups: pd.DataFrame) -> dict[str, Any]:
+    """Total spend and, when a baseline test ran, the spend per accepted improvement: everything spent
+    on the variants tested against the baseline (the failures are part of the price of finding a
+    winner), divided by the number of variants whose test is significant."""
+    if groups.empty:
+        return {"gpu_hours": 0.0, "usd": None, "tested": 0, "accepted": 0}
+    tested = groups[groups["significant"].notna()]
+    accepted = int((tested["significant"] == True).sum())  # noqa: E712 - pandas object column
+    usd = groups["usd"].dropna()
+    t_usd = tested["usd"].dropna()
+    out = {"gpu_hours": float(groups["gpu_hours"].sum()), "usd": float(usd.sum()) if len(usd) else None,
+           "tested": int(len(tested)), "accepted": accepted, "tested_gpu_hours": float(tested["gpu_hours"].sum()),
+           "tested_usd": float(t_usd.sum()) if len(t_usd) else None}
+    if accepted:
+        out["gpu_hours_per_accepted"] = out["tested_gpu_hours"] / accepted
+        out["usd_per_accepted"] = out["tested_usd"] / accepted if out["tested_usd"] is not None else None
+    return out
 
 
 def _add_tests(rows: list[dict], baseline: ReportBaseline | None, logged: dict[str, dict], margin: float,

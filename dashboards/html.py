@@ -97,16 +97,18 @@ def _scores(groups: pd.DataFrame) -> dict:
 
 def _budgets(groups: pd.DataFrame) -> dict:
     head = ["variant", "config hash", "artifact bytes max", "model bytes", "code bytes", "headroom min", "steps",
-            "ms/step", "train s max", "train cap", "eval s max", "eval cap", "hardware", "record hardware", "compliant"]
+            "ms/step", "train s max", "train cap", "eval s max", "eval cap", "GPU-hours", "of which failed", "$",
+            "hardware", "record hardware", "compliant"]
     rows, cls = [], []
     for r in Q.records(groups):
         rows.append([r["variant"], _code(r["config_hash"]), fint(r["artifact_bytes_max"]),
                      fint(r["model_bytes_max"]), fint(r["code_bytes_max"]), fint(r["headroom_min"]),
                      fmt(r["steps_mean"], ".0f"), fmt(r["step_ms_mean"], ".1f"), fmt(r["train_s_max"], ".1f"),
-                     f"{r['train_cap']:g}", fmt(r["eval_s_max"], ".1f"), f"{r['eval_cap']:g}", r["hardware"] or "–",
-                     _yes(bool(r["record_grade"])), _yes(bool(r["compliant"]))])
+                     f"{r['train_cap']:g}", fmt(r["eval_s_max"], ".1f"), f"{r['eval_cap']:g}",
+                     fmt(r["gpu_hours"], ".3f"), fmt(r["gpu_hours_failed"], ".3f"), fmt(r["usd"], ",.2f"),
+                     r["hardware"] or "–", _yes(bool(r["record_grade"])), _yes(bool(r["compliant"]))])
         cls.append("" if r["compliant"] else "bad")
-    return table(head, rows, numeric=set(range(2, 12)), row_class=cls)
+    return table(head, rows, numeric=set(range(2, 15)), row_class=cls)
 
 
 def _compliance(groups: pd.DataFrame) -> list[dict]:
@@ -140,6 +142,11 @@ def _parents(parents: pd.DataFrame) -> dict | None:
     return table(["invocation", "kind", "status", "reason", "started (UTC)", "experiment file", "parent run id"], rows)
 
 
+def _cost_line(groups: pd.DataFrame) -> str:
+    from pgolf.dashboards.report import cost_line
+    return cost_line(groups)
+
+
 def render(rep) -> str:
     """HTML for a `pgolf.dashboards.report.Report` whose plots have been made."""
     import jinja2
@@ -169,5 +176,6 @@ def render(rep) -> str:
             caps_line=f"{rep.caps.artifact_bytes:,} bytes (decimal), train {rep.caps.train_seconds:g} s, "
                       f"eval {rep.caps.eval_seconds:g} s",
             scores=_scores(rep.groups), budgets=_budgets(rep.groups), compliance=_compliance(rep.groups),
+            cost_line=_cost_line(rep.groups),
             plots=plots, runs=_runs(d.runs), invocations=_parents(d.parents))
     return env.get_template("report.html.j2").render(**ctx)

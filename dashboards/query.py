@@ -24,7 +24,8 @@ import pandas as pd
 
 from pgolf.tracking import KIND, KIND_TRIAL
 
-from pgolf.dashboards.groups import GROUP_COLUMNS, ReportBaseline, baseline_from_spec, group_table  # noqa: F401 - the report's API
+from pgolf.dashboards.groups import (GROUP_COLUMNS, ReportBaseline, baseline_from_spec, cost_summary,  # noqa: F401
+                                     group_table)  # the report's API
 
 __all__ = [
     "ReportBaseline",
@@ -32,6 +33,7 @@ __all__ = [
     "GROUP_COLUMNS",
     "baseline_from_spec",
     "client",
+    "cost_summary",
     "group_table",
     "list_experiments",
     "load_curves",
@@ -55,6 +57,7 @@ RUN_METRICS = (
     "final/val_bpb", "final/val_loss", "prequant/val_bpb", "quant/val_bpb", "sliding/val_bpb", "ttt/val_bpb",
     "artifact/bytes", "artifact/model_bytes", "artifact/code_bytes", "artifact/headroom_bytes",
     "time/train_s", "time/eval_s", "steps", "train/step_ms", "data/tokens_per_byte",
+    "cost/gpu_seconds", "cost/cpu_seconds", "cost/usd",
 )
 
 
@@ -197,6 +200,7 @@ def _normalize_runs(raw: pd.DataFrame) -> pd.DataFrame:
         "node_class": _col(raw, "tags.node_class"),
         "git_sha": _col(raw, "tags.git_sha"),
         "overrides": _col(raw, "tags.overrides"),
+        "outcome": _col(raw, "tags.pgolf.outcome"),  # CANCELLED / NOT STARTED (budget): the gate never ran it
         "start_time": _col(raw, "start_time"),
         "end_time": _col(raw, "end_time"),
     })

@@ -150,16 +150,33 @@ def score_rows(groups: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
 
 def budget_rows(groups: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     head = ["variant", "config", "bytes max", "headroom", "steps", "ms/step", "train s (cap)", "eval s (cap)",
-            "hardware", "compliant"]
+            "GPU-h (failed)", "$", "hardware", "compliant"]
     rows = []
     for r in Q.records(groups):
         rows.append([
             str(r["variant"]), r["config_hash"][:12], _i(r["artifact_bytes_max"]), _i(r["headroom_min"]),
             _f(r["steps_mean"], ".0f"), _f(r["step_ms_mean"], ".1f"),
             f"{_f(r['train_s_max'], '.1f')} ({r['train_cap']:g})", f"{_f(r['eval_s_max'], '.1f')} ({r['eval_cap']:g})",
+            f"{_f(r['gpu_hours'], '.3f')} ({_f(r['gpu_hours_failed'], '.3f')})", _f(r["usd"], ",.2f"),
             r["hardware"] or "-", "yes" if r["compliant"] else "NO",
         ])
     return head, rows
+
+
+def cost_line(groups: pd.DataFrame) -> str:
+    """Spend overall and per accepted improvement (variants significant against the baseline)."""
+    c = Q.cost_summary(groups)
+    usd = f" (${c['usd']:,.2f})" if c["usd"] is not None else " (no price logged: GPU-hours only)"
+    line = f"cost: {c['gpu_hours']:.3f} GPU-hours{usd} over {len(groups)} variant(s)"
+    if not c["tested"]:
+        return line + "; cost per accepted improvement needs a baseline"
+    line += f"; {c['accepted']} of {c['tested']} tested variant(s) accepted"
+    if c["accepted"]:
+        per_usd = f" (${c['usd_per_accepted']:,.2f})" if c.get("usd_per_accepted") is not None else ""
+        line += f": {c['gpu_hours_per_accepted']:.3f} GPU-hours{per_usd} per accepted improvement"
+    else:
+        line += f": {c['tested_gpu_hours']:.3f} GPU-hours spent on tested variants, no improvement accepted yet"
+    return line
 
 
 def format_runs(runs: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
@@ -184,7 +201,7 @@ def format_text(rep: Report, *, all_runs: bool = False) -> str:
               _table(*score_rows(rep.groups), right=set()),
               "", f"budgets and compliance (caps: {rep.caps.artifact_bytes:,} bytes, train {rep.caps.train_seconds:g} s, "
                   f"eval {rep.caps.eval_seconds:g} s; >= {rep.min_seeds} seeds)",
-              _table(*budget_rows(rep.groups), right={2, 3, 4, 5})]
+              _table(*budget_rows(rep.groups), right={2, 3, 4, 5, 8, 9}), cost_line(rep.groups)]
     base = rep.baseline.label if rep.baseline else None
     sources = sorted({str(s) for s in rep.groups["test_source"] if s and not pd.isna(s)})
     if base:

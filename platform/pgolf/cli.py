@@ -15,6 +15,7 @@ COMMANDS = {
     "inspect": "print the resolved config, its hash, parameter count and FLOPs per token",
     "train": "run one seed of an experiment (no Ray): what a trial runs",
     "validate": "N-seed validation through Ray Tune + MLflow, with statistics and compliance",
+    "plan": "what validate/tune would run and cost (GPU-hours, dollars, wall time), without starting anything",
     "tune": "hyperparameter sweep through Ray Tune + MLflow",
     "report": "tables, plots and an HTML report from the MLflow store",
     "submission": "write a records folder (README, submission.json, logs, code) from logged runs",

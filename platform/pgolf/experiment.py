@@ -45,6 +45,8 @@ class Resources:
 
     gpus: int = 8  # per trial; all in the trial's first placement bundle
     cpus: int = 8
+    gpu_hour_usd: float = 0.0  # price per GPU-hour for cost reports and --max-usd; 0 = not set
+    cpu_hour_usd: float = 0.0  # price per CPU-hour (CPU-only trials); 0 = not set
 
 
 @dataclass(kw_only=True)
@@ -161,6 +163,8 @@ def _read_toml(path: str) -> dict:
             return tomllib.load(fh)
     except FileNotFoundError:
         raise ExperimentError(f"experiment file not found: {path}") from None
+    except IsADirectoryError:
+        raise ExperimentError(f"{path} is a directory; pass an experiment .toml file inside it") from None
     except tomllib.TOMLDecodeError as exc:
         raise ExperimentError(f"{path}: invalid TOML: {exc}") from None
 

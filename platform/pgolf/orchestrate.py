@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from pgolf import cost
+
 from pgolf import tracking
 from pgolf.experiment import Experiment, ExperimentError, load_experiment
 from pgolf.specs import (TrialPlan, TrialSpec, _probe_point, build_spec, check_sweep, make_plan, spec_from_sample,
@@ -40,6 +42,9 @@ class Invocation:
     ctx: TrialContext
     runs_dir: str
     stamp: str
+    gate: dict[str, Any] | None = None  # budget caps / --stop-futile: pgolf.gate.make_searcher kwargs
+    gate_state: Any = None  # the gate's decisions, after Tune returns
+    prices: cost.Prices = cost.Prices()
 
     @property
     def searcher(self) -> bool:
@@ -81,6 +86,20 @@ def prepare(args, kind: str) -> Invocation:
     if len(set(seeds)) != len(seeds):
         raise ExperimentError(f"--seeds {seeds}: each seed may appear once")
     check_sweep(exp, kind)
+    prices = cost.resolve_prices(exp.resources, gpu_hour_usd=getattr(args, "gpu_hour_usd", None),
+                                 cpu_hour_usd=getattr(args, "cpu_hour_usd", None), file=exp.path)
+    ledger = cost.Ledger(getattr(args, "max_gpu_hours", None), getattr(args, "max_usd", None))
+    if ledger.max_usd is not None and not prices.priced:
+        raise cost.PriceError(f"--max-usd needs a price: set [resources] gpu_hour_usd / cpu_hour_usd in {exp.path}, "
+                              f"${cost.GPU_ENV} / ${cost.CPU_ENV} or --gpu-hour-usd / --cpu-hour-usd")
+    stop_futile = bool(getattr(args, "stop_futile", False))
+    power_below, std = float(getattr(args, "stop_power_below", 0.0) or 0.0), float(getattr(args, "seed_std_nats", 0.0) or 0.0)
+    if power_below and not (stop_futile and 0 < power_below < 1 and std > 0):
+        raise ExperimentError(f"--stop-power-below {power_below:g}: needs --stop-futile, a value in (0, 1) and "
+                              f"--seed-std-nats > 0 (got {std:g})")
+    if ledger.capped and kind == "sweep" and exp.sweep.search == "optuna":
+        raise ExperimentError(f"{exp.path}: --max-gpu-hours / --max-usd are not supported with search = 'optuna' "
+                              f"(its points are not known in advance); use search = 'grid' or 'random'")
     from pgolf.datasets import default_data_dir
 
     data_root = os.path.abspath(args.data_dir) if args.data_dir else str(default_data_dir())
@@ -113,7 +132,10 @@ def prepare(args, kind: str) -> Invocation:
     parent_params = {"experiment.seeds": seeds, "budget.train_seconds": exp.budget.train_seconds,
                      "budget.eval_seconds": exp.budget.eval_seconds, "budget.artifact_bytes": exp.budget.artifact_bytes,
                      "budget.trial_timeout_seconds": deadline_for(exp.budget),
-                     "resources.gpus": exp.resources.gpus, "resources.cpus": exp.resources.cpus}
+                     "resources.gpus": exp.resources.gpus, "resources.cpus": exp.resources.cpus,
+                     "cost.gpu_hour_usd": prices.gpu_hour_usd, "cost.cpu_hour_usd": prices.cpu_hour_usd,
+                     "cost.max_gpu_hours": ledger.max_gpu_hours, "cost.max_usd": ledger.max_usd,
+                     "stop_futile": stop_futile}
     if kind == "sweep":
         parent_params.update({f"sweep.{k}": v for k, v in vars(exp.sweep).items()})
     parent_id = tracking.start_parent_run(uri, experiment_id, run_name=f"{kind}-{stamp}", tags=parent_tags,
@@ -126,9 +148,11 @@ def prepare(args, kind: str) -> Invocation:
         specs={s.key: s for s in plan.to_run}, kind=kind, seeds=seeds, data_root=data_root,
         resume=bool(args.resume), experiment=exp if not specs else None,
         caps={"artifact_bytes": exp.budget.artifact_bytes, "train_seconds": exp.budget.train_seconds,
-              "eval_seconds": exp.budget.eval_seconds})
+              "eval_seconds": exp.budget.eval_seconds}, prices=prices)
+    gate = (dict(ledger=ledger, stop_futile=stop_futile, prices=prices, power_below=power_below, seed_std_nats=std)
+            if (ledger.capped or stop_futile) else None)
     inv = Invocation(kind=kind, exp=exp, seeds=seeds, plan=plan, uri=uri, experiment_id=experiment_id,
-                     parent_id=parent_id, ctx=ctx, runs_dir=runs_dir, stamp=stamp)
+                     parent_id=parent_id, ctx=ctx, runs_dir=runs_dir, stamp=stamp, gate=gate, prices=prices)
 
     n = len(specs) if specs else exp.sweep.num_samples * len(seeds)
     print(f"pgolf {'validate' if kind == 'validation' else 'tune'}: {exp.meta.name} ({n} trials, seeds {seeds})",
@@ -138,6 +162,13 @@ def prepare(args, kind: str) -> Invocation:
         print(f"  skip {key}: same config hash and seed as {src}", flush=True)
     for key, r in plan.resumed.items():
         print(f"  skip {key}: finished earlier in MLflow run {r.info.run_id} (--resume)", flush=True)
+    if prices.priced or ledger.capped or stop_futile:
+        w = cost.TrialCost.of(exp.resources.gpus, exp.resources.cpus, cost.worst_seconds(ctx.deadline_seconds), prices)
+        caps = f"; cap {ledger.left_text()}" if ledger.capped else ""
+        print(f"  cost: {prices.describe()}; worst case per trial {cost.fmt_hours(w.gpu_seconds)} GPU-hours"
+              f"{', ' + cost.fmt_usd(w.usd) if w.usd is not None else ''}{caps}", flush=True)
+    if stop_futile and not (exp.baseline.config_hash or exp.baseline.per_seed or exp.baseline.record):
+        print(f"  --stop-futile: no [baseline] in {exp.path}: no variant can be judged futile", flush=True)
     return inv
 
 
@@ -171,6 +202,7 @@ def summarize_invocation(inv: Invocation, grid: Any, wall: float) -> int:
         order = sorted(order, key=score)
         summary["ranking"] = order
 
+    spend = _costs(inv, summary)
     table, details = format_table(summary, order), format_details(summary)
     print()
     print(table)
@@ -185,7 +217,7 @@ def summarize_invocation(inv: Invocation, grid: Any, wall: float) -> int:
         print(f"  trial error: {e}", file=sys.stderr)
 
     c = tracking.client(inv.uri)
-    tracking.log_metrics(c, inv.parent_id, [(k, v, 0) for k, v in parent_metrics(summary).items()])
+    tracking.log_metrics(c, inv.parent_id, [(k, v, 0) for k, v in {**parent_metrics(summary), **spend}.items()])
     c.log_dict(inv.parent_id, json.loads(json.dumps(summary, default=str)), "validation_summary.json")
     c.log_text(inv.parent_id, table + "\n" + details + "\n", "validation_table.txt")
     _end_parent(inv, "FINISHED" if all_ok else "FAILED",
@@ -195,6 +227,46 @@ def summarize_invocation(inv: Invocation, grid: Any, wall: float) -> int:
     print(f"{'all' if all_ok else 'NOT all'} {len(records)} requested seed(s) finished OK{early}; "
           f"parent run {inv.parent_id} ({wall:.0f} s)", flush=True)
     return 0 if all_ok else 1
+
+
+def _costs(inv: Invocation, summary: dict[str, Any]) -> dict[str, float]:
+    """Every child run's cost/* metrics: per variant into the summary, summed (useful vs failed/killed)
+    for the parent run, plus what the gate saved; prints one cost line."""
+    from pgolf import gate as gate_mod
+
+    runs = tracking.child_runs(inv.uri, inv.experiment_id, inv.parent_id)
+    variant_of = {s.key: s.variant for s in inv.plan.specs}
+    rows = []
+    for r in runs:
+        m = r.data.metrics
+        row = {"status": r.info.status, "cost/gpu_seconds": m.get("cost/gpu_seconds"),
+               "cost/cpu_seconds": m.get("cost/cpu_seconds"), "cost/usd": m.get("cost/usd")}
+        rows.append(row)
+        v = summary["variants"].get(variant_of.get(r.data.tags.get("pgolf.spec_key", ""), ""))
+        if v is not None:
+            v["cost_gpu_seconds"] = (v.get("cost_gpu_seconds") or 0.0) + float(row["cost/gpu_seconds"] or 0.0)
+            if row["cost/usd"] is not None:
+                v["cost_usd"] = (v.get("cost_usd") or 0.0) + float(row["cost/usd"])
+    out = cost.sum_costs(rows)
+    state = inv.gate_state
+    if state is not None:
+        out.update(gate_mod.saved_metrics(state))
+        summary["gate"] = {"outcomes": {k: list(o) for k, o in state.outcomes.items()},
+                           "futility": state.decisions, "ledger": inv.gate["ledger"].left_text()}
+    summary["cost"] = out
+    usd = f", {cost.fmt_usd(out['cost/usd'])}" if "cost/usd" in out else ""
+    failed = f"{cost.fmt_hours(out['cost/gpu_seconds_failed'])} GPU-hours on failed/killed trials"
+    line = f"cost: {cost.fmt_hours(out['cost/gpu_seconds'])} GPU-hours{usd} spent ({failed})"
+    if out.get("futility/cancelled"):
+        saved_usd = f", {cost.fmt_usd(out['cost/saved_usd_expected'])}" if "cost/saved_usd_expected" in out else ""
+        line += (f"; --stop-futile cancelled {int(out['futility/cancelled'])} seed(s), saving "
+                 f"{cost.fmt_hours(out['cost/saved_gpu_seconds_expected'])} GPU-hours{saved_usd} expected "
+                 f"({cost.fmt_hours(out['cost/saved_gpu_seconds_worst'])} worst case)")
+    if out.get("budget/not_started"):
+        line += f"; {int(out['budget/not_started'])} seed(s) NOT STARTED (budget): --resume runs them"
+    if out["cost/gpu_seconds"] > 0 or "cost/usd" in out or state is not None:  # CPU runs without a price: nothing to say
+        print(line, flush=True)
+    return out
 
 
 def _job_submission_id() -> str | None:

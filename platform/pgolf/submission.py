@@ -240,6 +240,9 @@ def build_submission(tracking_uri: str, ref: str, out_dir: str, *, experiment: s
         reasons = list(verdict.reasons)
         reasons += [f"seed {s.seed}: newest run {s.run_id} is {s.status} ({s.reason or 'no reason recorded'})"
                     for s in group.not_finished]
+        # a futility cancellation is evidence that this config cannot beat its baseline
+        reasons += [f"seed {s.seed}: cancelled as futile by validate --stop-futile (run {s.run_id}): {s.reason}"
+                    for s in group.cancelled]
         if not non_record and reasons:
             raise SubmissionRefused(
                 f"{group.source} ({group.variant}) is not a record: {len(reasons)} problem(s); fix them or pass "

@@ -38,6 +38,7 @@ class Group:
     seeds: list[SeedRun]  # the counted FINISHED run of each seed, by seed
     not_finished: list[SeedRun]  # seeds whose newest attempt did not finish
     superseded: list[SeedRun]  # older attempts replaced by a newer finished run of the same seed
+    cancelled: list[SeedRun] = field(default_factory=list)  # seeds --stop-futile cancelled, at any attempt
     parent_run_ids: list[str] = field(default_factory=list)
 
 
@@ -126,5 +127,6 @@ def _group(uri: str, c, exp_id: str, trials, source: str) -> Group:
         source=source, seeds=seeds,
         not_finished=[seed_run(r) for r in counted if r["status"] != "FINISHED"],
         superseded=[seed_run(r) for r in rows if r["counted"] != "yes"],
+        cancelled=[seed_run(r) for r in rows if r.get("outcome") == "CANCELLED"],
         parent_run_ids=list(dict.fromkeys(p for p in trials["parent_run_id"] if isinstance(p, str))),
     )

@@ -56,8 +56,9 @@ def collect(uri: str, experiment_id: str, parent_run_id: str, plan: TrialPlan,
                                       "no MLflow run: the trial never started or could not reach the store",
                                       None, None))
             continue
-        status = run.info.status
-        reason = run.data.tags.get("status_reason", "")
+        # a trial the gate never started (budget cap, futility) says so instead of KILLED
+        status = run.data.tags.get("pgolf.outcome") or run.info.status
+        reason = run.data.tags.get("status_reason", "").removeprefix(f"{status}: ")
         if resumed is not None:
             reason = f"resumed: finished earlier (run {run.info.run_id[:8]})"
         result = tracking.load_result(uri, run)
@@ -231,8 +232,27 @@ def format_table(summary: dict[str, Any], order: list[str] | None = None) -> str
             integer(v["artifact_bytes_max"]), integer(v["headroom_bytes_min"]),
             num(v["train_seconds_max"], ".1f"), num(v["eval_seconds_max"], ".1f"),
             "yes" if v["compliant"] else "no",
-        ])
+        ] + _cost_cells(v, variants))
+    head += _cost_head(variants)
     return text_table(head, rows)
+
+
+def _cost_head(variants: dict[str, Any]) -> list[str]:
+    vs = variants.values()
+    return ((["GPU-h"] if any(v.get("cost_gpu_seconds") for v in vs) else [])
+            + (["$"] if any(v.get("cost_usd") is not None for v in vs) else []))
+
+
+def _cost_cells(v: dict[str, Any], variants: dict[str, Any]) -> list[str]:
+    """What each variant cost (every trial of this invocation, failed ones included); columns appear
+    only when something was spent on GPUs or a price is set."""
+    head = _cost_head(variants)
+    cells = []
+    if "GPU-h" in head:
+        cells.append(f"{(v.get('cost_gpu_seconds') or 0.0) / 3600.0:.3f}")
+    if "$" in head:
+        cells.append("-" if v.get("cost_usd") is None else f"{v['cost_usd']:,.2f}")
+    return cells
 
 
 def format_details(summary: dict[str, Any]) -> str:

@@ -56,6 +56,7 @@ class TrialContext:
     resume: bool = False
     poll_seconds: float = POLL_SECONDS
     caps: dict[str, float] = field(default_factory=dict)  # compliance.Caps fields from [budget]
+    prices: Any = None  # pgolf.cost.Prices: cost/usd is logged only when a price is set
 
 
 def deadline_for(budget) -> float:
@@ -289,8 +290,12 @@ def execute_trial(spec: TrialSpec, ctx: TrialContext, *, trial_id: str = "local"
     finally:
         if proc is not None:
             kill_group(proc, grace=1.0 if stopped else TERM_GRACE_SECONDS)
-        _close(rec, status, reason, run_dir, result, out_path, ctx.caps, wall=time.monotonic() - t_trial)
-    final = _final_report(spec, rec.run_id, status, reason, result, last)
+        wall = time.monotonic() - t_trial
+        # GPUs held x the trial's own wall time, failures included: what the trial cost, whatever its outcome
+        from pgolf.cost import Prices, trial_metrics
+        spend = trial_metrics(ctx.gpus, ctx.cpus, wall, ctx.prices or Prices())
+        _close(rec, status, reason, run_dir, result, out_path, ctx.caps, wall=wall, spend=spend)
+    final = {**_final_report(spec, rec.run_id, status, reason, result, last), **spend}
     if not stopped:  # a stopped trial must not report again: Tune would end the thread right there
         report(final)
     return final
@@ -328,9 +333,9 @@ def _follow(events: list[dict], rec: tracking.TrialRecorder, run_dir: str, last:
 
 
 def _close(rec: tracking.TrialRecorder, status: str, reason: str, run_dir: str, result: dict | None,
-           out_path: str, caps: dict[str, float], wall: float) -> None:
+           out_path: str, caps: dict[str, float], wall: float, spend: dict[str, float] | None = None) -> None:
     # trial/wall_s against time/train_s + time/eval_s is the platform's overhead per trial.
-    extra = {"trial/ok": 1.0 if status == "FINISHED" else 0.0, "trial/wall_s": wall}
+    extra = {"trial/ok": 1.0 if status == "FINISHED" else 0.0, "trial/wall_s": wall, **(spend or {})}
     if status != "FINISHED":
         tail = _tail(out_path)
         if tail and os.path.isdir(run_dir):

@@ -111,7 +111,14 @@ def run_tuner(inv: Any, *, max_concurrent: int, storage_path: str, run_name: str
     param_space, num_samples, total = pending_trials(inv)
 
     search_alg = scheduler = None
-    if inv.searcher:
+    if inv.gate is not None and not inv.searcher:
+        # budget caps / futility: the gate serves the trials one at a time instead of a grid
+        from pgolf.gate import make_searcher
+
+        search_alg = make_searcher(inv, **inv.gate)
+        inv.gate_state = search_alg.state
+        param_space, num_samples = {}, max(len(inv.plan.to_run), 1)
+    elif inv.searcher:
         from ray.tune.search import Repeater
         from ray.tune.search.optuna import OptunaSearch
 

@@ -22,6 +22,19 @@ def add_common(p, seeds_help: str) -> None:
     p.add_argument("--storage-path", default=None,
                    help="Ray Tune storage_path (default: <runs-dir>/tune; use shared storage on multi-node clusters)")
     p.add_argument("--data-dir", default=None, help="data root (default: $PGOLF_DATA_DIR or ./data)")
+    add_cost_args(p)
+
+
+def add_cost_args(p) -> None:
+    """Prices and budget caps (validate, tune, plan)."""
+    p.add_argument("--gpu-hour-usd", type=float, default=None, metavar="USD",
+                   help="price per GPU-hour (default: $PGOLF_GPU_HOUR_USD, else [resources] gpu_hour_usd; none: GPU-hours only)")
+    p.add_argument("--cpu-hour-usd", type=float, default=None, metavar="USD",
+                   help="price per CPU-hour (default: $PGOLF_CPU_HOUR_USD, else [resources] cpu_hour_usd)")
+    p.add_argument("--max-gpu-hours", type=float, default=None, metavar="H",
+                   help="never start a trial whose worst case (GPUs x deadline) would exceed the GPU-hours left")
+    p.add_argument("--max-usd", type=float, default=None, metavar="D",
+                   help="never start a trial whose worst-case dollars would exceed what is left (needs a price)")
 
 
 def run_orchestration(args, kind: str) -> int:
