@@ -455,7 +455,7 @@ def _requirements(torch_version: str | None) -> str:
     if torch_version:
         pin = "==" + torch_version.split("+")[0]
     return ("# Packages train_gpt.py imports (the pgolf trainer is packed inside it).\n"
-            f"torch{pin}\nnumpy\nsentencepiece\nzstandard\n"
+            f"torch{pin}\nnumpy\nsentencepiece\nzstandard\nbrotli\n"
             "# Optional on H100: FlashAttention (flash-attn); without it PyTorch SDPA is used.\n")
 
 
