@@ -128,7 +128,14 @@ def trial(uri: str, exp_id: str, parent_id: str | None, *, variant: str, seed: i
         c.log_dict(rid, result, "result.json")
         c.log_text(rid, f"pgolf trainer: resolved config\nseed {seed}\nfinal/val_bpb={result['final/val_bpb']}\n", "train.log")
     for name, text in (files or {}).items():
-        c.log_text(rid, text, name)
+        if isinstance(text, bytes):  # binary-safe, as TrialRecorder uploads run files
+            import tempfile
+            with tempfile.TemporaryDirectory() as tmp:
+                with open(os.path.join(tmp, name), "wb") as fh:
+                    fh.write(text)
+                c.log_artifact(rid, os.path.join(tmp, name))
+        else:
+            c.log_text(rid, text, name)
     c.set_terminated(rid, status=status)
     return rid
 

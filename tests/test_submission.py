@@ -1,12 +1,10 @@
 """`pgolf submission`: a records folder from three real tiny CPU runs logged in MLflow (logs byte for
 byte, the counted train_gpt.py, submission.json against the schema, a self-check from a clean copy),
 and every refusal with its reasons."""
-import base64
 import contextlib
 import hashlib
 import io
 import json
-import lzma
 import os
 
 import pytest
@@ -62,7 +60,7 @@ def test_folder_contents_and_untouched_logs(store, built):
     seed1_dir = store["runs"][0][0]
     assert sha(out / "train_gpt.py") == sha(os.path.join(seed1_dir, "train_gpt.py"))
     req = (out / "requirements.txt").read_text()
-    assert "torch==" in req and "sentencepiece" in req and "zstandard" in req and "numpy" in req
+    assert "torch==" in req and "sentencepiece" in req and "zstandard" in req and "numpy" in req and "brotli" in req
 
 
 def test_submission_json_keys_values_and_schema(store, built):
@@ -157,9 +155,14 @@ def test_parent_with_two_config_hashes_is_refused(store, tmp_path):
     assert rc == 1 and "mixes 2 config hashes" in err and "aaaa11112222" in err and "bbbb33334444" in err
 
 
-def _bundle(files: dict, config: dict) -> str:
-    payload = json.dumps({"files": files, "config": config}).encode()
-    return "import sys\nB=%r\nsys.exit(0)\n" % base64.b85encode(lzma.compress(payload)).decode()
+def _bundle(files: dict, config: dict) -> bytes:
+    """A counted file in the packer's format carrying `files` (never run by these tests)."""
+    from pgolf.trainers import codebundle
+    saved, codebundle.PACKED = codebundle.PACKED, {"files": files, "config": config, "code_version": "test"}
+    try:
+        return codebundle.build_wrapper(config)[0]
+    finally:
+        codebundle.PACKED = saved
 
 
 def test_compliance_failure_and_mixed_code(store, tmp_path):
@@ -243,7 +246,8 @@ def test_self_check_reports_a_broken_train_gpt(store, tmp_path):
     (folder / "train_gpt.py").write_text("import sys\nprint('boom')\nsys.exit(3)\n")
     demo = store["demo"]
     chk = SUB.self_check(str(folder), data_path=str(demo.data_path), tokenizer_path=str(demo.tokenizer_path))
-    assert not chk.ok and "exited 3" in chk.detail and "boom" in chk.output_tail
+    # refused before it runs: it is not the canonical wrapper of a packed payload (#12.8)
+    assert not chk.ok and "not a pgolf train_gpt.py" in chk.detail and chk.command == []
 
 
 def test_self_check_cannot_lean_on_the_installed_pgolf(store, tmp_path):
@@ -254,7 +258,7 @@ def test_self_check_cannot_lean_on_the_installed_pgolf(store, tmp_path):
     (folder / "train_gpt.py").write_text("import numpy\nimport pgolf.trainers.gpt\n")
     demo = store["demo"]
     chk = SUB.self_check(str(folder), data_path=str(demo.data_path), tokenizer_path=str(demo.tokenizer_path))
-    assert not chk.ok and "No module named 'pgolf'" in chk.output_tail
+    assert not chk.ok and "not a pgolf train_gpt.py" in chk.detail  # refused by verify_wrapper, never run
 
 
 def test_bundle_contents_reads_the_packed_trainer(store):

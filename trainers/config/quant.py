@@ -78,10 +78,9 @@ class QuantConfig:
     gptq_act_order: bool = True
     compressor: Literal["zlib", "zstd", "lzma", "brotli"] = "zlib"  # brotli quality = compress_level (0..11)
     compress_level: int = 9
-    # Blob layout. "state" is the records' torch.save order (state_dict order, codes then scales); by
-    # name ("sorted", pgolf's old order) compresses ~5% worse on heavy-tailed weights (RESULTS.md);
-    # "grouped" puts codes of one category/format together. byte_shuffle stores byte k of every
-    # multi-byte element together (fp16 scales and passthrough tensors).
+    # Blob layout. "state" is the records' torch.save order (state_dict order, codes then scales),
+    # "sorted" by name (pgolf's old order; about the same size, RESULTS.md), "grouped" codes of one
+    # category/format together. byte_shuffle stores byte k of every multi-byte element together.
     layout: Literal["state", "sorted", "grouped"] = "state"
     byte_shuffle: bool = False
     compress_threads: int = 0  # zstd workers: 0 single-threaded, -1 one per core
