@@ -207,6 +207,11 @@ def load_experiment(path: str, *, overrides: list[str] | None = None, smoke: boo
         raise ExperimentError(f"{prov.get('experiment.data', src)}: [experiment] data must be 'custom' or 'demo', got {meta.data!r}")
     if meta.trainer != "gpt":
         raise ExperimentError(f"{prov.get('experiment.trainer', src)}: unknown trainer {meta.trainer!r} (available: gpt)")
+    res: Resources = tables["resources"]
+    for key, low in (("gpus", 0), ("cpus", 1)):
+        if getattr(res, key) < low:
+            raise ExperimentError(f"{prov.get(f'resources.{key}', src)}: [resources] {key} = {getattr(res, key)}: "
+                                  f"must be a whole number >= {low} per trial (e.g. gpus = 8, cpus = 8; gpus = 0 on CPU)")
 
     cfg = TrainConfig()
     config_tables = merged.get("config", {})

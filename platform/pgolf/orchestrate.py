@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pgolf import tracking
+from pgolf import capacity, tracking
 from pgolf.experiment import Experiment, ExperimentError, apply_data_source, load_experiment
 from pgolf.trainers.config import set_field
 from pgolf.trial import TrialContext, TrialSpec, deadline_for
@@ -695,6 +695,10 @@ def run(args, kind: str) -> int:
         print(f"pgolf: {exc}", file=sys.stderr)
         _end_parent(inv, "FAILED", str(exc))
         return 1
+    except capacity.Unschedulable as exc:
+        print(f"pgolf: {exc}", file=sys.stderr)
+        _end_parent(inv, "FAILED", str(exc))
+        return capacity.EXIT_CODE
     except Exception as exc:
         _end_parent(inv, "FAILED", f"{type(exc).__name__}: {exc}")
         raise
@@ -785,6 +789,8 @@ def execute(inv: Invocation, args) -> Any:
             "ray_job_id": ray.get_runtime_context().get_job_id(),
             "ray_address": args.address or os.environ.get("RAY_ADDRESS") or "local"})
         exp = inv.exp
+        capacity.ensure_schedulable(capacity.trial_demand(exp.resources.gpus, exp.resources.cpus),
+                                    start_timeout=getattr(args, "start_timeout", capacity.DEFAULT_START_TIMEOUT_S))
         mc = args.max_concurrent or (exp.sweep.max_concurrent_trials if inv.kind == "sweep" else 0) \
             or default_concurrency(exp.resources.gpus, exp.resources.cpus)
         print(f"  Ray: {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs; {mc} trial(s) at a time, "
