@@ -106,11 +106,11 @@ def test_resource_nonsense_is_a_config_error(setting, message, tmp_path, monkeyp
     assert message in capsys.readouterr().err
 
 
-def test_baseline_on_a_small_machine_exits_2_at_once(ray_session, tracking_uri, data_root, tmp_path, capsys):
+def test_baseline_on_a_small_machine_exits_2_at_once(ray_session, tracking_uri, tmp_path, capsys):
     """The 8-GPU, 16-CPU baseline on the session's Ray (2 CPUs, 8 logical GPUs): no trial starts."""
     from orch_helpers import children
 
-    rc = run_cli(["validate", f"{ROOT}/experiments/baseline.toml", "--data-dir", str(data_root),
+    rc = run_cli(["validate", f"{ROOT}/experiments/baseline.toml",
                   "--runs-dir", str(tmp_path / "runs")])[0]
     err = capsys.readouterr().err
     assert rc == 2, err

@@ -15,6 +15,7 @@ module's directories: never `ray stop`. Ordered last with the other `ray_cluster
 session's local Ray is shut down.
 """
 import glob
+import json
 import os
 import shutil
 import signal
@@ -91,12 +92,20 @@ def _stop(procs, texts):
         p.wait(timeout=5)
 
 
-def _wait(what, check, timeout, procs=()):
+def _ray_logs(temp):
+    out = []
+    for path in sorted(glob.glob(os.path.join(temp, "session_latest", "logs", "raylet*.out"))):
+        out.append(f"--- {path}\n" + "".join(open(path, errors="replace").readlines()[-15:]))
+    return "\n".join(out)
+
+
+def _wait(what, check, timeout, procs=(), temp=None):
     deadline = time.time() + timeout
     while True:
         for p, log in procs:
             if p.poll() is not None:
-                pytest.fail(f"{what}: a process exited with {p.returncode}:\n{open(log).read()[-3000:]}")
+                pytest.fail(f"{what}: a process exited with {p.returncode}:\n{open(log).read()[-3000:]}\n"
+                            f"{_ray_logs(temp) if temp else ''}")
         try:
             value = check()
             if value:
@@ -128,32 +137,37 @@ def cluster(tmp_path_factory):
     env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", MLFLOW_DISABLE_TELEMETRY="true",
                PATH=os.path.dirname(PY) + os.pathsep + env.get("PATH", ""),
                # a killed raylet is noticed in ~3 s instead of ~15 s
-               RAY_health_check_period_ms="1000", RAY_health_check_failure_threshold="3")
+               RAY_health_check_period_ms="1000", RAY_health_check_failure_threshold="3",
+               RAY_raylet_start_wait_time_s="120")  # 2 shared cores: a raylet can take a while to register
     procs, logs = [], []
     try:
         hp = dict(zip(HEAD_PORTS, _free_ports(len(HEAD_PORTS))))
         log = os.path.join(base, "head.log")
         procs.append(_start([*RAY_CLI, "start", "--head", "--block", "--num-cpus=0", "--num-gpus=0",
+                             "--node-ip-address=127.0.0.1",
                              "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--temp-dir={temp}",
                              "--disable-usage-stats", *[f"--{k}={v}" for k, v in hp.items()]], env, log, base))
         logs.append(log)
         address = f"http://127.0.0.1:{hp['dashboard-port']}"
         gcs = f"127.0.0.1:{hp['port']}"
-        client = _wait("head node", lambda: JobSubmissionClient(address), 120, list(zip(procs, logs)))
+        client = _wait("head node", lambda: JobSubmissionClient(address), 180, list(zip(procs, logs)), temp)
+
+        def alive(k):
+            nodes = [n for n in list_nodes(address=address, detail=True) if n.state == "ALIVE"]
+            return nodes if len(nodes) == k else None
+        # Workers look the head up in the GCS when they start: it must have registered first.
+        _wait("head raylet", lambda: alive(1), 120, list(zip(procs, logs)), temp)
         worker_ports = {}
         for i in range(WORKERS):
+            # One at a time: raylets sharing a session dir number their sockets and logs as they start.
             wp = dict(zip(WORKER_PORTS, _free_ports(len(WORKER_PORTS))))
             log = os.path.join(base, f"worker{i}.log")
             procs.append(_start([*RAY_CLI, "start", f"--address={gcs}", "--block", "--num-cpus=1", "--num-gpus=1",
-                                 f"--node-name=worker{i}", f"--temp-dir={temp}", "--disable-usage-stats",
-                                 *[f"--{k}={v}" for k, v in wp.items()]], env, log, base))
+                                 f"--node-name=worker{i}", "--node-ip-address=127.0.0.1", f"--temp-dir={temp}",
+                                 "--disable-usage-stats", *[f"--{k}={v}" for k, v in wp.items()]], env, log, base))
             logs.append(log)
             worker_ports[f"worker{i}"] = wp["node-manager-port"]
-
-        def nodes_up():
-            nodes = [n for n in list_nodes(address=address, detail=True) if n.state == "ALIVE"]
-            return nodes if len(nodes) == WORKERS + 1 else None
-        nodes = _wait("worker nodes", nodes_up, 120, list(zip(procs, logs)))
+            nodes = _wait(f"worker node {i}", lambda: alive(i + 2), 180, list(zip(procs, logs)), temp)
         head = next(n for n in nodes if n.is_head_node)
         workers = {}  # node id -> the raylet's node manager port (which names its process)
         for n in nodes:
@@ -231,8 +245,6 @@ def _local_stores(*roots):
 def test_validate_runs_on_the_workers_and_logs_only_to_the_server(cluster, data_root, tmp_path, capsys):
     from ray.job_submission import JobStatus
 
-    from pgolf import tracking
-
     job = _submit(cluster, _validate_args(cluster, data_root, tmp_path))
     status, logs = _finish(cluster, job)
     assert status == JobStatus.SUCCEEDED, logs
@@ -261,17 +273,16 @@ def test_validate_runs_on_the_workers_and_logs_only_to_the_server(cluster, data_
     rc, out = run_cli(["report", "--tracking-uri", cluster.uri, "--experiment", "smoke", "--parent",
                        parent.info.run_id, "--out", str(tmp_path / "report")], capsys)
     assert rc == 0, out
-    assert os.path.isfile(tmp_path / "report" / "smoke" / "report.html") and "smoke-s3" in out or "3/3" in out
+    assert os.path.isfile(tmp_path / "report" / "smoke" / "report.html")
     rc, out = run_cli(["submission", parent.info.run_id, "--tracking-uri", cluster.uri, "--out",
                        str(tmp_path / "record"), "--non-record", "--no-self-check", "--author", "ci"], capsys)
     assert rc == 0, out
     folder = tmp_path / "record"
     assert (folder / "train_gpt.py").is_file() and (folder / "submission.json").is_file()
-    logs_in = sorted(p.name for p in folder.iterdir() if p.name.endswith(".log") or p.name.endswith(".txt"))
-    assert len([n for n in logs_in if "seed" in n or n.startswith("train")]) >= 3, logs_in
-    c = tracking.client(cluster.uri)
-    code = c.download_artifacts(kids[0].info.run_id, "train_gpt.py", str(tmp_path))
-    assert open(code).read() == (folder / "train_gpt.py").read_text()
+    doc = json.loads((folder / "submission.json").read_text())
+    assert sorted(doc["seeds"]) == [1, 2, 3]
+    train_logs = [p for p in folder.iterdir() if p.name.endswith(".log")]
+    assert len(train_logs) == 3, sorted(p.name for p in folder.iterdir())
 
 
 def test_ui_points_at_the_same_server(cluster, capsys, monkeypatch):
