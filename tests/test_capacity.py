@@ -95,8 +95,8 @@ def test_never_schedulable_raises_without_waiting():
 
 
 @pytest.mark.parametrize("setting,message", [
-    ("resources.gpus=-1", "[resources] gpus = -1: must be a whole number >= 0"),
-    ("resources.cpus=0", "[resources] cpus = 0: must be a whole number >= 1"),
+    ("resources.gpus=-1", "[resources] gpus and cpus must be >= 0, got gpus=-1"),
+    ("resources.cpus=-2", "[resources] gpus and cpus must be >= 0, got gpus=0 cpus=-2"),
     ("resources.gpus=0.5", "expected int, got float 0.5"),
 ])
 def test_resource_nonsense_is_a_config_error(setting, message, tmp_path, monkeypatch, capsys):
