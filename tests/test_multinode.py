@@ -219,11 +219,11 @@ def _validate_args(cl, data_root, where, *extra):
             "--storage-path", where / "tune", *tiny_args(TINY), *extra]
 
 
-def _runs_of_job(cl, job_id):
+def _runs_of_job(cl, job_id, experiment="smoke"):
     from pgolf import tracking
 
     c = tracking.client(cl.uri)
-    exp = c.get_experiment_by_name("smoke")
+    exp = c.get_experiment_by_name(experiment)
     if exp is None:
         return None, []
     parents = c.search_runs([exp.experiment_id], f"tags.ray_job_submission_id = '{job_id}'")
@@ -333,10 +333,12 @@ def test_a_lost_worker_node_costs_one_seed_and_resume_reruns_it(cluster, data_ro
     from ray.job_submission import JobStatus
 
     victim_node = sorted(cluster.workers)[0]
-    job = _submit(cluster, _validate_args(cluster, data_root, tmp_path))
+    # Its own MLflow experiment: --resume must not find the first test's finished seeds.
+    fault = ("--set", "experiment.name=fault")
+    job = _submit(cluster, _validate_args(cluster, data_root, tmp_path, *fault))
 
     def victim_running():
-        _, kids = _runs_of_job(cluster, job)
+        _, kids = _runs_of_job(cluster, job, "fault")
         return next((r for r in kids if r.info.status == "RUNNING" and r.data.tags.get("ray.node_id") == victim_node),
                     None)
     victim = _wait("a trial on the victim node", victim_running, 300)
@@ -345,7 +347,7 @@ def test_a_lost_worker_node_costs_one_seed_and_resume_reruns_it(cluster, data_ro
     status, logs = _finish(cluster, job)
     assert status == JobStatus.FAILED, logs
     assert "NOT all 3 requested seed(s) finished OK" in logs
-    parent, kids = _runs_of_job(cluster, job)
+    parent, kids = _runs_of_job(cluster, job, "fault")
     by_name = {r.info.run_name: r for r in kids}
     lost = by_name[victim.info.run_name]
     assert lost.info.status in ("KILLED", "FAILED") and lost.data.tags["status_reason"] not in ("", "running")
@@ -354,10 +356,10 @@ def test_a_lost_worker_node_costs_one_seed_and_resume_reruns_it(cluster, data_ro
     assert {r.info.status for r in ok} == {"FINISHED"}
     assert all(r.data.tags["ray.node_id"] != victim_node for r in ok if r.info.start_time > lost.info.start_time)
 
-    job = _submit(cluster, _validate_args(cluster, data_root, tmp_path, "--resume"))
+    job = _submit(cluster, _validate_args(cluster, data_root, tmp_path, *fault, "--resume"))
     status, logs = _finish(cluster, job)
     assert status == JobStatus.SUCCEEDED, logs
     assert logs.count("finished earlier in MLflow run") == 2
-    _, kids = _runs_of_job(cluster, job)
+    _, kids = _runs_of_job(cluster, job, "fault")
     assert [r.info.run_name for r in kids] == [victim.info.run_name]
     assert kids[0].info.status == "FINISHED" and kids[0].data.tags["ray.node_id"] != victim_node
