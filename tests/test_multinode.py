@@ -188,8 +188,8 @@ def cluster(tmp_path_factory):
         uri = f"http://127.0.0.1:{mport}"
         _wait("mlflow server", lambda: urllib.request.urlopen(f"{uri}/health", timeout=5).status == 200, 120,
               list(zip(procs, logs)))
-        yield SimpleNamespace(client=client, address=address, gcs=gcs, head_id=head.node_id, workers=workers, uri=uri, store=store, base=base, temp=temp, env=env,
-                              procs=procs, head_ports=hp, mlflow_cmd=mlflow_cmd)
+        yield SimpleNamespace(client=client, address=address, head_id=head.node_id, workers=workers, uri=uri,
+                              store=store, base=base, temp=temp)
     finally:
         _stop(procs, (temp, base))
         assert _pids_mentioning(temp, base) == []
@@ -263,7 +263,8 @@ def test_validate_runs_on_the_workers_and_logs_only_to_the_server(cluster, data_
     assert [p for p in _local_stores(cluster.base) if not p.startswith(cluster.store)] == []
     for r in kids:
         assert r.info.artifact_uri.startswith("mlflow-artifacts:"), r.info.artifact_uri
-        held = os.listdir(os.path.join(cluster.store, "mlartifacts", r.info.experiment_id, r.info.run_id, "artifacts"))
+        held = os.listdir(os.path.join(cluster.store, "mlartifacts", r.info.experiment_id, r.info.run_id,
+                                       "artifacts"))
         for name in ("train.log", "metrics.jsonl", "result.json", "train_gpt.py", "ttt_trace.jsonl", "byte_report.json"):
             assert name in held, (name, held)
         assert any(n.startswith("final_model.") and n.endswith(".ptz") for n in held), held
