@@ -353,7 +353,7 @@ def test_a_lost_worker_node_costs_one_seed_and_resume_reruns_it(cluster, data_ro
     lost = by_name[victim.info.run_name]
     assert lost.info.status in ("KILLED", "FAILED") and lost.data.tags["status_reason"] not in ("", "running")
     ok = [r for r in kids if r.info.run_name != victim.info.run_name]
-    assert sorted(r.info.run_name for r in ok + [lost]) == ["smoke-s1", "smoke-s2", "smoke-s3"]
+    assert sorted(r.info.run_name for r in ok + [lost]) == ["fault-s1", "fault-s2", "fault-s3"]
     assert {r.info.status for r in ok} == {"FINISHED"}
     assert all(r.data.tags["ray.node_id"] != victim_node for r in ok if r.info.start_time > lost.info.start_time)
 
