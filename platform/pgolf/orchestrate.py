@@ -18,9 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from pgolf import cost
-
-from pgolf import tracking
+from pgolf import capacity, cost, tracking
 from pgolf.experiment import Experiment, ExperimentError, load_experiment
 from pgolf.specs import (TrialPlan, TrialSpec, _probe_point, build_spec, check_sweep, make_plan, spec_from_sample,
                          sweep_specs, validate_specs)
@@ -72,6 +70,10 @@ def run(args, kind: str) -> int:
         print(f"pgolf: {exc}", file=sys.stderr)
         _end_parent(inv, "FAILED", str(exc))
         return 1
+    except capacity.Unschedulable as exc:
+        print(f"pgolf: {exc}", file=sys.stderr)
+        _end_parent(inv, "FAILED", str(exc))
+        return capacity.EXIT_CODE
     except Exception as exc:
         _end_parent(inv, "FAILED", f"{type(exc).__name__}: {exc}")
         raise

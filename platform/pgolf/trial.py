@@ -211,9 +211,10 @@ def _trainer_env(threads: int) -> dict[str, str]:
 
 def execute_trial(spec: TrialSpec, ctx: TrialContext, *, trial_id: str = "local",
                   report: Callable[[dict], None] | None = None,
-                  should_stop: Callable[[], bool] | None = None) -> dict:
+                  should_stop: Callable[[], bool] | None = None, tags: dict[str, str] | None = None) -> dict:
     """Run one trial end to end; returns the final report. Inside Tune, `report` is `tune.report` and
-    `should_stop` tells when Tune has decided to stop the trial (ASHA, Ctrl-C)."""
+    `should_stop` tells when Tune has decided to stop the trial (ASHA, Ctrl-C); `tags` go on the child
+    run from its creation (the Ray node it runs on)."""
     from pgolf.launch import trainer_command, write_run_config
 
     t_trial = time.monotonic()
@@ -227,7 +228,8 @@ def execute_trial(spec: TrialSpec, ctx: TrialContext, *, trial_id: str = "local"
         ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, variant=spec.variant, seed=spec.seed,
         config_hash=spec.config_hash, git_sha=ctx.git_sha, trainer=ctx.trainer, ray_trial_id=trial_id,
         params=params, extra_tags={"pgolf.run_dir": run_dir, "pgolf.invocation": ctx.kind, "pgolf.spec_key": spec.key,
-                                   **({"overrides": json.dumps(spec.overrides, sort_keys=True)} if spec.overrides else {})})
+                                   **({"overrides": json.dumps(spec.overrides, sort_keys=True)} if spec.overrides else {}),
+                                   **(tags or {})})
     proc: subprocess.Popen | None = None
     timed_out = stopped = False
     result: dict | None = None
@@ -400,7 +402,18 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
             if done is not None:
                 tune.report(_resumed_report(spec, done))
                 return
-    execute_trial(spec, ctx, trial_id=trial_id, report=tune.report, should_stop=_tune_stop_requested)
+    execute_trial(spec, ctx, trial_id=trial_id, report=tune.report, should_stop=_tune_stop_requested,
+                  tags=_node_tags())
+
+
+def _node_tags() -> dict[str, str]:
+    """Which Ray node ran the trial: on a cluster, where its run directory and logs are."""
+    import ray
+
+    try:
+        return {"ray.node_id": ray.get_runtime_context().get_node_id(), "ray.node_ip": ray.util.get_node_ip_address()}
+    except Exception:  # noqa: BLE001 - provenance only
+        return {}
 
 
 def _tune_stop_requested() -> bool:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from pgolf import tracking
+from pgolf import capacity, tracking
 from pgolf.specs import optuna_space
 from pgolf.trainers.contract import FINAL_BPB, VAL_BPB
 
@@ -106,7 +106,8 @@ def run_tuner(inv: Any, *, max_concurrent: int, storage_path: str, run_name: str
     # Intermediate reports carry val/bpb, the final one final/val_bpb: by design not every report has
     # every metric the searcher or scheduler reads.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-    resources = {"cpu": max(exp.resources.cpus, 1), "gpu": exp.resources.gpus}
+    demand = capacity.trial_demand(exp.resources.gpus, exp.resources.cpus)  # what the capacity check checked
+    resources = {"cpu": demand["CPU"], "gpu": demand.get("GPU", 0)}
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources)
     param_space, num_samples, total = pending_trials(inv)
 
@@ -166,6 +167,8 @@ def execute(inv: Any, args) -> Any:
             "ray_job_id": ray.get_runtime_context().get_job_id(),
             "ray_address": args.address or os.environ.get("RAY_ADDRESS") or "local"})
         exp = inv.exp
+        capacity.ensure_schedulable(capacity.trial_demand(exp.resources.gpus, exp.resources.cpus),
+                                    start_timeout=getattr(args, "start_timeout", capacity.DEFAULT_START_TIMEOUT_S))
         mc = args.max_concurrent or (exp.sweep.max_concurrent_trials if inv.kind == "sweep" else 0) \
             or default_concurrency(exp.resources.gpus, exp.resources.cpus)
         print(f"  Ray: {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs; {mc} trial(s) at a time, "

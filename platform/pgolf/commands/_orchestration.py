@@ -16,6 +16,8 @@ def add_common(p, seeds_help: str) -> None:
                         "else a fresh local Ray for this command")
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI; default: $PGOLF_TRACKING_URI, else sqlite:///<cwd>/mlflow.db")
+    p.add_argument("--start-timeout", type=float, default=1800.0, metavar="SECONDS",
+                   help="on an autoscaling cluster, how long to wait for a node that fits a trial (default 1800)")
     p.add_argument("--max-concurrent", type=int, default=0, metavar="N",
                    help="trials at a time (default: cluster GPUs // GPUs per trial; CPU trials: CPUs // CPUs per trial)")
     p.add_argument("--runs-dir", default=None, help="trial run directories go below this (default: ./runs)")

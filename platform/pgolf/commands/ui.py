@@ -29,8 +29,7 @@ def run(args) -> int:
 
     uri, artifact_root = resolve_tracking_uri(args.tracking_uri)
     if not uri.startswith("sqlite:"):
-        print(f"pgolf ui: {uri} is a tracking server; open it in a browser (its UI is already running)")
-        return 0
+        return _server(uri, args.dry_run)
     db = uri[len("sqlite:///"):]
     cmd = command(uri, artifact_root, args.host, args.port)
     url = f"http://{args.host}:{args.port}"
@@ -48,3 +47,31 @@ def run(args) -> int:
         return subprocess.call(cmd, env=env)
     except KeyboardInterrupt:
         return 0
+
+
+def _server(uri: str, dry_run: bool) -> int:
+    """A tracking server already serves its UI: check that it answers and say where each experiment's
+    runs are, instead of starting a second UI on a store this machine does not hold."""
+    url = uri.rstrip("/")
+    if dry_run or not uri.startswith(("http://", "https://")):
+        print(f"URL: {url}")
+        return 0
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # an unreachable server: seconds, not minutes
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from pgolf.tracking import client
+
+    c = client(uri)
+    try:
+        exps = c.search_experiments()
+        counts = {e.experiment_id: len(c.search_runs([e.experiment_id], max_results=10_000)) for e in exps}
+    except Exception as exc:  # noqa: BLE001 - any failure here means the server cannot be used
+        print(f"pgolf ui: the tracking server {uri} does not answer ({type(exc).__name__}: {str(exc)[:300]}); "
+              f"check that `mlflow server` runs there and that the port is reachable (ssh -L PORT:localhost:PORT)",
+              file=sys.stderr)
+        return 2
+    print(f"pgolf ui: {uri} is an MLflow tracking server; its UI is already running at {url}")
+    for e in exps:
+        if counts[e.experiment_id]:
+            print(f"  {e.name}: {counts[e.experiment_id]} runs  {url}/#/experiments/{e.experiment_id}")
+    return 0
