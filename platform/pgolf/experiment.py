@@ -114,6 +114,13 @@ def _read_toml(path: str) -> dict:
             return tomllib.load(fh)
     except FileNotFoundError:
         raise ExperimentError(f"experiment file not found: {path}") from None
+    except IsADirectoryError:
+        raise ExperimentError(f"{path} is a directory, not an experiment file; pass a .toml file") from None
+    except PermissionError:
+        raise ExperimentError(f"{path}: permission denied; make the experiment file readable") from None
+    except UnicodeDecodeError as exc:
+        raise ExperimentError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+                              "TOML files must be UTF-8: re-save it as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise ExperimentError(f"{path}: invalid TOML: {exc}") from None
 

@@ -7,7 +7,7 @@ import sys
 import time
 
 from pgolf.experiment import Experiment, apply_data_source
-from pgolf.trainers.config import TrainConfig
+from pgolf.trainers.config import ConfigError, TrainConfig
 
 
 def default_run_dir(exp: Experiment, variant: str, seed: int, root: str = "runs") -> str:
@@ -21,9 +21,14 @@ def prepare_run(exp: Experiment, variant: str | None, seed: int, run_dir: str, d
     cfg = exp.resolved(variant, seed)
     apply_data_source(exp, cfg, data_root)
     cfg.run.run_dir = os.path.abspath(run_dir)
-    os.makedirs(cfg.run.run_dir, exist_ok=True)
     path = os.path.join(cfg.run.run_dir, "resolved_config.json")
-    cfg.write_json(path)
+    try:
+        os.makedirs(cfg.run.run_dir, exist_ok=True)
+        cfg.write_json(path)
+    except OSError as exc:
+        why = "is a file, not a folder" if os.path.isfile(cfg.run.run_dir) else f"{exc.strerror} ({exc.filename})"
+        raise ConfigError(f"run directory {cfg.run.run_dir}: {why}; pass --run-dir / --runs-dir a writable "
+                          "folder") from None
     return cfg, path
 
 

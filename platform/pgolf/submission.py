@@ -126,7 +126,13 @@ def resolve_group(tracking_uri: str, ref: str, *, experiment: str | None = None)
         raise LookupError(f"{tracking_uri} has no experiments")
 
     if re.fullmatch(r"[0-9a-f]{32}", ref):
-        run = c.get_run(ref)
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = c.get_run(ref)
+        except MlflowException:
+            raise LookupError(f"no MLflow run {ref} in {tracking_uri}; list runs with `pgolf report` or "
+                              f"pass a config hash") from None
         exp_id = run.info.experiment_id
         tags = run.data.tags
         if tags.get(KIND) in ("validation", "sweep") or "config_hash" not in tags:
@@ -472,6 +478,8 @@ def build_submission(tracking_uri: str, ref: str, out_dir: str, *, experiment: s
     Raises SubmissionRefused before writing anything when the group cannot be submitted as asked."""
     say = progress or (lambda *_: None)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise FileExistsError(f"--out {out_dir} is a file, not a folder; pass a new folder for the records")
     group = resolve_group(tracking_uri, ref, experiment=experiment)
     if not group.seeds:
         raise SubmissionRefused(f"{group.source}: no finished run", [

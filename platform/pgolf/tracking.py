@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pgolf.experiment import flatten  # one flattening for params, tags and variants
+from pgolf.trainers.config import ConfigError
 
 ENV_TRACKING_URI = "PGOLF_TRACKING_URI"
 DB_NAME = "mlflow.db"
@@ -45,6 +46,14 @@ _BAD_METRIC_CHARS = re.compile(r"[^\w.\- /:]")
 # where the store is
 
 
+class TrackingError(ConfigError):
+    """The tracking URI or store cannot be used; the CLI prints it on one line (exit 2)."""
+
+
+_URI_FIX = (f"use sqlite:///ABSOLUTE/PATH/mlflow.db or an MLflow server (http://host:5000) via --tracking-uri "
+            f"or ${ENV_TRACKING_URI}")
+
+
 def _abs_sqlite(uri: str, cwd: str) -> str:
     """`sqlite:///rel.db` is relative to the working directory of whoever opens it; Ray trials run in
     their own directories, so every sqlite URI is made absolute once, on the driver."""
@@ -67,12 +76,32 @@ def resolve_tracking_uri(cli_uri: str | None = None, cwd: str | None = None) -> 
     if uri.startswith("sqlite:///"):
         uri = _abs_sqlite(uri, cwd)
         return uri, os.path.join(os.path.dirname(uri[len("sqlite:///"):]), ARTIFACTS_DIR)
-    if uri.startswith("file:") or "://" not in uri:
-        raise ValueError(
-            f"tracking URI {uri!r}: MLflow 3.17 refuses the ./mlruns file store. Use "
-            f"sqlite:///ABSOLUTE/PATH/mlflow.db or an MLflow server (http://host:5000) via --tracking-uri "
-            f"or ${ENV_TRACKING_URI}")
+    if uri.startswith("file:"):
+        raise TrackingError(f"tracking URI {uri!r}: MLflow 3.17 refuses the file store (./mlruns); {_URI_FIX}")
+    if uri != "databricks" and not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.\-]*://\S+", uri):
+        raise TrackingError(f"tracking URI {uri!r} is not a URI (no scheme://); {_URI_FIX}")
+    if uri.startswith("sqlite:"):
+        raise TrackingError(f"tracking URI {uri!r}: a sqlite store needs three slashes and a path, "
+                            f"sqlite:///ABSOLUTE/PATH/mlflow.db")
     return uri, None
+
+
+def check_writable_store(uri: str) -> None:
+    """A sqlite store must be a writable file in a writable folder; said before MLflow's own
+    traceback (`unable to open database file`) would be."""
+    if not uri.startswith("sqlite:///"):
+        return
+    db = Path(uri[len("sqlite:///"):])
+    folder = db.parent
+    if not folder.is_dir():
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise TrackingError(f"MLflow store {db}: the folder {folder} {what}; create it or pass another "
+                            f"--tracking-uri")
+    if db.exists() and not db.is_file():
+        raise TrackingError(f"MLflow store {db} is not a file; pass --tracking-uri sqlite:///PATH/mlflow.db")
+    if not os.access(folder, os.W_OK) or (db.exists() and not os.access(db, os.W_OK)):
+        raise TrackingError(f"MLflow store {db} is not writable; fix its permissions or pass another "
+                            f"--tracking-uri")
 
 
 def client(uri: str):
@@ -86,8 +115,15 @@ def get_or_create_experiment(uri: str, name: str, artifact_root: str | None) -> 
     experiment creation (mlflow#4123)."""
     from mlflow.exceptions import MlflowException
 
-    c = client(uri)
-    exp = c.get_experiment_by_name(name)
+    check_writable_store(uri)
+    try:
+        c = client(uri)
+        exp = c.get_experiment_by_name(name)
+    except Exception as exc:  # noqa: BLE001 - sqlalchemy's errors for a damaged file are not MlflowException
+        if not uri.startswith("sqlite:///"):
+            raise
+        raise TrackingError(f"MLflow store {uri[len('sqlite:///'):]} cannot be opened "
+                            f"({str(exc).splitlines()[0][:200]}); is it a sqlite file MLflow wrote?") from None
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             raise ValueError(f"MLflow experiment {name!r} is deleted in {uri}; restore it "

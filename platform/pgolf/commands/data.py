@@ -31,6 +31,10 @@ def run(args) -> int:
     except DataError as exc:
         print(f"pgolf data: {exc}", file=sys.stderr)
         return 3
+    except OSError as exc:  # read-only or full storage, a file where a folder should be
+        print(f"pgolf data: cannot write {exc.filename or out}: {exc.strerror or exc}; pass --out a writable "
+              "folder with free space (or set PGOLF_DATA_DIR)", file=sys.stderr)
+        return 2
     return 0
 
 
