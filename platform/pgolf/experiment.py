@@ -206,8 +206,11 @@ def load_experiment(path: str, *, overrides: list[str] | None = None, smoke: boo
 
     tables = {name: _build_table(cls, merged.get(name, {}), name, prov, src) for name, cls in _TABLES.items()}
     meta: ExperimentMeta = tables["experiment"]
+    from pgolf.safety import check_name, slug
+
     if not meta.name:
-        meta.name = os.path.splitext(os.path.basename(path))[0]
+        meta.name = slug(os.path.splitext(os.path.basename(path))[0])
+    check_name("[experiment] name", meta.name, prov.get("experiment.name", src))
     if not meta.seeds:
         raise ExperimentError(f"{prov.get('experiment.seeds', src)}: [experiment] seeds must list at least one seed")
     if meta.data not in ("custom", "demo"):
@@ -232,6 +235,7 @@ def load_experiment(path: str, *, overrides: list[str] | None = None, smoke: boo
     if not isinstance(variants, dict):
         raise ExperimentError(f"{src}: [variants] must hold [variants.<name>] tables")
     for vname, vals in variants.items():
+        check_name("variant name", vname, f"{prov.get(f'variants.{vname}', src)} [variants.{vname}]")
         if not isinstance(vals, dict):
             raise ExperimentError(f"{src}: [variants.{vname}] must be a table of 'section.key = value'")
         flat = flatten(vals)
