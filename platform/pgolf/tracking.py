@@ -240,6 +240,7 @@ def _clip(text: str, n: int) -> str:
 def start_parent_run(uri: str, experiment_id: str, *, run_name: str, tags: Mapping[str, Any],
                      params: Mapping[str, Any] | None = None) -> str:
     c = client(uri)
+    tags = {**driver_identity(), **tags}
     run = c.create_run(experiment_id, run_name=run_name, tags={k: _as_text(v) for k, v in tags.items()})
     if params:
         log_params(c, run.info.run_id, params)
@@ -351,13 +352,20 @@ class TrialRecorder:
             self.log_run_files(run_dir, result)
         except Exception as exc:  # noqa: BLE001
             errors.append(f"artifacts: {exc}")
+        lost = [e for e in errors if not e.startswith("step metrics")]
+        if status == "FINISHED" and lost:
+            # The score, the blob or the logs did not reach the store: a FINISHED run here would be a
+            # claim without evidence, and --resume would skip the seed.
+            status, reason = "FAILED", f"tracking: the run's evidence did not reach the store ({'; '.join(lost)[:500]})"
         tags = {"status_reason": reason}
         if errors:
             tags["tracking_errors"] = "; ".join(errors)
         try:
             set_tags(self.c, self.run_id, tags)
-        finally:
-            self.c.set_terminated(self.run_id, status=status)
+        except Exception:  # noqa: BLE001 - closing the run matters more than its reason tag
+            pass
+        self.c.set_terminated(self.run_id, status=status)
+        self.status = status
 
     def log_run_files(self, run_dir: str, result: Mapping[str, Any] | None) -> None:
         if not run_dir or not os.path.isdir(run_dir):
@@ -420,6 +428,8 @@ def finished_trials(uri: str, experiment_id: str) -> dict[tuple[str, int], Any]:
     runs = _runs(c, [experiment_id], f"tags.`{KIND}` = '{KIND_TRIAL}' and attributes.status = 'FINISHED'")
     for run in sorted(runs, key=lambda r: r.info.start_time or 0):
         tags = run.data.tags
+        if any(part.strip().startswith(("metrics", "artifacts")) for part in tags.get("tracking_errors", "").split(";")):
+            continue  # closed FINISHED by an older pgolf without its evidence: run the seed again
         try:
             found[(tags["config_hash"], int(tags["seed"]))] = run
         except (KeyError, ValueError):
@@ -467,3 +477,63 @@ def mark_stale_children(uri: str, experiment_id: str, parent_run_id: str, reason
         set_tags(c, r.info.run_id, {"status_reason": reason})
         c.set_terminated(r.info.run_id, status="KILLED")
     return [r.info.run_id for r in stale]
+
+
+# --------------------------------------------------------------------------------------------------
+# invocations whose driver died (SIGKILL, a lost node): closed by the next validate / --resume / report
+
+DRIVER_HOST, DRIVER_PID, DRIVER_START = "pgolf.driver_host", "pgolf.driver_pid", "pgolf.driver_start"
+DRIVER_LOST = "driver lost: the pgolf process that ran this invocation ended without closing it"
+
+
+def _process_start(pid: int) -> str | None:
+    """The kernel's start time of `pid` (clock ticks since boot), or None when no such process runs.
+    Together with the pid it names one process: a recycled pid has another start time."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] == "Z" else fields[19]
+
+
+def driver_identity() -> dict[str, str]:
+    import socket
+
+    pid = os.getpid()
+    return {DRIVER_HOST: socket.gethostname(), DRIVER_PID: str(pid), DRIVER_START: _process_start(pid) or ""}
+
+
+def _driver_dead(tags: Mapping[str, str]) -> bool:
+    import socket
+
+    if tags.get(DRIVER_HOST) != socket.gethostname() or not tags.get(DRIVER_PID, "").isdigit():
+        return False  # another machine's driver (or an older pgolf): nothing here can tell
+    start = _process_start(int(tags[DRIVER_PID]))
+    return start is None or (bool(tags.get(DRIVER_START)) and start != tags[DRIVER_START])
+
+
+def close_dead_invocations(uri: str, experiment_ids: list[str] | None = None, reason: str = DRIVER_LOST) -> list[str]:
+    """Close RUNNING parents whose driver on this host is gone, and RUNNING trials of any parent that is
+    no longer running (FAILED, with `reason`). Returns the run ids closed."""
+    c = client(uri)
+    ids = experiment_ids if experiment_ids is not None else [e.experiment_id for e in c.search_experiments()]
+    if not ids:
+        return []
+    running = _runs(c, ids, "attributes.status = 'RUNNING'")
+    parents = [r for r in running if r.data.tags.get(KIND) not in (None, KIND_TRIAL)]
+    closed = []
+    for r in parents:
+        if _driver_dead(r.data.tags):
+            set_tags(c, r.info.run_id, {"status_reason": reason})
+            c.set_terminated(r.info.run_id, status="FAILED")
+            closed.append(r.info.run_id)
+    live = {r.info.run_id for r in parents} - set(closed)
+    for r in running:
+        tags = r.data.tags
+        if tags.get(KIND) != KIND_TRIAL or tags.get("mlflow.parentRunId") in live:
+            continue
+        set_tags(c, r.info.run_id, {"status_reason": reason})
+        c.set_terminated(r.info.run_id, status="FAILED")
+        closed.append(r.info.run_id)
+    return closed
