@@ -146,9 +146,9 @@ def build(cfg, device: torch.device, path: Path, *, arm_qat: bool):
 
 def bench_train(cfg, device: torch.device, path: Path, steps: int, warmup: int, qat_branch: bool = True) -> dict:
     from pgolf.trainers.averaging import WeightAverager
-    from pgolf.trainers.evaluate import autocast_for
     from pgolf.trainers.model import count_parameters, flops_per_token
     from pgolf.trainers.optim import apply_schedules, build_optimizers
+    from pgolf.trainers.train import train_step
 
     base, model = build(cfg, device, path, arm_qat=qat_branch and cfg.avg.late_qat_threshold > 0)
     optimizers = build_optimizers(base, cfg.optim)
@@ -162,16 +162,7 @@ def bench_train(cfg, device: torch.device, path: Path, steps: int, warmup: int, 
 
     def step(i: int) -> None:
         apply_schedules(optimizers, 1.0, cfg.optim.muon_momentum)
-        for k in range(accum):
-            with autocast_for(device):
-                loss = model(xs[k], ys[k])
-            (loss / accum).backward()
-        if cfg.optim.grad_clip_norm > 0:
-            torch.nn.utils.clip_grad_norm_(trainable, cfg.optim.grad_clip_norm)
-        for opt in optimizers:
-            opt.step()
-        for opt in optimizers:
-            opt.zero_grad(set_to_none=True)
+        train_step(model, optimizers, trainable, ((xs[k], ys[k]) for k in range(accum)), accum, cfg.optim.grad_clip_norm)
         averager.after_step(i + 1, 1.0)
 
     t0 = time.perf_counter()

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import base64
 import datetime as _dt
-import html as _html
-import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
+from markupsafe import Markup
 
 from pgolf.dashboards import query as Q
+from pgolf.formatting import finite, integer, num, pvalue
+
+TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
+DASH = "–"
 
 __all__ = ["render", "table"]
 
@@ -32,53 +36,36 @@ figcaption{color:#5a6270;font-size:.88em} ul.reasons{margin:2px 0 8px 0;font-siz
 """
 
 
-def esc(x: Any) -> str:
-    return _html.escape("" if x is None else str(x), quote=True)
-
-
-def _missing(x: Any) -> bool:
-    if x is None:
-        return True
-    if isinstance(x, float) and not math.isfinite(x):
-        return True
-    try:
-        return bool(pd.isna(x)) if not isinstance(x, (list, dict, tuple, set)) else False
-    except (TypeError, ValueError):
-        return False
-
-
 def fmt(x: Any, spec: str = ".4f") -> str:
-    return "–" if _missing(x) else format(x, spec)
+    return num(x, spec, DASH)
 
 
 def fint(x: Any) -> str:
-    return "–" if _missing(x) else f"{int(x):,}"
+    return integer(x, DASH)
 
 
 def fp(x: Any) -> str:
-    if _missing(x):
-        return "–"
-    return f"{x:.2g}" if x >= 1e-4 else f"{x:.1e}"
+    return pvalue(x, DASH)
+
+
+def _missing(x: Any) -> bool:
+    return x is None or (not isinstance(x, str) and finite(x) is None and bool(pd.isna(x)))
 
 
 def table(head: Sequence[str], rows: Sequence[Sequence[Any]], *, numeric: set[int] | None = None,
-          row_class: Sequence[str] | None = None, cls: str = "") -> str:
-    """Cells are escaped unless they are (html,) 1-tuples, which lets callers pass pre-built markup."""
-    numeric = numeric or set()
-    out = [f'<table class="{esc(cls)}"><thead><tr>' + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr></thead><tbody>"]
-    for i, r in enumerate(rows):
-        rc = f' class="{esc(row_class[i])}"' if row_class and row_class[i] else ""
-        cells = []
-        for j, c in enumerate(r):
-            body = c[0] if isinstance(c, tuple) else esc(c)
-            cells.append(f'<td class="num">{body}</td>' if j in numeric else f"<td>{body}</td>")
-        out.append(f"<tr{rc}>" + "".join(cells) + "</tr>")
-    out.append("</tbody></table>")
-    return "".join(out)
+          row_class: Sequence[str] | None = None) -> dict:
+    """A table for the template's `table` macro; a cell wrapped in Markup is pre-built HTML, anything
+    else is escaped by the template."""
+    return {"head": list(head), "numeric": numeric or set(),
+            "rows": [{"cls": row_class[i] if row_class else "", "cells": list(r)} for i, r in enumerate(rows)]}
 
 
-def _yes(ok: bool) -> tuple[str]:
-    return ('<span class="yes">yes</span>',) if ok else ('<span class="no">no</span>',)
+def _code(x: Any) -> Markup:
+    return Markup("<code>{}</code>").format(x)
+
+
+def _yes(ok: bool) -> Markup:
+    return Markup('<span class="yes">yes</span>' if ok else '<span class="no">no</span>')
 
 
 def _img(path: str) -> tuple[str, int]:
@@ -89,7 +76,7 @@ def _img(path: str) -> tuple[str, int]:
     return "data:image/png;base64," + base64.b64encode(raw).decode("ascii"), width
 
 
-def _scores(groups: pd.DataFrame) -> str:
+def _scores(groups: pd.DataFrame) -> dict:
     head = ["variant", "config hash", "seeds ok", "failed", "val_bpb mean", "std", "95% CI", "val_loss mean", "std",
             "Δ nats", "Δ bpb", "p", "Holm p", "test", "baseline / source"]
     rows, cls = [], []
@@ -98,7 +85,7 @@ def _scores(groups: pd.DataFrame) -> str:
         p = fp(r["p"]) + (" ✓" if sig is True else "")
         ci = "–" if _missing(r["bpb_ci_low"]) else f"[{fmt(r['bpb_ci_low'], '.5f')}, {fmt(r['bpb_ci_high'], '.5f')}]"
         seeds = f"{r['n_ok']}: " + ", ".join(map(str, r["seeds"])) if r["seeds"] else "0"
-        rows.append([r["variant"], (f"<code>{esc(r['config_hash'])}</code>",), seeds,
+        rows.append([r["variant"], _code(r["config_hash"]), seeds,
                      ", ".join(r["failed"]) or "–", fmt(r["bpb_mean"], ".5f"), fmt(r["bpb_std"], ".5f"),
                      ci, fmt(r["loss_mean"], ".5f"),
                      fmt(r["loss_std"], ".5f"), fmt(r["delta_nats"], "+.5f"), fmt(r["delta_bpb"], "+.5f"), p,
@@ -108,12 +95,12 @@ def _scores(groups: pd.DataFrame) -> str:
     return table(head, rows, numeric={4, 5, 6, 7, 8, 9, 10, 11, 12}, row_class=cls)
 
 
-def _budgets(groups: pd.DataFrame) -> str:
+def _budgets(groups: pd.DataFrame) -> dict:
     head = ["variant", "config hash", "artifact bytes max", "model bytes", "code bytes", "headroom min", "steps",
             "ms/step", "train s max", "train cap", "eval s max", "eval cap", "hardware", "record hardware", "compliant"]
     rows, cls = [], []
     for r in Q.records(groups):
-        rows.append([r["variant"], (f"<code>{esc(r['config_hash'])}</code>",), fint(r["artifact_bytes_max"]),
+        rows.append([r["variant"], _code(r["config_hash"]), fint(r["artifact_bytes_max"]),
                      fint(r["model_bytes_max"]), fint(r["code_bytes_max"]), fint(r["headroom_min"]),
                      fmt(r["steps_mean"], ".0f"), fmt(r["step_ms_mean"], ".1f"), fmt(r["train_s_max"], ".1f"),
                      f"{r['train_cap']:g}", fmt(r["eval_s_max"], ".1f"), f"{r['eval_cap']:g}", r["hardware"] or "–",
@@ -122,88 +109,65 @@ def _budgets(groups: pd.DataFrame) -> str:
     return table(head, rows, numeric=set(range(2, 12)), row_class=cls)
 
 
-def _compliance(groups: pd.DataFrame) -> str:
+def _compliance(groups: pd.DataFrame) -> list[dict]:
     out = []
     for r in Q.records(groups):
         fr = r.get("pass_fractions") or {}
-        checks = ", ".join(f"{k} {v:.0%}" for k, v in fr.items())
-        head = f"<p><b>{esc(r['variant'])}</b> <code>{esc(r['config_hash'])}</code>: "
-        if r["compliant"]:
-            out.append(head + f'<span class="yes">compliant</span>. <span class="note">Seeds passing each check: {esc(checks)}</span></p>')
-        else:
-            items = "".join(f"<li>{esc(x)}</li>" for x in r["compliance_reasons"])
-            out.append(head + f'<span class="no">not compliant</span></p><ul class="reasons">{items}</ul>'
-                       + (f'<p class="note">Seeds passing each check: {esc(checks)}</p>' if checks else ""))
-    return "".join(out)
+        out.append({"variant": r["variant"], "config_hash": r["config_hash"], "compliant": bool(r["compliant"]),
+                    "reasons": list(r["compliance_reasons"]), "checks": ", ".join(f"{k} {v:.0%}" for k, v in fr.items())})
+    return out
 
 
-def _runs(runs: pd.DataFrame) -> str:
+def _runs(runs: pd.DataFrame) -> dict:
     head = ["run", "variant", "seed", "config hash", "status", "counted", "reason", "val_bpb", "val_loss", "bytes",
             "steps", "train s", "eval s", "node", "run id"]
     rows, cls = [], []
     for r in Q.records(runs):
         rows.append([r["run_name"], r["variant"], "–" if _missing(r["seed"]) else int(r["seed"]),
-                     (f"<code>{esc(r['config_hash'])}</code>",), r["status"], r["counted"], r["status_reason"],
+                     _code(r["config_hash"]), r["status"], r["counted"], r["status_reason"],
                      fmt(r.get("final/val_bpb"), ".5f"), fmt(r.get("final/val_loss"), ".5f"), fint(r.get("artifact/bytes")),
                      fmt(r.get("steps"), ".0f"), fmt(r.get("time/train_s"), ".1f"), fmt(r.get("time/eval_s"), ".1f"),
-                     r.get("node_class") or "–", (f"<code>{esc(r['run_id'])}</code>",)])
+                     r.get("node_class") or "–", _code(r["run_id"])])
         cls.append("bad" if r["status"] != "FINISHED" else ("muted" if r["counted"] != "yes" else ""))
     return table(head, rows, numeric={2, 7, 8, 9, 10, 11, 12}, row_class=cls)
 
 
-def _parents(parents: pd.DataFrame) -> str:
+def _parents(parents: pd.DataFrame) -> dict | None:
     if parents.empty:
-        return '<p class="note">No validate/tune invocation runs in this experiment.</p>'
+        return None
     rows = [[p["run_name"], p["kind"], p["status"], p["status_reason"] or "–", str(p["start_time"])[:19],
-             p["experiment_file"] or "–", (f"<code>{esc(p['run_id'])}</code>",)] for p in Q.records(parents)]
+             p["experiment_file"] or "–", _code(p["run_id"])] for p in Q.records(parents)]
     return table(["invocation", "kind", "status", "reason", "started (UTC)", "experiment file", "parent run id"], rows)
 
 
 def render(rep) -> str:
     """HTML for a `pgolf.dashboards.report.Report` whose plots have been made."""
+    import jinja2
+
     d = rep.data
-    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    n_bad = int((d.runs["status"] != "FINISHED").sum()) if not d.runs.empty else 0
-    parts = [
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>pgolf report: {esc(d.experiment)}</title><style>{CSS}</style></head><body>",
-        f"<h1>pgolf report: {esc(d.experiment)}</h1>",
-        f'<p class="meta">{len(d.runs)} trial runs ({n_bad} not finished) in {len(rep.groups)} variants; '
-        f"store <code>{esc(Q.relpath_or_uri(d.tracking_uri))}</code>; generated {esc(now)}. "
-        "BPB = bits per byte (the score); loss in nats per token; std with ddof=1; CI t-based 95%.</p>",
-    ]
-    if d.empty:
-        parts.append("<p>No trial runs in this experiment yet.</p></body></html>")
-        return "\n".join(parts)
-    if rep.baseline is not None:
-        base = f"against {esc(rep.baseline.label)} (computed by this report)"
-    elif rep.groups["test_source"].notna().any():
-        base = "as logged by the validate/tune runs against the experiment's [baseline]"
-    else:
-        base = "none: no baseline given (<code>pgolf report --baseline HASH|VARIANT|NUMBER|PRESET</code>)"
-    parts += [
-        '<h2 id="scores">Scores per variant (config hash)</h2>',
-        f'<p class="note">Significance: one-sided test that the variant beats the baseline by at least '
-        f"{rep.margin_nats:g} nats at p &lt; {rep.alpha:g}; {base}. ✓ = significant.</p>",
-        _scores(rep.groups),
-        '<h2 id="budgets">Budgets and compliance</h2>',
-        f'<p class="note">Caps: artifact {rep.caps.artifact_bytes:,} bytes (decimal), train {rep.caps.train_seconds:g} s, '
-        f"eval {rep.caps.eval_seconds:g} s; at least {rep.min_seeds} seeds of one config hash.</p>",
-        _budgets(rep.groups), _compliance(rep.groups),
-        '<h2 id="plots">Plots</h2>',
-    ]
-    if not rep.plots:
-        parts.append('<p class="note">No plots: no finished run has a score yet.</p>')
-    parts.append('<div class="plots">')
-    for p in rep.plots:
-        src, width = _img(p.png)
-        wide = ' class="wide"' if width > 1000 else ""
-        parts.append(f'<figure id="plot-{esc(p.name)}"{wide}><img alt="{esc(p.title)}" src="{src}">'
-                     f"<figcaption><b>{esc(p.title)}.</b> {esc(p.caption)}</figcaption></figure>")
-    parts.append("</div>")
-    parts += ['<h2 id="runs">All trial runs</h2>',
-              '<p class="note">Every launched trial, including failed and killed ones. "counted" says which run '
-              "represents each (config hash, seed): the newest finished one.</p>",
-              _runs(d.runs), '<h2 id="invocations">Invocations</h2>', _parents(d.parents), "</body></html>"]
-    return "\n".join(parts)
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
+                             trim_blocks=False, lstrip_blocks=False, keep_trailing_newline=True)
+    ctx: dict[str, Any] = {
+        "css": Markup(CSS), "experiment": d.experiment, "n_runs": len(d.runs), "n_groups": len(rep.groups),
+        "n_bad": int((d.runs["status"] != "FINISHED").sum()) if not d.runs.empty else 0,
+        "store": Q.relpath_or_uri(d.tracking_uri), "empty": d.empty,
+        "now": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+    if not d.empty:
+        if rep.baseline is not None:
+            base = f"against {rep.baseline.label} (computed by this report)"
+        elif rep.groups["test_source"].notna().any():
+            base = "as logged by the validate/tune runs against the experiment's [baseline]"
+        else:
+            base = Markup("none: no baseline given (<code>pgolf report --baseline HASH|VARIANT|NUMBER|PRESET</code>)")
+        plots = []
+        for p in rep.plots:
+            src, width = _img(p.png)
+            plots.append({"name": p.name, "title": p.title, "caption": p.caption, "src": src, "wide": width > 1000})
+        ctx.update(
+            baseline=base, margin=f"{rep.margin_nats:g}", alpha=f"{rep.alpha:g}", min_seeds=rep.min_seeds,
+            caps_line=f"{rep.caps.artifact_bytes:,} bytes (decimal), train {rep.caps.train_seconds:g} s, "
+                      f"eval {rep.caps.eval_seconds:g} s",
+            scores=_scores(rep.groups), budgets=_budgets(rep.groups), compliance=_compliance(rep.groups),
+            plots=plots, runs=_runs(d.runs), invocations=_parents(d.parents))
+    return env.get_template("report.html.j2").render(**ctx)

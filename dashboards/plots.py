@@ -52,6 +52,7 @@ def _figure(w: float, h: float) -> Figure:
 
 
 def _save(fig: Figure, out_dir: str, name: str, title: str, caption: str = "") -> PlotFile:
+    fig.suptitle(title, fontsize=11)  # every figure says what it is, also when copied out of the report
     os.makedirs(out_dir, exist_ok=True)
     png, svg = os.path.join(out_dir, f"{name}.png"), os.path.join(out_dir, f"{name}.svg")
     # Fixed metadata keeps the files byte-stable across runs of the same data (reviewable diffs).
@@ -154,7 +155,6 @@ def seed_scatter(runs: pd.DataFrame, groups: pd.DataFrame, out_dir: str, *, thre
     else:
         caption += " No baseline given, so no record threshold is drawn (pgolf report --baseline ...)."
     _legend(ax, fontsize=8, loc="best")
-    ax.set_title("final/val_bpb per seed")
     return _save(fig, out_dir, "seed_scatter", "Seeds per variant", caption)
 
 
@@ -178,15 +178,23 @@ def bpb_vs_bytes(runs: pd.DataFrame, groups: pd.DataFrame, out_dir: str, *, cap:
         ax.scatter(g["artifact/bytes"] / 1e6, g["final/val_bpb"], s=36, color=colors[row["config_hash"]],
                    edgecolor=np.where(over, "crimson", "black"), linewidth=np.where(over, 1.8, 0.5),
                    label=_short(_label(row), 40), zorder=3)
-    ax.axvline(cap / 1e6, color="crimson", ls="--", lw=1.2, label=f"cap {cap:,} bytes")
-    xmax = max(cap * 1.04, float(ok["artifact/bytes"].max()) * 1.04) / 1e6
-    ax.set_xlim(0, xmax)
+    # Zoomed to the data: at smoke scale the artifacts are a few percent of the cap, and a 0..16 MB axis
+    # would squeeze every seed into one column. The cap is a line when it is near, else a note.
+    lo, hi = float(ok["artifact/bytes"].min()), float(ok["artifact/bytes"].max())
+    pad = max((hi - lo) * 0.15, hi * 0.01)
+    x0, x1 = (lo - pad) / 1e6, (hi + pad) / 1e6
+    if cap / 1e6 <= x1 + (x1 - x0):
+        x1 = max(x1, cap / 1e6 * 1.01)
+        ax.axvline(cap / 1e6, color="crimson", ls="--", lw=1.2, label=f"cap {cap:,} bytes")
+    else:
+        ax.text(0.99, 0.02, f"cap {cap:,} bytes: {cap / hi:.1f}x the largest artifact, off this scale",
+                transform=ax.transAxes, ha="right", color="crimson", fontsize=8)
+    ax.set_xlim(x0, x1)
     ax.set_xlabel("artifact bytes (code + compressed model), millions (decimal)")
     ax.set_ylabel("final/val_bpb")
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
     ax.legend(handles[:MAX_LEGEND + 1], labels[:MAX_LEGEND + 1], fontsize=7, loc="best")
-    ax.set_title("Score vs artifact size")
     n_over = int((ok["artifact/bytes"] > cap).sum())
     caption = (f"Every finished seed; dashed line: the {cap:,}-byte cap (decimal, not MiB)."
                + (f" {n_over} seed(s) over the cap (red edge)." if n_over else ""))
@@ -228,7 +236,9 @@ def curves(curve_data: pd.DataFrame, runs: pd.DataFrame, groups: pd.DataFrame, o
                 continue
             b = _band(sub)
             c = colors[row["config_hash"]]
-            ax.plot(b.index, b["mean"], color=c, lw=1.6, label=f"{_short(_label(row), 36)} (n={len(ids)})")
+            # Markers when points are few: a run with one validation point is a dot, not an empty panel.
+            ax.plot(b.index, b["mean"], color=c, lw=1.6, marker="o" if len(b) <= 30 else None, ms=4,
+                    label=f"{_short(_label(row), 36)} (n={len(ids)})")
             if len(ids) > 1:
                 ax.fill_between(b.index, b["lo"], b["hi"], color=c, alpha=0.22, lw=0)
         ax.set_xlabel("step")
@@ -347,32 +357,36 @@ def phase_times(runs: pd.DataFrame, groups: pd.DataFrame, results: Mapping[str, 
     ax = fig.add_subplot()
     width = 0.26
     offsets = {"train": -width, "eval": 0.0, "report_only": width}
+    tops = [sum(d.values()) for _, w in per_variant for d in w.values()]
+    ymax = max(max(tops) * 1.25, max(caps.train_seconds, caps.eval_seconds) * 1.12)
+    visible = ymax * 0.004  # a slice thinner than this is not seen, so it gets no legend entry either
     seen = set()
-    tops = []
+    cap_of = {"train": caps.train_seconds, "eval": caps.eval_seconds}
+    cap_style = {"train": ("crimson", "train cap"), "eval": ("darkorange", "eval cap")}
     for i, (row, worst) in enumerate(per_variant):
         for budget, d in worst.items():
             bottom = 0.0
             x = i + offsets[budget]
             for p in phases:
                 if p in d and d[p] > 0:
+                    show = d[p] >= visible and p not in seen
                     ax.bar(x, d[p], width * 0.92, bottom=bottom, color=pcolor[p], edgecolor="white", lw=0.4,
-                           label=p if p not in seen else None)
-                    seen.add(p)
+                           label=p if show else None)
+                    seen.update([p] if show else [])
                     bottom += d[p]
-            tops.append(bottom)
-            cap = {"train": caps.train_seconds, "eval": caps.eval_seconds}.get(budget)
+            cap = cap_of.get(budget)
             pct = f"\n{100 * bottom / cap:.0f}%" if cap else ""
             ax.text(x, bottom, f"{budget.replace('report_only', 'other')}\n{bottom:.1f}s{pct}", ha="center",
                     va="bottom", fontsize=6.5)
-    ax.axhline(caps.train_seconds, color="crimson", ls="--", lw=1.2, label=f"train cap {caps.train_seconds:g} s")
-    if caps.eval_seconds != caps.train_seconds:
-        ax.axhline(caps.eval_seconds, color="darkorange", ls="--", lw=1.2, label=f"eval cap {caps.eval_seconds:g} s")
-    ax.set_ylim(0, max(max(tops) * 1.25, max(caps.train_seconds, caps.eval_seconds) * 1.12))
+            if cap:  # each cap drawn over the bars it judges, so equal caps do not hide each other
+                color, name = cap_style[budget]
+                ax.hlines(cap, x - width / 2, x + width / 2, colors=color, linestyles="--", lw=1.4,
+                          label=f"{name} {cap:g} s" if i == 0 else None)
+    ax.set_ylim(0, ymax)
     ax.set_xticks(range(n), [f"{_short(str(r['variant']), 20)}\n{r['config_hash'][:8]}" for r, _ in per_variant], fontsize=8)
     ax.set_ylabel("seconds (slowest seed per budget)")
     ax.grid(axis="y", alpha=0.3)
     _legend(ax, fontsize=7, loc="upper right", ncols=2)
-    ax.set_title("Phase times against the caps")
     return _save(fig, out_dir, "phase_times", "Phase times vs caps",
                  "Per variant three bars: phases charged to the train cap, to the eval cap, and to neither "
                  "(compile warmup, quantization, compression), from the slowest seed of each.")

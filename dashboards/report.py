@@ -25,7 +25,7 @@ class Report:
     groups: pd.DataFrame
     curves: pd.DataFrame
     axes: dict[str, pd.Series]
-    baseline: Q.Baseline | None
+    baseline: Q.ReportBaseline | None
     caps: compliance.Caps
     margin_nats: float
     alpha: float
@@ -45,7 +45,7 @@ def build_report(tracking_uri: str, experiment: str, *, parent_run_id: str | Non
                  baseline: str | None = None, caps: compliance.Caps | None = None, min_seeds: int = 3,
                  margin_nats: float = 0.005, alpha: float = 0.01, curves: bool = True) -> Report:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    data = Q.load_experiment(tracking_uri, experiment, parent_run_id=parent_run_id)
+    data = Q.load_runs(tracking_uri, experiment, parent_run_id=parent_run_id)
     caps = caps or _caps_from_parents(data)
     base = Q.baseline_from_spec(baseline, data.runs) if baseline else None
     groups = Q.group_table(data.runs, data.results, baseline=base, data=data, caps=caps, min_seeds=min_seeds,

@@ -98,3 +98,12 @@ def data_root(demo_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("data_root")
     os.symlink(demo_data.root, root / "demo")
     return root
+
+
+def pytest_terminal_summary(terminalreporter):
+    """A skipped browser test is said loudly: the suite passing must not read as "the report renders"."""
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if "test_report_browser" in r.nodeid]
+    if skipped:
+        terminalreporter.write_sep("!", f"NOT RUN: {len(skipped)} browser test(s) of tests/test_report_browser.py: "
+                                        "no Chromium binary (apt-get install -y chromium)", red=True, bold=True)
+

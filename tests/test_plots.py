@@ -30,7 +30,7 @@ def data(tmp_path_factory):
             params={"optim.muon_wd": 0.08})
     S.trial(uri, exp, pid, variant="big", seed=1, config_hash=H["big"], params={"optim.muon_wd": 0.02},
             result=S.synthetic_result(seed=1, config_hash=H["big"], bpb=1.1190, artifact_bytes=16_400_000))
-    d = Q.load_experiment(uri, "plots")
+    d = Q.load_runs(uri, "plots")
     groups = Q.group_table(d.runs, d.results, data=d)
     curves = Q.load_curves(uri, d.runs.loc[d.runs["status"] == "FINISHED", "run_id"])
     return d, groups, curves, Q.sweep_axes(d.runs)
@@ -139,3 +139,69 @@ def test_nothing_finished_gives_no_score_plots(tmp_path):
     assert plots.bpb_vs_bytes(runs, groups, str(tmp_path)) is None
     assert plots.phase_times(runs, groups, {}, str(tmp_path)) is None
     check_files(plots.seed_scatter(runs, groups, str(tmp_path)), texts=("1 failed",))
+
+
+def _figure_of(monkeypatch, plots, call):
+    """Run a plot function and return its matplotlib Figure instead of the saved files."""
+    seen = {}
+
+    def keep(fig, out_dir, name, title, caption=""):
+        fig.suptitle(title)
+        seen["fig"], seen["caption"] = fig, caption
+        return fig
+
+    monkeypatch.setattr(plots, "_save", keep)
+    assert call() is not None
+    return seen["fig"]
+
+
+def test_every_figure_has_a_title(data, tmp_path):
+    from pgolf.dashboards import plots
+
+    d, groups, curves, axes = data
+    for pf in (plots.seed_scatter(d.runs, groups, str(tmp_path)), plots.bpb_vs_bytes(d.runs, groups, str(tmp_path)),
+               plots.curves(curves, d.runs, groups, str(tmp_path)),
+               plots.sweep_axes(d.runs, groups, axes, str(tmp_path)),
+               plots.phase_times(d.runs, groups, d.results, str(tmp_path))):
+        assert pf.title and pf.title in open(pf.svg, encoding="utf-8").read(), pf.name
+
+
+def test_curves_with_one_point_per_run_draw_markers(data, tmp_path, monkeypatch):
+    from pgolf.dashboards import plots
+
+    d, groups, curves, _ = data
+    one = curves[curves["key"] == "val/bpb"].groupby("run_id").tail(1)
+    fig = _figure_of(monkeypatch, plots, lambda: plots.curves(one, d.runs, groups, str(tmp_path)))
+    lines = [ln for ax in fig.axes for ln in ax.lines if len(ln.get_xdata()) == 1]
+    assert lines and all(ln.get_marker() not in (None, "", "None") for ln in lines)
+
+
+def test_score_vs_bytes_zooms_to_small_artifacts(tmp_path, monkeypatch):
+    from pgolf.dashboards import plots
+    from pgolf.dashboards import query as Q
+
+    uri, root = S.new_store(S.template_db(), tmp_path / "s")
+    exp = S.experiment(uri, root, "small")
+    pid = S.parent(uri, exp)
+    for seed in (1, 2, 3):
+        S.trial(uri, exp, pid, variant="smoke", seed=seed, config_hash=H["base"],
+                result=S.synthetic_result(seed=seed, config_hash=H["base"], bpb=1.97 + seed / 1000,
+                                          artifact_bytes=600_000 + 1000 * seed))
+    d = Q.load_runs(uri, "small")
+    groups = Q.group_table(d.runs, d.results, data=d)
+    fig = _figure_of(monkeypatch, plots, lambda: plots.bpb_vs_bytes(d.runs, groups, str(tmp_path)))
+    lo, hi = fig.axes[0].get_xlim()
+    assert 0.5 < lo < 0.601 and 0.603 < hi < 0.7  # millions of bytes around the data, not 0..16.6
+    assert any("cap 16,000,000 bytes" in t.get_text() for t in fig.axes[0].texts)
+
+
+def test_phase_legend_lists_visible_phases_and_both_caps(data, tmp_path, monkeypatch):
+    from pgolf.dashboards import plots
+
+    d, groups, _, _ = data
+    results = {rid: {**r, "phases": {**r["phases"], "serialize": 1e-4}} if r and "phases" in r else r
+               for rid, r in d.results.items()}
+    fig = _figure_of(monkeypatch, plots, lambda: plots.phase_times(d.runs, groups, results, str(tmp_path)))
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert "serialize" not in labels and "compress" in labels
+    assert "train cap 600 s" in labels and "eval cap 600 s" in labels

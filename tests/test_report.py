@@ -119,7 +119,7 @@ def test_many_variants_keep_failures_and_order_by_score(many):
     from pgolf.dashboards import query as Q
 
     uri, *_ = many
-    data = Q.load_experiment(uri, "sweep-demo")
+    data = Q.load_runs(uri, "sweep-demo")
     assert len(data.runs) == 12  # every launched trial, failed, killed and superseded included
     g = Q.group_table(data.runs, data.results, data=data).set_index("config_hash")
     assert list(g.index) == [D, A, B, C]  # by mean BPB, the variant without a score last
@@ -139,7 +139,7 @@ def test_baseline_group_picks_the_test_and_applies_holm(many):
     from pgolf.dashboards import query as Q
 
     uri, *_ = many
-    data = Q.load_experiment(uri, "sweep-demo")
+    data = Q.load_runs(uri, "sweep-demo")
     base = Q.baseline_from_spec(B[:6], data.runs)
     assert base.kind == "group" and base.config_hash == B
     g = Q.group_table(data.runs, data.results, baseline=base, data=data).set_index("config_hash")
@@ -159,7 +159,7 @@ def test_baseline_specs(many):
     from pgolf.dashboards import query as Q
 
     uri, *_ = many
-    runs = Q.load_experiment(uri, "sweep-demo", with_results=False).runs
+    runs = Q.load_runs(uri, "sweep-demo", with_results=False).runs
     rec = Q.baseline_from_spec("1.2300", runs)
     assert rec.kind == "record" and rec.unit == "bpb" and rec.in_nats(0.41) == pytest.approx(stats.bpb_to_nats(1.23, 0.41))
     assert Q.baseline_from_spec("2.07 nats", runs).unit == "nats"
@@ -194,11 +194,11 @@ def test_parent_filter(template, tmp_path):
     S.trial(uri, exp, first, variant="v", seed=1, config_hash=A, result=S.synthetic_result(seed=1, config_hash=A, bpb=1.2))
     other = S.parent(uri, exp, name="validation-later")
     S.trial(uri, exp, other, variant="v", seed=9, config_hash=A, result=S.synthetic_result(seed=9, config_hash=A, bpb=1.2))
-    d = Q.load_experiment(uri, "two-invocations", parent_run_id=other[:10], with_results=False)
+    d = Q.load_runs(uri, "two-invocations", parent_run_id=other[:10], with_results=False)
     assert list(d.runs["seed"]) == [9] and list(d.parents["run_id"]) == [other]
-    assert len(Q.load_experiment(uri, "two-invocations", with_results=False).runs) == 2
+    assert len(Q.load_runs(uri, "two-invocations", with_results=False).runs) == 2
     with pytest.raises(LookupError):
-        Q.load_experiment(uri, "two-invocations", parent_run_id="ffffffff")
+        Q.load_runs(uri, "two-invocations", parent_run_id="ffffffff")
 
 
 def test_many_variants_cli_in_a_fresh_interpreter_imports_neither_torch_nor_ray(many, tmp_path):

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
+from pgolf import records as R
 from pgolf import stats as S
 
 LN2 = math.log(2.0)
@@ -36,7 +37,7 @@ def test_unit_conversion_matches_published_ratios():
     # LongContextSeq2048 seed 1337 logged val_loss 2.0359 / val_bpb 1.2058 (tokens per byte ~0.4105).
     assert S.nats_to_bpb(2.0359, 0.4105) == pytest.approx(1.2058, abs=2e-4)
     # A README quotes -0.00218 BPB = -0.00564 nats/token at SP8192 (ratio 0.3871).
-    assert S.bpb_to_nats(-0.00218, S.TOKENS_PER_BYTE_APPROX["sp8192"]) == pytest.approx(-0.00564, abs=2e-5)
+    assert S.bpb_to_nats(-0.00218, R.TOKENS_PER_BYTE_APPROX["sp8192"]) == pytest.approx(-0.00564, abs=2e-5)
 
 
 @pytest.mark.parametrize("tpb", [0.0, -0.4, math.nan, math.inf])
@@ -75,16 +76,16 @@ def test_summarize_rejects_empty_and_non_finite():
 
 def test_std_convention_record_180():
     # #180 README printed 0.00016 (population std); the t-test needs the sample std, 0.00020.
-    s = S.summarize(S.RECORD_PRESETS["#180"].per_seed_bpb)
+    s = S.summarize(R.RECORD_PRESETS["#180"].per_seed_bpb)
     assert round(s.std, 5) == 0.00020
-    assert round(float(np.std(S.RECORD_PRESETS["#180"].per_seed_bpb, ddof=0)), 5) == 0.00016
+    assert round(float(np.std(R.RECORD_PRESETS["#180"].per_seed_bpb, ddof=0)), 5) == 0.00016
     assert round(s.mean, 5) == 1.14276
 
 
 @pytest.mark.parametrize("name, mean, std", [("#414", 1.1233, 0.00046), ("#549", 1.1194, 0.00057),
                                              ("long_context_seq2048", 1.20637, 0.00072)])
 def test_record_presets_match_techniques_table(name, mean, std):
-    s = S.summarize(S.RECORD_PRESETS[name].per_seed_bpb)
+    s = S.summarize(R.RECORD_PRESETS[name].per_seed_bpb)
     assert s.mean == pytest.approx(mean, abs=5e-5)
     assert s.std == pytest.approx(std, abs=5e-6)
 
@@ -106,7 +107,7 @@ def test_one_sample_reproduces_long_context_readme():
     # R/2026-03-18_LongContextSeq2048: "one-sided one-sample t-test against 1.2193657 (Naive Baseline
     # 1.2243657 - 0.005): t=31.42, df=2, p=0.00051". That README applied the 0.005 margin to BPB values,
     # so feeding BPB reproduces its arithmetic (our t is negative: lower is better).
-    preset = S.RECORD_PRESETS["long_context_seq2048"]
+    preset = R.RECORD_PRESETS["long_context_seq2048"]
     r = S.one_sample_vs_record(preset.per_seed_bpb, 1.2243657, margin_nats=0.005)
     assert r.test == "one-sample t (one-sided)"
     assert r.n == 3 and r.df == 2
@@ -204,11 +205,11 @@ def test_welch_hand_computed_case():
 def test_welch_between_published_records():
     # #549 vs #414, both sp1024, in nats: 0.0040 BPB better is 0.0067 nats, only 0.0017 past the margin,
     # which three seeds per side cannot show at p < 0.01.
-    new = S.RECORD_PRESETS["#549"].values_nats(TPB_SP1024)
-    base = S.RECORD_PRESETS["#414"].values_nats(TPB_SP1024)
+    new = R.RECORD_PRESETS["#549"].values_nats(TPB_SP1024)
+    base = R.RECORD_PRESETS["#414"].values_nats(TPB_SP1024)
     r = S.compare(new, base, tokens_per_byte=TPB_SP1024)
     assert r.test == "Welch t (one-sided)"
-    assert r.delta_bpb == pytest.approx(S.RECORD_PRESETS["#549"].mean_bpb - S.RECORD_PRESETS["#414"].mean_bpb,
+    assert r.delta_bpb == pytest.approx(R.RECORD_PRESETS["#549"].mean_bpb - R.RECORD_PRESETS["#414"].mean_bpb,
                                         abs=1e-12)
     ref = sps.ttest_ind(new, np.array(base) - 0.005, equal_var=False, alternative="less")
     assert r.p == pytest.approx(ref.pvalue, rel=1e-9)

@@ -79,7 +79,7 @@ def _ctx(uri, tmp_path, name="trial-tests", deadline=120.0):
 
 def _spec(data_root, seed, extra=()):
     from pgolf.experiment import load_experiment
-    from pgolf.orchestrate import build_spec
+    from pgolf.specs import build_spec
 
     exp = load_experiment(SMOKE, overrides=TINY + list(extra))
     return build_spec(exp, None, seed, {}, str(data_root))
@@ -145,7 +145,7 @@ def test_deadline_kills_the_process_group(tracking_uri, data_root, tmp_path):
 def test_setup_failure_still_closes_the_run(tracking_uri, data_root, tmp_path):
     ctx = _ctx(tracking_uri, tmp_path)
     spec = _spec(data_root, seed=8)
-    spec.config["model"]["no_such_field"] = 1  # what a driver/trainer version mismatch looks like
+    spec.cfg.model.no_such_field = 1  # what a driver/trainer version mismatch looks like
     final = execute_trial(spec, ctx, trial_id="t3")
     run = tracking.client(tracking_uri).get_run(final["mlflow_run_id"])
     assert run.info.status == "FAILED"

@@ -89,7 +89,7 @@ def test_tune_grid_with_asha(ray_session, tracking_uri, data_root, tmp_path, cap
 
 def test_tune_random_repeats_each_sampled_config_over_seeds(ray_session, tracking_uri, data_root, tmp_path, capsys):
     from pgolf.experiment import load_experiment
-    from pgolf.orchestrate import sweep_points
+    from pgolf.specs import sweep_points
 
     path = _sweep_file(tmp_path, "random", '"optim.matrix_lr" = {type = "loguniform", low = 0.01, high = 0.1}\n',
                        extra="num_samples = 2")
@@ -173,7 +173,7 @@ def test_sweep_files_resolve_on_the_pr691_stack(path, data_root):
     """Every shipped sweep extends the #691 stack, names real config fields and expands (no Ray here;
     `pgolf tune FILE --smoke` runs them)."""
     from pgolf.experiment import load_experiment
-    from pgolf.orchestrate import build_spec, check_sweep, optuna_space, sweep_points
+    from pgolf.specs import build_spec, check_sweep, optuna_space, sweep_points
 
     exp = load_experiment(path, smoke=True)
     assert exp.lineage[-2].endswith(os.path.join("stacks", "pr691.toml"))
@@ -200,7 +200,7 @@ def test_significance_against_published_per_seed_bpb(tmp_path):
     import math
 
     from pgolf.experiment import load_experiment
-    from pgolf.orchestrate import significance
+    from pgolf.summary import significance
 
     path = tmp_path / "b.toml"
     path.write_text(textwrap.dedent(f"""

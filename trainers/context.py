@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-EXIT_BAD_CONFIG, EXIT_BAD_DATA, EXIT_OVER_BUDGET = 2, 3, 4
+from .contract import EXIT_BAD_CONFIG, EXIT_BAD_DATA, EXIT_OVER_BUDGET  # noqa: F401 - re-exported
 
 
 class RunFailure(RuntimeError):

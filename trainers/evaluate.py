@@ -13,10 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 from .bpb import ByteLUTs, bpb_from_sums, token_bytes
+from .distributed import all_reduce_sum
+from .distributed import all_reduce_sum as _all_reduce_sums  # noqa: F401 - ttt.py imports it from here
 
 
 @dataclass
@@ -25,12 +26,6 @@ class EvalResult:
     val_bpb: float  # bits per byte
     tokens: float
     bytes: float
-
-
-def _all_reduce_sums(sums: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(sums, op=dist.ReduceOp.SUM)
-    return sums
 
 
 def is_compiled(model: torch.nn.Module) -> bool:
@@ -85,7 +80,7 @@ def evaluate(model: torch.nn.Module, val_tokens: torch.Tensor, luts: ByteLUTs, *
         y = chunk[1:].view(-1, seq_len)
         sums += score_batch(model, x, y, None, luts, rows=rows)
     model.train(was_training)
-    sums = _all_reduce_sums(sums)
+    sums = all_reduce_sum(sums)
     loss_sum, ntok, nbytes = (float(v) for v in sums.tolist())
     val_loss, val_bpb = bpb_from_sums(loss_sum, ntok, nbytes)
     return EvalResult(val_loss, val_bpb, ntok, nbytes)

@@ -17,8 +17,3 @@ def after_step(step: int, faults: FaultConfig) -> None:
         while True:
             time.sleep(3600)
 
-
-def pad_blob(blob: bytes, faults: FaultConfig) -> bytes:
-    # Padding after the compressed frame keeps the size honest for the cap check; loaders read
-    # the recorded length, so the padded tail must be stripped before decompression.
-    return blob + b"\0" * faults.pad_artifact_bytes if faults.pad_artifact_bytes else blob

@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from .config import ConfigError, TrainConfig, parse_value, set_field
+from .config import ConfigError, TrainConfig, parse_set, parse_value, set_field
 from .train import EXIT_BAD_CONFIG, RunFailure, leave_process_group, run_training
 
 _ENV_OVERRIDES = {"DATA_PATH": "data.data_path", "TOKENIZER_PATH": "data.tokenizer_path",
@@ -39,10 +39,8 @@ def load_config(argv: list[str] | None = None, environ: dict | None = None) -> T
             set_field(cfg, dotted, parse_value(environ[env_key]) if dotted == "run.seed" else environ[env_key],
                       source=f"env {env_key}")
     for item in args.set:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected SECTION.KEY=VALUE")
-        key, value = item.split("=", 1)
-        set_field(cfg, key.strip(), parse_value(value), source="--set")
+        key, value = parse_set(item)
+        set_field(cfg, key.removeprefix("config."), value, source="--set")
     return cfg
 
 

@@ -10,28 +10,28 @@ Every phase is timed; phases.py says which cap each counts against; over-budget 
 """
 from __future__ import annotations
 
-import copy
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 
 from . import serialize
 from .bpb import ByteLUTs
 from .codebundle import trainer_sources, write_code_artifact
 from .compiling import compile_model, wants_compile
-from .config import ConfigError, TrainConfig
+from .config import TrainConfig
 from .config.schedule import ScheduleConfig
 from .context import Dist, timed
+from .distributed import barrier
 from .evaluate import EvalResult, evaluate
 from .events import EventLog
 from .model import GPT, prepare_for_device
-from .phases import seconds_by_cap
-from .quant import dequantize_state_dict, quantize_state_dict, summarize, validate_quant_config
+from .contract import seconds_by_cap
+from .quant import dequantize_state_dict, quantize_state_dict, summarize
 from .sliding import evaluate_sliding
-from .ttt import run_ttt, validate_ttt_config
+from .ttt import run_ttt
 
 
 @dataclass
@@ -56,34 +56,9 @@ class RunContext:
     train_loader: object | None = None  # the loop's loader: GPTQ calibration continues its stream
 
 
-def validate_posttrain_config(cfg: TrainConfig) -> None:
-    validate_quant_config(cfg.quant)
-    validate_ttt_config(cfg)
-    e = cfg.eval
-    if e.sliding_stride < 0 or e.sliding_stride > cfg.data.train_seq_len:
-        raise ConfigError(f"eval.sliding_stride = {e.sliding_stride}: expected 0 (off) or 1..train_seq_len "
-                          f"({cfg.data.train_seq_len})")
-    if e.sliding_batch_seqs < 1:
-        raise ConfigError("eval.sliding_batch_seqs must be >= 1")
-
-
 def train_schedule(cfg: TrainConfig) -> ScheduleConfig:
-    """The schedule the training loop should run under: the wall-clock cap minus the GPTQ
-    calibration reserve, so calibration on training data ends inside the training budget. Also
-    checks the quant/eval/TTT sections up front, before any training time is spent."""
-    validate_posttrain_config(cfg)
-    sched = copy.copy(cfg.schedule)
-    if cfg.quant.gptq and sched.max_wallclock_seconds > 0:
-        if cfg.quant.gptq_reserve_seconds >= sched.max_wallclock_seconds:
-            raise ConfigError(f"quant.gptq_reserve_seconds = {cfg.quant.gptq_reserve_seconds} leaves no training "
-                              f"time under schedule.max_wallclock_seconds = {sched.max_wallclock_seconds}")
-        sched.max_wallclock_seconds -= cfg.quant.gptq_reserve_seconds
-    return sched
-
-
-def _sync_barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+    """The schedule the training loop runs under (see TrainConfig.loop_wallclock_seconds)."""
+    return dataclasses.replace(cfg.schedule, max_wallclock_seconds=cfg.loop_wallclock_seconds())
 
 
 def blob_path_for(cfg: TrainConfig) -> str:
@@ -109,7 +84,7 @@ def calibrate_gptq(ctx: RunContext) -> dict:
     cfg, ddp = ctx.cfg, ctx.ddp
     targets = gptq_targets(ctx.model, cfg.quant)
     loader = ctx.train_loader or DistributedTokenLoader(ctx.train_files, ddp.rank, ddp.world_size, ctx.device)
-    accum = cfg.data.grad_accum_steps or max(8 // ddp.world_size, 1)
+    accum = cfg.data.grad_accum(ddp.world_size)
 
     def batches():
         while True:
@@ -141,7 +116,7 @@ def write_artifact(ctx: RunContext, gptq_codes: dict | None = None) -> tuple[str
             if cfg.faults.pad_artifact_bytes:
                 fh.write(b"\0" * cfg.faults.pad_artifact_bytes)
         write_code_artifact(cfg.run.run_dir, embedded_config(cfg))
-    _sync_barrier()
+    barrier()
     return path, {"payload_bytes": len(packed), "formats": summarize(qmeta, qtensors)}
 
 

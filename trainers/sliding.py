@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import torch
 
 from .bpb import ByteLUTs, bpb_from_sums
-from .evaluate import EvalResult, _all_reduce_sums, is_compiled, score_batch
+from .distributed import all_reduce_sum
+from .evaluate import EvalResult, is_compiled, score_batch
 
 
 @dataclass
@@ -98,7 +99,7 @@ def evaluate_sliding(model: torch.nn.Module, val_tokens: torch.Tensor, luts: Byt
     with torch.inference_mode():
         sums = score_windows(model, val_tokens, luts, plan, a, b, max(batch_seqs, 1), device)
     model.train(was_training)
-    sums = _all_reduce_sums(sums)
+    sums = all_reduce_sum(sums)
     loss_sum, ntok, nbytes = (float(v) for v in sums.tolist())
     val_loss, val_bpb = bpb_from_sums(loss_sum, ntok, nbytes)
     return EvalResult(val_loss, val_bpb, ntok, nbytes)

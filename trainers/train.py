@@ -7,85 +7,54 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import time
 from contextlib import nullcontext
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from .bpb import build_byte_luts, check_tokenizer, load_tokenizer
 from .codebundle import code_version
 from .compiling import compile_model, wants_compile
 from .config import ConfigError, TrainConfig, config_hash
-from .context import EXIT_BAD_CONFIG, EXIT_BAD_DATA, EXIT_OVER_BUDGET, Dist, RunFailure, timed
+from .context import EXIT_BAD_CONFIG, EXIT_BAD_DATA, EXIT_OVER_BUDGET, RunFailure, timed
+from .distributed import all_reduce_max as _all_reduce_max
+from .distributed import leave_process_group, setup_distributed  # noqa: F401 - leave_process_group re-exported
 from .evaluate import autocast_for, evaluate
 from .events import EventLog
 from .fingerprint import data_fingerprint, environment
 from .loader import DistributedTokenLoader, load_validation_tokens
 from .shards import ShardError, check_manifest, check_shard_sizes, list_shards
 from . import attention, qat
-from .averaging import WeightAverager, check_avg_config
-from .model import GPT, count_parameters, flops_per_token, prepare_for_device, validate_model_config
+from .averaging import WeightAverager
+from .model import GPT, count_parameters, flops_per_token, prepare_for_device
 from .prune import magnitude_prune
 from .optim import apply_schedules, build_optimizers, lr_scale, muon_momentum
 from .faults import after_step
 from .posttrain import RunContext, finish_run, train_schedule
 
 
-def setup_distributed(device_pref: str) -> tuple[Dist, torch.device]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device_pref == "cuda" or (device_pref == "auto" and torch.cuda.is_available())
-    if device_pref == "cuda" and not torch.cuda.is_available():
-        raise RunFailure("run.device = 'cuda' but CUDA is not available", EXIT_BAD_CONFIG)
-    device = torch.device("cuda", local) if use_cuda else torch.device("cpu")
-    if use_cuda:
-        torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=device if use_cuda else None)
-    return Dist(rank, world, local), device
-
-
-def leave_process_group() -> None:
-    """After a successful run, all ranks leave together and tear the group down. A rank that exits
-    with the group still alive while a peer is finishing (rank 0 writes the artifacts last) can die in
-    the group's destructor: SIGABRT, "terminate called without an active exception", three times in
-    about a dozen runs of the 2-process gloo test (tests/test_ddp.py) before this was added. Failed
-    runs skip this: a barrier could wait on a peer that is stuck or gone."""
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-
-
-def validate_config(cfg: TrainConfig, world_size: int) -> int:
-    """Cross-field checks that types alone cannot express; returns grad accumulation steps."""
-    d, s = cfg.data, cfg.schedule
-    accum = d.grad_accum_steps or max(8 // world_size, 1)
-    per_micro = world_size * accum * d.train_seq_len
-    if d.train_batch_tokens % per_micro:
-        raise ConfigError(f"data.train_batch_tokens={d.train_batch_tokens} must be a multiple of "
-                          f"world_size*grad_accum*train_seq_len = {world_size}*{accum}*{d.train_seq_len}")
-    if s.iterations <= 0:
-        raise ConfigError(f"schedule.iterations must be > 0, got {s.iterations}")
-    if cfg.model.vocab_size > 65536:
-        raise ConfigError("model.vocab_size > 65536 cannot be stored in uint16 shards")
-    try:
-        validate_model_config(cfg.model)
-        check_avg_config(cfg.avg)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    return accum
-
-
-def _all_reduce_max(value: float, device: torch.device) -> float:
-    if not (dist.is_available() and dist.is_initialized()):
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t.item())
+def train_step(model: torch.nn.Module, optimizers: list, trainable: list, micro_batches, accum: int,
+               grad_clip_norm: float) -> torch.Tensor:
+    """One optimizer step: `accum` micro-batches (x, y) of gradient accumulation (under DDP the gradient
+    sync runs on the last one only), optional global-norm clipping, every optimizer stepped and zeroed.
+    Returns the mean loss as a tensor (no host sync here)."""
+    ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
+    total = None
+    for micro, (x, y) in enumerate(micro_batches):
+        if ddp:
+            model.require_backward_grad_sync = micro == accum - 1
+        with autocast_for(x.device):
+            loss = model(x, y)
+        (loss / accum).backward()
+        total = loss.detach() if total is None else total + loss.detach()
+    if grad_clip_norm > 0:
+        torch.nn.utils.clip_grad_norm_(trainable, grad_clip_norm)
+    for opt in optimizers:
+        opt.step()
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+    return total / accum
 
 
 def seed_everything(seed: int) -> None:
@@ -129,8 +98,9 @@ def average_and_prune(cfg: TrainConfig, model: GPT, averager: WeightAverager, ra
 def run_training(cfg: TrainConfig) -> dict:
     """Run one seed end to end. Returns the result dict (also written to result.json on rank 0)."""
     ddp, device = setup_distributed(cfg.run.device)
-    accum = validate_config(cfg, ddp.world_size)
-    loop_schedule = train_schedule(cfg)  # checks quant/eval/ttt; the cap minus the GPTQ calibration reserve
+    cfg.validate(ddp.world_size)
+    accum = cfg.data.grad_accum(ddp.world_size)
+    loop_schedule = train_schedule(cfg)
     if cfg.run.threads > 0:
         torch.set_num_threads(cfg.run.threads)
     seed_everything(cfg.run.seed)
@@ -217,28 +187,17 @@ def run_training(cfg: TrainConfig) -> dict:
             return made
         return DistributedTokenLoader(train_files, ddp.rank, ddp.world_size, device, vocab_size=cfg.model.vocab_size)
 
-    def train_step(loader, step: int, elapsed_ms: float) -> tuple[float, float]:
+    def scheduled_step(loader, step: int, elapsed_ms: float) -> tuple[float, float]:
         scale = lr_scale(step, elapsed_ms, loop_schedule)
         apply_schedules(optimizers, scale, muon_momentum(step, cfg.optim))
-        total = torch.zeros((), device=device)
-        for micro in range(accum):
+        return float(train_step(model, optimizers, trainable, _batches(loader), accum, cfg.optim.grad_clip_norm).item()), scale
+
+    def _batches(loader):
+        for _ in range(accum):
             try:
-                x, y = loader.next_batch(cfg.data.train_batch_tokens, cfg.data.train_seq_len, accum)
+                yield loader.next_batch(cfg.data.train_batch_tokens, cfg.data.train_seq_len, accum)
             except ShardError as exc:  # a later shard that fails its checks when the stream reaches it
                 raise RunFailure(f"bad data: {exc}", EXIT_BAD_DATA) from exc
-            if ddp.world_size > 1:
-                model.require_backward_grad_sync = micro == accum - 1
-            with autocast_for(device):
-                loss = model(x, y)
-            (loss / accum).backward()
-            total += loss.detach()
-        if cfg.optim.grad_clip_norm > 0:
-            torch.nn.utils.clip_grad_norm_(trainable, cfg.optim.grad_clip_norm)
-        for opt in optimizers:
-            opt.step()
-        for opt in optimizers:
-            opt.zero_grad(set_to_none=True)
-        return float(total.item()) / accum, scale
 
     # ---- compile warm-up, rolled back (not an LR warm-up) --------------------------------------
     if cfg.schedule.warmup_steps > 0:
@@ -247,7 +206,7 @@ def run_training(cfg: TrainConfig) -> dict:
             saved_opts = [copy.deepcopy(o.state_dict()) for o in optimizers]
             loader = make_loader()
             for s in range(cfg.schedule.warmup_steps):
-                train_step(loader, s, 0.0)
+                scheduled_step(loader, s, 0.0)
             base_model.load_state_dict(saved_model)
             for o, st in zip(optimizers, saved_opts):
                 o.load_state_dict(st)
@@ -301,7 +260,7 @@ def run_training(cfg: TrainConfig) -> dict:
             if cap_ms > 0:
                 elapsed_ms = _all_reduce_max(elapsed_ms, device)
         t_step = time.perf_counter()
-        loss, scale = train_step(loader, step, elapsed_ms)
+        loss, scale = scheduled_step(loader, step, elapsed_ms)
         step += 1
         averager.after_step(step, scale)
         if late_qat and not qat_on and scale < cfg.avg.late_qat_threshold:

@@ -11,12 +11,13 @@ still be validated.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from pgolf.trainers.phases import PHASE_POLICY
+from pgolf.formatting import json_safe as _plain
+from pgolf.trainers.config import finite
+from pgolf.trainers.contract import PHASE_POLICY
 
 __all__ = [
     "BUDGETS",
@@ -37,7 +38,7 @@ __all__ = [
     "train_seconds",
 ]
 
-Budget = Literal["train", "eval", "report_only"]
+CapName = Literal["train", "eval", "report_only"]
 BUDGETS: tuple[str, ...] = ("train", "eval", "report_only")
 
 # One policy for trainer and platform: the trainer writes time/train_s and time/eval_s with it, and
@@ -45,21 +46,6 @@ BUDGETS: tuple[str, ...] = ("train", "eval", "report_only")
 DEFAULT_PHASE_MAP: dict[str, str] = dict(PHASE_POLICY)
 
 NO_TTT_MODES = frozenset({"", "off", "none", "disabled"})
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _plain(x: Any) -> Any:
-    """JSON-safe copy: non-finite floats become None (json.dumps(allow_nan=False) and MLflow both choke)."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, Mapping):
-        return {str(k): _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    return x
 
 
 # --------------------------------------------------------------------------------------------------
@@ -114,7 +100,7 @@ class PhasePolicy:
         sums = {b: 0.0 for b in BUDGETS}
         unknown: list[str] = []
         for name, seconds in phases.items():
-            if not _is_number(seconds) or seconds < 0:
+            if finite(seconds) is None or seconds < 0:
                 raise ValueError(f"phase {name!r}: seconds must be a finite number >= 0, got {seconds!r}")
             if name not in self.phases:
                 unknown.append(name)
@@ -168,7 +154,7 @@ def _gpu_name(env: Mapping[str, Any]) -> str:
 
 def _gpu_count(env: Mapping[str, Any]) -> int:
     c = env.get("gpu_count")
-    return int(c) if _is_number(c) else 0
+    return int(c) if finite(c) is not None else 0
 
 
 def _is_h100_sxm(name: str) -> bool:
@@ -208,19 +194,31 @@ class Check:
         return asdict(self)
 
 
-def _find_check(checks, name: str) -> Check:
-    for c in checks:
-        if c.name == name:
-            return c
-    raise KeyError(name)
-
-
 def _reasons(checks: Sequence[Check]) -> list[str]:
     return [f"{c.name}: {c.detail}" for c in checks if c.blocking and c.passed is False]
 
 
+class _Verdict:
+    """What a seed verdict and a variant verdict share: compliant = no blocking check failed."""
+    checks: list[Check]
+
+    def check(self, name: str) -> Check:
+        for c in self.checks:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    @property
+    def reasons(self) -> list[str]:
+        return _reasons(self.checks)
+
+    @property
+    def compliant(self) -> bool:
+        return not self.reasons
+
+
 @dataclass(frozen=True)
-class SeedVerdict:
+class SeedVerdict(_Verdict):
     seed: int | None
     config_hash: str | None
     checks: list[Check]
@@ -231,17 +229,6 @@ class SeedVerdict:
     report_only_seconds: float | None
     unknown_phases: list[str]
     artifact_bytes: int | None
-
-    @property
-    def compliant(self) -> bool:
-        return not _reasons(self.checks)
-
-    @property
-    def reasons(self) -> list[str]:
-        return _reasons(self.checks)
-
-    def check(self, name: str) -> Check:
-        return _find_check(self.checks, name)
 
     def to_dict(self) -> dict[str, Any]:
         return _plain({
@@ -254,17 +241,17 @@ class SeedVerdict:
 
 
 def _int_or_none(x: Any) -> int | None:
-    return int(x) if _is_number(x) and float(x).is_integer() else None
+    return int(x) if finite(x) is not None and float(x).is_integer() else None
 
 
 def _artifact_check(result: Mapping[str, Any], caps: Caps) -> tuple[Check, int | None]:
     total = result.get("artifact/bytes")
-    if not (_is_number(total) and float(total).is_integer() and total >= 0):
+    if not (finite(total) is not None and float(total).is_integer() and total >= 0):
         return Check("artifact_under_cap", False, f"artifact/bytes missing or not a byte count: {total!r}"), None
     total = int(total)
     code, model = result.get("artifact/code_bytes"), result.get("artifact/model_bytes")
     parts = ""
-    if _is_number(code) and _is_number(model):
+    if finite(code) is not None and finite(model) is not None:
         parts = f" (code {int(code):,} + model {int(model):,})"
         # The total may exceed code + model (tokenizer, helper modules count too) but never undercut it.
         if total < code + model:
@@ -287,7 +274,7 @@ def _timing(result: Mapping[str, Any], policy: PhasePolicy) -> tuple[PhaseTotals
         except ValueError as e:
             return None, str(e), "phases"
     tr, ev = result.get("time/train_s"), result.get("time/eval_s")
-    if _is_number(tr) and _is_number(ev):
+    if finite(tr) is not None and finite(ev) is not None:
         return PhaseTotals(train=float(tr), eval=float(ev), report_only=0.0, unknown=[]), None, "time/*_s"
     return None, "no phase timings recorded", "none"
 
@@ -364,20 +351,12 @@ def check_seed(result: Mapping[str, Any], *, caps: Caps = Caps(),
 
 
 @dataclass(frozen=True)
-class VariantVerdict:
+class VariantVerdict(_Verdict):
     seeds: list[SeedVerdict]
     checks: list[Check]
     config_hash: str | None  # the shared hash, None when missing or mixed
     hardware_classes: list[str]
     min_seeds: int
-
-    @property
-    def compliant(self) -> bool:
-        return not self.reasons
-
-    @property
-    def reasons(self) -> list[str]:
-        return _reasons(self.checks)
 
     @property
     def record_grade(self) -> bool:
@@ -398,9 +377,6 @@ class VariantVerdict:
             for c in s.checks:
                 out[c.name] = out.get(c.name, 0.0) + (1.0 if c.passed else 0.0)
         return {k: v / len(self.seeds) for k, v in out.items()} if self.seeds else {}
-
-    def check(self, name: str) -> Check:
-        return _find_check(self.checks, name)
 
     def to_dict(self) -> dict[str, Any]:
         return _plain({

@@ -6,14 +6,15 @@ Every error names the file, the key and what was expected, before any trial star
 from __future__ import annotations
 
 import copy
-import dataclasses
 import os
 import tomllib
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from pgolf.trainers.config import SECTIONS, ConfigError, TrainConfig, coerce, config_hash, parse_value, set_field
+from pgolf.trainers.config import (SECTIONS, ConfigError, TrainConfig, closest, coerce, config_hash,
+                                   finite, parse_set, set_field)
+from pgolf.trainers.contract import SCORE_METRICS
 
 
 class ExperimentError(ConfigError):
@@ -22,22 +23,39 @@ class ExperimentError(ConfigError):
 
 @dataclass(kw_only=True)
 class ExperimentMeta:
+    def validate(self, where: str) -> None:
+        if not self.seeds:
+            raise ExperimentError(f"{where}: [experiment] seeds must list at least one seed")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ExperimentError(f"{where}: [experiment] seeds {self.seeds}: each seed may appear once")
+
     name: str = ""
     description: str = ""
-    trainer: str = "gpt"
+    trainer: Literal["gpt"] = "gpt"
     seeds: list[int] = field(default_factory=lambda: [1337, 42, 2024])
-    metric: str = "final/val_bpb"
-    data: str = "custom"  # "demo": build/use the embedded demo corpus and point config.data at it
+    metric: Literal[SCORE_METRICS] = "final/val_bpb"  # what sweeps rank by and Optuna minimizes
+    data: Literal["custom", "demo"] = "custom"  # "demo": build/use the embedded demo corpus and point config.data at it
 
 
 @dataclass(kw_only=True)
 class Resources:
+    def validate(self, where: str) -> None:
+        if self.gpus < 0 or self.cpus < 0:
+            raise ExperimentError(f"{where}: [resources] gpus and cpus must be >= 0, got gpus={self.gpus} cpus={self.cpus}")
+
     gpus: int = 8  # per trial; all in the trial's first placement bundle
     cpus: int = 8
 
 
 @dataclass(kw_only=True)
 class Budget:
+    def validate(self, where: str) -> None:
+        for key in ("train_seconds", "eval_seconds", "artifact_bytes"):
+            if not getattr(self, key) > 0:
+                raise ExperimentError(f"{where}: [budget] {key} must be > 0, got {getattr(self, key)}")
+        if self.trial_timeout_seconds < 0:
+            raise ExperimentError(f"{where}: [budget] trial_timeout_seconds must be >= 0 (0 = derived from the caps)")
+
     train_seconds: float = 600.0
     eval_seconds: float = 600.0
     artifact_bytes: int = 16_000_000  # decimal, never 16 MiB
@@ -46,11 +64,28 @@ class Budget:
 
 @dataclass(kw_only=True)
 class Baseline:
+    def validate(self, where: str) -> None:
+        """Values the significance test could not use, reported before any trial runs."""
+        for seed, value in self.per_seed.items():
+            try:
+                int(seed)
+            except ValueError:
+                raise ExperimentError(f"{where}: [baseline.per_seed] key {seed!r} is not a seed number "
+                                      f"(write e.g. per_seed = {{1337 = 1.1228, 42 = 1.1236}})") from None
+            if finite(value) is None:
+                raise ExperimentError(f"{where}: [baseline.per_seed] {seed} = {value!r}; expected a number")
+        if sum(bool(x) for x in (self.config_hash, self.per_seed, self.record)) > 1:
+            raise ExperimentError(f"{where}: [baseline] sets more than one of config_hash, per_seed, record; keep one")
+        if self.tokens_per_byte < 0:
+            raise ExperimentError(f"{where}: [baseline] tokens_per_byte must be > 0 (or 0 to use the runs' own)")
+        if not 0 < self.alpha < 1 or self.margin_nats < 0:
+            raise ExperimentError(f"{where}: [baseline] alpha must be in (0, 1) and margin_nats >= 0")
+
     config_hash: str = ""  # seeds of this hash in MLflow are the comparison arm
     experiment: str = ""  # MLflow experiment holding them (default: this experiment)
     record: float = 0.0  # a published single number to beat by the margin (unit below)
     per_seed: dict[str, float] = field(default_factory=dict)  # published per-seed scores
-    unit: str = "nats"  # nats (val_loss) or bpb (val_bpb) for record/per_seed
+    unit: Literal["nats", "bpb"] = "nats"  # nats (val_loss) or bpb (val_bpb) for record/per_seed
     tokens_per_byte: float = 0.0  # to convert published BPB to nats; 0 = use the runs' own
     margin_nats: float = 0.005
     alpha: float = 0.01
@@ -59,9 +94,15 @@ class Baseline:
 
 @dataclass(kw_only=True)
 class Sweep:
-    search: str = "grid"  # grid | random | optuna
+    def validate(self, where: str) -> None:
+        if self.num_samples < 1:
+            raise ExperimentError(f"{where}: [sweep] num_samples must be >= 1, got {self.num_samples}")
+        if self.max_concurrent_trials < 0:
+            raise ExperimentError(f"{where}: [sweep] max_concurrent_trials must be >= 0 (0 = from the cluster)")
+
+    search: Literal["grid", "random", "optuna"] = "grid"
     num_samples: int = 1  # sampled configs (random/optuna); each repeated over every seed
-    scheduler: str = "none"  # none | asha (exploration only; never used by validate)
+    scheduler: Literal["none", "asha"] = "none"  # exploration only; never used by validate
     max_concurrent_trials: int = 0  # 0 = floor(cluster GPUs / gpus per trial), at least 1
     axes: dict[str, Any] = field(default_factory=dict)  # "section.key" -> list | {type, low, high}
     seed: int = 0  # searcher seed
@@ -82,25 +123,31 @@ class Experiment:
     config: TrainConfig
     variants: dict[str, dict[str, Any]]  # variant name -> {"section.key": value}
     lineage: list[str]  # files from the root ancestor to this file
-    smoke: bool = False
-
-    def variant_config(self, variant: str | None = None) -> TrainConfig:
-        cfg = copy.deepcopy(self.config)
-        if variant is not None:
-            if variant not in self.variants:
-                raise ExperimentError(f"{self.path}: no variant '{variant}' (have: {', '.join(self.variants)})")
-            for key, value in self.variants[variant].items():
-                set_field(cfg, key, value, source=f"{self.path} [variants.{variant}]")
-        return cfg
 
     def variant_names(self) -> list[str]:
         return list(self.variants) or [self.meta.name]
 
-    def resolved(self, variant: str | None = None, seed: int | None = None) -> TrainConfig:
-        name = variant if variant in self.variants else None
-        cfg = self.variant_config(name)
+    def resolved(self, variant: str | None = None, seed: int | None = None,
+                 point: dict[str, Any] | None = None) -> TrainConfig:
+        """The config of one variant (None, or the experiment's name in a file without variants: the
+        base), one sweep point and one seed, checked like the file itself. Unknown variants are errors."""
+        cfg = copy.deepcopy(self.config)
+        if variant is not None and variant in self.variants:
+            for key, value in self.variants[variant].items():
+                set_field(cfg, key, value, source=f"{self.path} [variants.{variant}]")
+        elif variant is not None and (self.variants or variant != self.meta.name):
+            raise ExperimentError(f"{self.path}: no variant '{variant}' (have: {', '.join(self.variant_names())})"
+                                  f"{closest(variant, self.variant_names())}")
+        for key, value in (point or {}).items():
+            set_field(cfg, key, value, source=f"{self.path} [sweep.axes]")
         if seed is not None:
             cfg.run.seed = seed
+        where = f"{self.path}" + (f" [variants.{variant}]" if variant in self.variants else "")
+        check_caps(cfg, self.budget, where)
+        try:
+            cfg.validate(world_size=max(self.resources.gpus, 1))
+        except ConfigError as exc:
+            raise ExperimentError(f"{where}: {exc}") from None
         return cfg
 
     def hash_of(self, cfg: TrainConfig) -> str:
@@ -176,7 +223,8 @@ def _build_table(cls: type, values: Any, table: str, prov: dict, default_src: st
     for key, value in values.items():
         src = prov.get(f"{table}.{key}", default_src)
         if key not in hints:
-            raise ExperimentError(f"{src}: unknown key '{key}' in [{table}] (expected one of: {', '.join(hints)})")
+            raise ExperimentError(f"{src}: unknown key '{key}' in [{table}] (expected one of: {', '.join(hints)})"
+                                  f"{closest(key, hints)}")
         tp = hints[key]
         if typing.get_origin(tp) is dict:
             if not isinstance(value, dict):
@@ -187,36 +235,68 @@ def _build_table(cls: type, values: Any, table: str, prov: dict, default_src: st
     return cls(**kwargs)
 
 
+# Caps: [budget] is the one source. The trainer's copies are derived from it; a file that also sets one
+# must agree (the wall-clock loop cap may be tighter, or 0 for a step-based run).
+CAP_FIELDS = {"run.artifact_cap_bytes": "artifact_bytes", "run.eval_cap_seconds": "eval_seconds"}
+
+
+def check_caps(cfg: TrainConfig, budget: "Budget", where: str) -> None:
+    for dotted, key in CAP_FIELDS.items():
+        section, name = dotted.split(".")
+        if getattr(getattr(cfg, section), name) != getattr(budget, key):
+            raise ExperimentError(f"{where}: config.{dotted} = {getattr(getattr(cfg, section), name)} conflicts with "
+                                  f"[budget] {key} = {getattr(budget, key)}; set the cap only in [budget]")
+    wall = cfg.schedule.max_wallclock_seconds
+    if wall > budget.train_seconds:
+        raise ExperimentError(f"{where}: config.schedule.max_wallclock_seconds = {wall} is over [budget] "
+                              f"train_seconds = {budget.train_seconds}; leave it unset (it follows [budget]), "
+                              f"lower it, or 0 for a step-based run")
+
+
+def _normalize_set(item: str) -> tuple[str, Any]:
+    """`--set` KEY=VALUE with KEY one of `config.<section>.<key>`, `<section>.<key>` (a trainer
+    section, as train_gpt.py takes it) or `<table>.<key>` ([experiment], [budget], ...)."""
+    try:
+        key, value = parse_set(item)
+    except ConfigError as exc:
+        raise ExperimentError(str(exc)) from None
+    head = key.split(".")[0]
+    if head in SECTIONS:
+        key = f"config.{key}"
+    elif head not in _TOP_KEYS - {"extends"}:
+        options = sorted((_TOP_KEYS - {"extends"}) | set(SECTIONS))
+        raise ExperimentError(f"--set {item!r}: unknown table '{head}' (expected one of: {', '.join(options)})"
+                              f"{closest(head, options)}")
+    if key.split(".")[0] in ("config", "variants") and key.count(".") < 2:
+        raise ExperimentError(f"--set {item!r}: expected {head}.<section>.<key>=VALUE")
+    return key, value
+
+
 def load_experiment(path: str, *, overrides: list[str] | None = None, smoke: bool = False) -> Experiment:
-    """Load, merge the `extends` chain, apply `--set` overrides, type-check everything."""
+    """Load, merge the `extends` chain, apply `--set` overrides, type-check and validate everything:
+    every variant's resolved config is checked here, before anything starts."""
     merged, prov, lineage = _load_chain(path)
     src = os.path.abspath(path)
-    for item in overrides or []:
-        if "=" not in item:
-            raise ExperimentError(f"--set {item!r}: expected KEY=VALUE, e.g. config.optim.matrix_lr=0.02")
-        key, value = (s.strip() for s in item.split("=", 1))
+    sets = [_normalize_set(item) for item in overrides or []]
+    for key, value in sets:
         parts = key.split(".")
         node = merged
         for p in parts[:-1]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ExperimentError(f"--set {key}: '{p}' is not a table")
-        node[parts[-1]] = parse_value(value)
+        node[parts[-1]] = value
         prov[key] = "--set"
 
     tables = {name: _build_table(cls, merged.get(name, {}), name, prov, src) for name, cls in _TABLES.items()}
+    for name, table in tables.items():
+        table.validate(prov.get(name, src))
     meta: ExperimentMeta = tables["experiment"]
     from pgolf.safety import check_name, slug
 
     if not meta.name:
         meta.name = slug(os.path.splitext(os.path.basename(path))[0])
     check_name("[experiment] name", meta.name, prov.get("experiment.name", src))
-    if not meta.seeds:
-        raise ExperimentError(f"{prov.get('experiment.seeds', src)}: [experiment] seeds must list at least one seed")
-    if meta.data not in ("custom", "demo"):
-        raise ExperimentError(f"{prov.get('experiment.data', src)}: [experiment] data must be 'custom' or 'demo', got {meta.data!r}")
-    if meta.trainer != "gpt":
-        raise ExperimentError(f"{prov.get('experiment.trainer', src)}: unknown trainer {meta.trainer!r} (available: gpt)")
 
     cfg = TrainConfig()
     config_tables = merged.get("config", {})
@@ -225,11 +305,20 @@ def load_experiment(path: str, *, overrides: list[str] | None = None, smoke: boo
     for section, values in config_tables.items():
         if section not in SECTIONS:
             where = prov.get(f"config.{section}", src)
-            raise ExperimentError(f"{where}: unknown section [config.{section}] (expected one of: {', '.join(SECTIONS)})")
+            raise ExperimentError(f"{where}: unknown section [config.{section}] (expected one of: {', '.join(SECTIONS)})"
+                                  f"{closest(section, SECTIONS)}")
         if not isinstance(values, dict):
             raise ExperimentError(f"{src}: [config.{section}] must be a table")
         for key, value in values.items():
             set_field(cfg, f"{section}.{key}", value, source=prov.get(f"config.{section}.{key}", src))
+
+    b: Budget = tables["budget"]
+    for dotted, key in CAP_FIELDS.items():
+        if f"config.{dotted}" not in prov:
+            set_field(cfg, dotted, getattr(b, key))
+    if "config.schedule.max_wallclock_seconds" not in prov:
+        cfg.schedule.max_wallclock_seconds = float(b.train_seconds)
+    check_caps(cfg, b, src)
 
     variants = merged.get("variants", {})
     if not isinstance(variants, dict):
@@ -238,29 +327,18 @@ def load_experiment(path: str, *, overrides: list[str] | None = None, smoke: boo
         check_name("variant name", vname, f"{prov.get(f'variants.{vname}', src)} [variants.{vname}]")
         if not isinstance(vals, dict):
             raise ExperimentError(f"{src}: [variants.{vname}] must be a table of 'section.key = value'")
-        flat = flatten(vals)
-        probe = copy.deepcopy(cfg)
-        for k, v in flat.items():
-            set_field(probe, k, v, source=f"{prov.get(f'variants.{vname}', src)} [variants.{vname}]")
-        variants[vname] = flat
-    sweep: Sweep = tables["sweep"]
-    for axis in sweep.axes:
-        set_field(copy.deepcopy(cfg), axis, _axis_probe_value(cfg, axis, sweep.axes[axis]),
-                  source=f"{prov.get('sweep.axes', src)} [sweep.axes]")
-
-    b: Budget = tables["budget"]
-    cfg.run.artifact_cap_bytes = b.artifact_bytes
-    cfg.run.eval_cap_seconds = b.eval_seconds
+        variants[vname] = flatten(vals)
     exp = Experiment(path=src, meta=meta, resources=tables["resources"], budget=b, baseline=tables["baseline"],
-                     sweep=sweep, config=cfg, variants=variants, lineage=lineage, smoke=smoke)
+                     sweep=tables["sweep"], config=cfg, variants=variants, lineage=lineage)
     if smoke:
         from pgolf.smoke import apply_smoke
         apply_smoke(exp)
         # An explicit --set beats the smoke shrink: `--smoke --set config.schedule.iterations=5` means 5.
-        for item in overrides or []:
-            key, value = (t.strip() for t in item.split("=", 1))
+        for key, value in sets:
             if key.startswith("config."):
-                set_field(exp.config, key.removeprefix("config."), parse_value(value), source="--set")
+                set_field(exp.config, key.removeprefix("config."), value, source="--set")
+    for vname in exp.variant_names():
+        exp.resolved(vname)
     return exp
 
 
@@ -276,21 +354,6 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _axis_probe_value(cfg: TrainConfig, axis: str, spec: Any) -> Any:
-    """A representative value of a sweep axis, used only to type-check the axis before any trial."""
-    if isinstance(spec, list):
-        if not spec:
-            raise ExperimentError(f"[sweep.axes] {axis}: empty list")
-        return spec[0]
-    if isinstance(spec, dict):
-        if "values" in spec:
-            return spec["values"][0]
-        if "low" in spec:
-            return spec["low"]
-    raise ExperimentError(f"[sweep.axes] {axis}: expected a list of values or a table "
-                          f"{{type = 'uniform'|'loguniform'|'choice', low, high | values}}, got {spec!r}")
-
-
 def apply_data_source(exp: Experiment, cfg: TrainConfig, data_root: str | None = None) -> TrainConfig:
     """Point the config at absolute data paths; for `data = "demo"` build the demo corpus if missing."""
     if exp.meta.data == "demo":
@@ -303,8 +366,3 @@ def apply_data_source(exp: Experiment, cfg: TrainConfig, data_root: str | None =
         cfg.data.data_path = os.path.abspath(cfg.data.data_path)
         cfg.data.tokenizer_path = os.path.abspath(cfg.data.tokenizer_path)
     return cfg
-
-
-def flat_params(cfg: TrainConfig) -> dict[str, Any]:
-    """`section.key -> value` for MLflow params and reports."""
-    return {f"{s}.{k}": v for s, sec in dataclasses.asdict(cfg).items() for k, v in sec.items()}

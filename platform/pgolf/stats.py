@@ -21,12 +21,11 @@ from typing import Any, NamedTuple
 import numpy as np
 from scipy import stats as _sps
 
+from pgolf.formatting import json_safe as _clean
+
 __all__ = [
     "LN2",
-    "RECORD_PRESETS",
-    "TOKENS_PER_BYTE_APPROX",
     "HolmResult",
-    "RecordPreset",
     "Summary",
     "TestResult",
     "bpb_to_nats",
@@ -49,23 +48,6 @@ _MAX_SEEDS_SEARCH = 1000
 
 # --------------------------------------------------------------------------------------------------
 # helpers
-
-
-def _clean(x: Any) -> Any:
-    """JSON-safe scalar: numpy scalars become Python ones and non-finite floats become None, so that
-    `json.dumps(..., allow_nan=False)` works and MLflow callers can skip missing values."""
-    if isinstance(x, (np.bool_, bool)):
-        return bool(x)
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        x = float(x)
-        return x if math.isfinite(x) else None
-    if isinstance(x, Mapping):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    return x
 
 
 def _as_array(values: Any, what: str) -> np.ndarray:
@@ -111,11 +93,12 @@ def welch_df(var_a: float, n_a: int, var_b: float, n_b: int) -> float:
     return float((qa + qb) ** 2 / denom)
 
 
-def _t_and_p(gap: float, se: float, df: float) -> tuple[float, float]:
-    """t and one-sided ("less") p for the statistic (mean - threshold) / se, where gap = mean - threshold.
+def _t_and_p(gap: float, se: float, df: float, scipy_test) -> tuple[float, float]:
+    """t and one-sided ("less") p of `scipy_test()` (a scipy.stats t-test, alternative="less"), where
+    gap = mean - threshold and se its standard error.
 
-    Identical seeds (se == 0) happen with deterministic CPU smoke runs; the limit of the test is then
-    certain, not undefined, unless the mean sits exactly on the threshold."""
+    Identical seeds (se == 0) happen with deterministic CPU smoke runs; scipy then has no answer, but
+    the limit of the test is certain, not undefined, unless the mean sits exactly on the threshold."""
     if not math.isfinite(se) or not math.isfinite(df):
         return math.nan, math.nan
     if se == 0.0:
@@ -124,8 +107,8 @@ def _t_and_p(gap: float, se: float, df: float) -> tuple[float, float]:
         if gap > 0:
             return math.inf, 1.0
         return math.nan, math.nan
-    t = gap / se
-    return float(t), float(_sps.t.cdf(t, df))
+    res = scipy_test()
+    return float(res.statistic), float(res.pvalue)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -152,15 +135,6 @@ def _check_tpb(tokens_per_byte: float) -> None:
     if not (isinstance(tokens_per_byte, (int, float, np.floating)) and math.isfinite(tokens_per_byte)
             and tokens_per_byte > 0):
         raise ValueError(f"tokens_per_byte must be a positive finite number, got {tokens_per_byte!r}")
-
-
-# Ratios measured from record logs (techniques.md section 1.5: BPB/nats = 0.5923, 0.3871, 0.4570), expressed
-# as tokens per byte. Approximate: a run should always convert with its own `data/tokens_per_byte`.
-TOKENS_PER_BYTE_APPROX: dict[str, float] = {
-    "sp1024": 0.5923 * LN2,
-    "sp8192": 0.3871 * LN2,
-    "sp8192_caseops": 0.4570 * LN2,
-}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -192,11 +166,9 @@ def summarize(values: Any, confidence: float = 0.95) -> Summary:
     mean = float(arr.mean())
     std = _sample_std(arr)
     sem = std / math.sqrt(n) if n >= 2 else math.nan
+    lo = hi = math.nan
     if n >= 2:
-        half = float(_sps.t.ppf(0.5 + confidence / 2.0, n - 1)) * sem
-        lo, hi = mean - half, mean + half
-    else:
-        lo = hi = math.nan
+        lo, hi = (mean, mean) if sem == 0 else map(float, _sps.t.interval(confidence, n - 1, loc=mean, scale=sem))
     return Summary(n=n, mean=mean, std=std, sem=sem, ci_low=lo, ci_high=hi,
                    min=float(arr.min()), max=float(arr.max()), confidence=confidence)
 
@@ -251,11 +223,11 @@ class TestResult:
         return _clean(asdict(self))
 
 
-def _finish(*, test: str, n: int, df: float, gap: float, se: float, alpha: float, margin_nats: float,
+def _finish(*, test: str, n: int, df: float, gap: float, se: float, scipy_test, alpha: float, margin_nats: float,
             mean: float, baseline_mean: float, std: float, tokens_per_byte: float | None,
             n_baseline: int | None = None, seeds_needed: int | None = None,
             seeds: list[int] | None = None, notes: list[str] | None = None) -> TestResult:
-    t, p = _t_and_p(gap, se, df)
+    t, p = _t_and_p(gap, se, df, scipy_test)
     crit = t_critical(alpha, df)
     required = 0.0 if se == 0.0 else crit * se
     delta = mean - baseline_mean
@@ -292,9 +264,8 @@ def _few_seeds_note(n: int) -> list[str]:
 
 def one_sample_vs_record(values_nats: Any, record_nats: float, margin_nats: float = 0.005,
                          alpha: float = 0.01, *, tokens_per_byte: float | None = None) -> TestResult:
-    """One-sided one-sample t-test, H0: mean >= record - margin (the README rule against a published number).
-
-    Same statistic as scipy.stats.ttest_1samp(values, record - margin, alternative="less")."""
+    """One-sided one-sample t-test, H0: mean >= record - margin (the README rule against a published number):
+    scipy.stats.ttest_1samp(values, record - margin, alternative="less")."""
     _check_alpha_margin(alpha, margin_nats)
     arr = _as_array(values_nats, "one_sample_vs_record")
     n = int(arr.size)
@@ -303,18 +274,16 @@ def one_sample_vs_record(values_nats: Any, record_nats: float, margin_nats: floa
     se = std / math.sqrt(n) if n >= 2 else math.nan
     gap = mean - threshold
     return _finish(test=ONE_SAMPLE, n=n, df=float(n - 1) if n >= 2 else math.nan, gap=gap, se=se,
-                   alpha=alpha, margin_nats=margin_nats, mean=mean, baseline_mean=float(record_nats),
+                   scipy_test=lambda: _sps.ttest_1samp(arr, threshold, alternative="less"), alpha=alpha, margin_nats=margin_nats, mean=mean, baseline_mean=float(record_nats),
                    std=std, tokens_per_byte=tokens_per_byte,
                    seeds_needed=_seeds_needed_one_sample(gap, std, alpha), notes=_few_seeds_note(n))
 
 
 def welch_vs_baseline(values_nats: Any, baseline_nats: Any, margin_nats: float = 0.005,
                       alpha: float = 0.01, *, tokens_per_byte: float | None = None) -> TestResult:
-    """One-sided Welch test that the new mean is below (baseline mean - margin).
-
-    The baseline seeds are shifted down by the margin, so this is
-    scipy.stats.ttest_ind(new, baseline - margin, equal_var=False, alternative="less"); df is
-    Welch-Satterthwaite."""
+    """One-sided Welch test that the new mean is below (baseline mean - margin): the baseline seeds are
+    shifted down by the margin, scipy.stats.ttest_ind(new, baseline - margin, equal_var=False,
+    alternative="less"); df is Welch-Satterthwaite."""
     _check_alpha_margin(alpha, margin_nats)
     a = _as_array(values_nats, "welch_vs_baseline (new)")
     b = _as_array(baseline_nats, "welch_vs_baseline (baseline)")
@@ -334,6 +303,7 @@ def welch_vs_baseline(values_nats: Any, baseline_nats: Any, margin_nats: float =
         se, df = math.nan, math.nan
     return _finish(test=WELCH, n=na, df=df, gap=gap, se=se, alpha=alpha, margin_nats=margin_nats,
                    mean=mean_a, baseline_mean=mean_b, std=math.sqrt(va) if na >= 2 else math.nan,
+                   scipy_test=lambda: _sps.ttest_ind(a, b - margin_nats, equal_var=False, alternative="less"),
                    tokens_per_byte=tokens_per_byte, n_baseline=nb,
                    seeds_needed=_seeds_needed_welch(gap, va, vb, nb, alpha), notes=notes)
 
@@ -390,6 +360,7 @@ def paired_vs_baseline(values_by_seed: Mapping[Any, float], baseline_by_seed: Ma
     se = std / math.sqrt(n) if n >= 2 else math.nan
     gap = float(d.mean()) + margin_nats
     return _finish(test=PAIRED, n=n, df=float(n - 1) if n >= 2 else math.nan, gap=gap, se=se, alpha=alpha,
+                   scipy_test=lambda: _sps.ttest_1samp(d, -margin_nats, alternative="less"),
                    margin_nats=margin_nats, mean=float(a.mean()), baseline_mean=float(b.mean()), std=std,
                    tokens_per_byte=tokens_per_byte, n_baseline=n,
                    seeds_needed=_seeds_needed_one_sample(gap, std, alpha), seeds=seeds,
@@ -461,50 +432,3 @@ def holm(pvalues: Mapping[str, float], alpha: float = 0.01) -> dict[str, HolmRes
         running = max(running, min(1.0, (m - rank) * float(items[i][1])))
         adjusted[items[i][0]] = running
     return {name: HolmResult(adjusted[name], adjusted[name] < alpha) for name, _ in items}
-
-
-# --------------------------------------------------------------------------------------------------
-# published records (data, for baselines and tests)
-
-
-@dataclass(frozen=True)
-class RecordPreset:
-    """Published per-seed scores of a record, in BPB as the record reports them (techniques.md section 6).
-
-    `seeds` is None when the record does not tie its scores to seed numbers; such a preset can only be a
-    Welch or one-sample baseline, never a paired one."""
-
-    name: str
-    folder: str
-    per_seed_bpb: tuple[float, ...]
-    tokenizer: str = "sp1024"
-    seeds: tuple[int, ...] | None = None
-    reported_std_bpb: float | None = None  # as printed in the record's README (some use ddof 0)
-
-    @property
-    def mean_bpb(self) -> float:
-        return float(np.mean(self.per_seed_bpb))
-
-    def values_nats(self, tokens_per_byte: float) -> list[float]:
-        return [float(v) for v in bpb_to_nats(np.asarray(self.per_seed_bpb), tokens_per_byte)]
-
-    def by_seed_nats(self, tokens_per_byte: float) -> dict[int, float]:
-        if self.seeds is None:
-            raise ValueError(f"record {self.name} publishes no seed numbers; it cannot be a paired baseline")
-        return dict(zip(self.seeds, self.values_nats(tokens_per_byte)))
-
-    def to_dict(self) -> dict[str, Any]:
-        return _clean({**asdict(self), "mean_bpb": self.mean_bpb})
-
-
-RECORD_PRESETS: dict[str, RecordPreset] = {p.name: p for p in (
-    RecordPreset("naive_baseline", "records/track_10min_16mb/2026-03-17_NaiveBaseline", (1.2243657,)),
-    RecordPreset("long_context_seq2048", "records/track_10min_16mb/2026-03-18_LongContextSeq2048",
-                 (1.20576485, 1.20617460, 1.20715923), seeds=(1337, 1338, 1339), reported_std_bpb=0.00071667),
-    RecordPreset("#180", "records/track_10min_16mb/2026-03-20_10L_Int5MLP_MuonWD04_SWA50",
-                 (1.14271, 1.14298, 1.14260), reported_std_bpb=0.00016),
-    RecordPreset("#414", "records/track_10min_16mb/2026-03-22_11L_EMA_GPTQ-lite_warmdown3500_QAT015_1.1233",
-                 (1.1228, 1.1236, 1.1236), reported_std_bpb=0.0005),
-    RecordPreset("#549", "records/track_10min_16mb/2026-03-23_LeakyReLU_LegalTTT_ParallelMuon",
-                 (1.1192, 1.1200, 1.1189), reported_std_bpb=0.0006),
-)}

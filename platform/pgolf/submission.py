@@ -24,13 +24,18 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pgolf import compliance, stats
+from pgolf.selfcheck import DEFAULT_SELF_CHECK_SETS, SelfCheck, self_check
+from pgolf.submission_runs import Group, SubmissionRefused, resolve_group, store_client
+from pgolf.submission_readme import write_readme
+from pgolf.summary import seed_numbers
+from pgolf.trainers.config import finite
+from pgolf.trainers.contract import FINAL_BPB, FINAL_LOSS
 
 __all__ = [
     "DEFAULT_SELF_CHECK_SETS",
@@ -50,149 +55,7 @@ SCHEMA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schemas"
 RECORD_TRACK, NON_RECORD_TRACK = "10min_16mb", "non_record_16mb"
 TRACK_FOLDERS = {RECORD_TRACK: "records/track_10min_16mb", NON_RECORD_TRACK: "records/track_non_record_16mb"}
 
-# A 2-step CPU run of the shipped train_gpt.py: enough to prove it unpacks, builds the model, trains,
-# quantizes, compresses and scores from a folder holding nothing else, in seconds.
-DEFAULT_SELF_CHECK_SETS = (
-    "schedule.iterations=2", "schedule.warmup_steps=0", "schedule.warmdown_iters=1",
-    "schedule.max_wallclock_seconds=0", "data.train_seq_len=64", "data.train_batch_tokens=512",
-    "data.grad_accum_steps=1", "data.val_tokens_limit=4096", "eval.val_loss_every=0", "eval.val_batch_size=2048",
-    "eval.train_log_every=1", "eval.sliding_stride=0", "run.device=cpu", "run.compile=false", "run.threads=1",
-)
-
-# Config keys that differ between seeds or machines but not between what the seeds ran.
 _PER_RUN_KEYS = re.compile(r"^(run\.(seed|run_dir|threads)|data\.(data_path|tokenizer_path))$")
-
-
-class SubmissionRefused(Exception):
-    """The group cannot become this kind of records folder; `reasons` says why, one line each."""
-
-    def __init__(self, summary: str, reasons: Sequence[str]):
-        super().__init__(summary + "".join(f"\n  - {r}" for r in reasons))
-        self.summary = summary
-        self.reasons = list(reasons)
-
-
-# --------------------------------------------------------------------------------------------------
-# finding the runs
-
-
-@dataclass
-class SeedRun:
-    seed: int | None
-    run_id: str
-    run_name: str
-    status: str
-    reason: str
-    result: dict | None = None
-
-
-@dataclass
-class Group:
-    tracking_uri: str
-    experiment: str
-    experiment_id: str
-    config_hash: str
-    variant: str
-    source: str  # how the group was named on the command line
-    seeds: list[SeedRun]  # the counted FINISHED run of each seed, by seed
-    not_finished: list[SeedRun]  # seeds whose newest attempt did not finish
-    superseded: list[SeedRun]  # older attempts replaced by a newer finished run of the same seed
-    parent_run_ids: list[str] = field(default_factory=list)
-
-
-def _client(uri: str):
-    from pgolf.dashboards import query
-
-    return query.client(uri)
-
-
-def resolve_group(tracking_uri: str, ref: str, *, experiment: str | None = None) -> Group:
-    """`ref`: a config hash (or unique prefix, 6+ characters), a parent run id (validate/tune
-    invocation; must cover one config hash) or a trial run id (its config hash in its experiment)."""
-    from pgolf.dashboards import query
-    from pgolf.tracking import KIND
-
-    c = _client(tracking_uri)
-    ref = ref.strip()
-    exp_filter: list[str]
-    if experiment:
-        e = c.get_experiment_by_name(experiment)
-        if e is None:
-            raise LookupError(f"no MLflow experiment named {experiment!r} in {tracking_uri}")
-        exp_filter = [e.experiment_id]
-    else:
-        exp_filter = [e.experiment_id for e in c.search_experiments()]
-    if not exp_filter:
-        raise LookupError(f"{tracking_uri} has no experiments")
-
-    if re.fullmatch(r"[0-9a-f]{32}", ref):
-        from mlflow.exceptions import MlflowException
-
-        try:
-            run = c.get_run(ref)
-        except MlflowException:
-            raise LookupError(f"no MLflow run {ref} in {tracking_uri}; list runs with `pgolf report` or "
-                              f"pass a config hash") from None
-        exp_id = run.info.experiment_id
-        tags = run.data.tags
-        if tags.get(KIND) in ("validation", "sweep") or "config_hash" not in tags:
-            trials = query.load_trials(tracking_uri, [exp_id], f"tags.`mlflow.parentRunId` = '{ref}'")
-            if trials.empty:
-                raise LookupError(f"run {ref} is neither a trial nor the parent of any trial run")
-            hashes = sorted(set(trials["config_hash"]))
-            if len(hashes) > 1:
-                lines = [f"{h} ({', '.join(sorted(set(trials.loc[trials['config_hash'] == h, 'variant'].astype(str))))}; "
-                         f"seeds {sorted(int(s) for s in trials.loc[trials['config_hash'] == h, 'seed'].dropna())})"
-                         for h in hashes]
-                raise SubmissionRefused(f"parent run {ref} mixes {len(hashes)} config hashes; a records folder "
-                                        f"is one config: pass one of these hashes instead", lines)
-            source = f"parent run {ref}"
-        else:
-            h = tags["config_hash"]
-            trials = query.load_trials(tracking_uri, [exp_id], f"tags.config_hash = '{h}'")
-            source = f"trial run {ref} (config {h})"
-    else:
-        if not re.fullmatch(r"[0-9A-Za-z_\-]{6,64}", ref):
-            raise ValueError(f"{ref!r} is neither a 32-character MLflow run id nor a config hash (6+ characters)")
-        trials = query.load_trials(tracking_uri, exp_filter, f"tags.config_hash LIKE '{ref}%'")
-        if trials.empty:
-            raise LookupError(f"no trial run with config hash {ref!r} in {tracking_uri}"
-                              + (f" (experiment {experiment!r})" if experiment else ""))
-        hashes = sorted(set(trials["config_hash"]))
-        if len(hashes) > 1:
-            raise SubmissionRefused(f"config hash prefix {ref!r} is ambiguous", [f"matches {h}" for h in hashes])
-        exps = sorted(set(trials["experiment_id"]))
-        if len(exps) > 1:
-            names = [c.get_experiment(x).name for x in exps]
-            raise SubmissionRefused(f"config hash {hashes[0]} has runs in several experiments; pick one with "
-                                    f"--experiment", [repr(n) for n in names])
-        source = f"config hash {hashes[0]}"
-    exp_id = str(trials["experiment_id"].iloc[0])
-    return _group(tracking_uri, c, exp_id, trials, source)
-
-
-def _group(uri: str, c, exp_id: str, trials, source: str) -> Group:
-    import pandas as pd
-
-    from pgolf.dashboards import query
-
-    def seed_run(r: Mapping) -> SeedRun:
-        seed = None if pd.isna(r["seed"]) else int(r["seed"])
-        return SeedRun(seed, r["run_id"], str(r["run_name"]), str(r["status"]), str(r["status_reason"] or ""))
-
-    rows = trials.to_dict("records")
-    counted = [r for r in rows if r["counted"] == "yes"]
-    seeds = sorted((seed_run(r) for r in counted if r["status"] == "FINISHED"), key=lambda s: (s.seed is None, s.seed or 0))
-    for s in seeds:
-        s.result = query.result_of(c, s.run_id)
-    return Group(
-        tracking_uri=uri, experiment=c.get_experiment(exp_id).name, experiment_id=exp_id,
-        config_hash=str(trials["config_hash"].iloc[0]), variant=" / ".join(dict.fromkeys(trials["variant"].astype(str))),
-        source=source, seeds=seeds,
-        not_finished=[seed_run(r) for r in counted if r["status"] != "FINISHED"],
-        superseded=[seed_run(r) for r in rows if r["counted"] != "yes"],
-        parent_run_ids=list(dict.fromkeys(p for p in trials["parent_run_id"] if isinstance(p, str))),
-    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -231,149 +94,26 @@ def load_schema() -> dict:
         return json.load(fh)
 
 
-_TYPES = {
-    "object": lambda v: isinstance(v, dict), "array": lambda v: isinstance(v, list),
-    "string": lambda v: isinstance(v, str), "boolean": lambda v: isinstance(v, bool), "null": lambda v: v is None,
-    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
-    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
-}
-
-
 def validate_json(doc: Any, schema: Mapping[str, Any] | None = None) -> list[str]:
-    """Errors of `doc` against the JSON Schema subset the submission schema uses (type, enum, const,
-    required, properties, patternProperties, additionalProperties, items, min/max(Items|Properties|Length),
-    minimum, maximum, exclusiveMinimum, pattern, $ref to #/$defs). Empty list: valid.
+    """Errors of `doc` against the submission JSON Schema (draft 2020-12), one line each with the path
+    of the value; empty list: valid. NaN and infinities are refused too: JSON has no such numbers."""
+    import jsonschema
 
-    A small validator of our own, because `jsonschema` is only here as a dependency of Ray's."""
     schema = load_schema() if schema is None else schema
-    errors: list[str] = []
-    _check(doc, schema, schema, "$", errors)
-    return errors
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = [f"{e.json_path}: {e.message}" for e in sorted(validator.iter_errors(doc), key=lambda e: list(e.path))]
+    return errors + [f"{at}: {v!r} is not a finite number" for at, v in _non_finite(doc, "$")]
 
 
-def _check(v: Any, s: Mapping[str, Any], root: Mapping[str, Any], at: str, errors: list[str]) -> None:
-    if "$ref" in s:
-        ref = s["$ref"]
-        if not ref.startswith("#/"):
-            raise ValueError(f"unsupported $ref {ref!r}")
-        target: Any = root
-        for part in ref[2:].split("/"):
-            target = target[part]
-        _check(v, target, root, at, errors)
-    t = s.get("type")
-    if t is not None:
-        types = [t] if isinstance(t, str) else list(t)
-        if not any(_TYPES[x](v) for x in types):
-            errors.append(f"{at}: expected {' or '.join(types)}, got {type(v).__name__} {v!r:.60}")
-            return
-    if "enum" in s and v not in s["enum"]:
-        errors.append(f"{at}: {v!r} is not one of {s['enum']}")
-    if "const" in s and v != s["const"]:
-        errors.append(f"{at}: must be {s['const']!r}")
-    if isinstance(v, (int, float)) and not isinstance(v, bool):
-        if "minimum" in s and v < s["minimum"]:
-            errors.append(f"{at}: {v} < minimum {s['minimum']}")
-        if "maximum" in s and v > s["maximum"]:
-            errors.append(f"{at}: {v} > maximum {s['maximum']}")
-        if "exclusiveMinimum" in s and v <= s["exclusiveMinimum"]:
-            errors.append(f"{at}: {v} <= exclusiveMinimum {s['exclusiveMinimum']}")
-    if isinstance(v, str):
-        if "minLength" in s and len(v) < s["minLength"]:
-            errors.append(f"{at}: shorter than {s['minLength']} characters")
-        if "pattern" in s and not re.search(s["pattern"], v):
-            errors.append(f"{at}: {v!r} does not match {s['pattern']!r}")
-    if isinstance(v, list):
-        if "minItems" in s and len(v) < s["minItems"]:
-            errors.append(f"{at}: fewer than {s['minItems']} items")
-        if "items" in s:
-            for i, x in enumerate(v):
-                _check(x, s["items"], root, f"{at}[{i}]", errors)
-    if isinstance(v, dict):
-        for k in s.get("required", []):
-            if k not in v:
-                errors.append(f"{at}: missing required key {k!r}")
-        if "minProperties" in s and len(v) < s["minProperties"]:
-            errors.append(f"{at}: fewer than {s['minProperties']} keys")
-        props, pats = s.get("properties", {}), s.get("patternProperties", {})
+def _non_finite(v: Any, at: str):
+    if isinstance(v, float) and not math.isfinite(v):
+        yield at, v
+    elif isinstance(v, dict):
         for k, x in v.items():
-            matched = False
-            if k in props:
-                _check(x, props[k], root, f"{at}.{k}", errors)
-                matched = True
-            for pat, sub in pats.items():
-                if re.search(pat, k):
-                    _check(x, sub, root, f"{at}.{k}", errors)
-                    matched = True
-            extra = s.get("additionalProperties", True)
-            if not matched:
-                if extra is False:
-                    errors.append(f"{at}: unexpected key {k!r}")
-                elif isinstance(extra, Mapping):
-                    _check(x, extra, root, f"{at}.{k}", errors)
-
-
-# --------------------------------------------------------------------------------------------------
-# self-check
-
-
-@dataclass
-class SelfCheck:
-    ok: bool
-    detail: str
-    command: list[str]
-    seconds: float
-    val_bpb: float | None = None
-    output_tail: str = ""
-    skipped: bool = False  # nothing was run (e.g. no data with a matching tokenizer); ok is False
-
-
-def self_check(folder: str, *, data_path: str, tokenizer_path: str, sets: Sequence[str] = DEFAULT_SELF_CHECK_SETS,
-               seed: int = 1, timeout: float = 600.0, python: str | None = None) -> SelfCheck:
-    """Copy the folder into an empty temporary directory and run its train_gpt.py there on a tiny CPU
-    config, from that directory, with pgolf itself not importable: proves the shipped file is all the
-    code the run needs."""
-    import time
-
-    tmp = tempfile.mkdtemp(prefix="pgolf_selfcheck_")
-    try:
-        dest = os.path.join(tmp, os.path.basename(os.path.normpath(folder)) or "submission")
-        shutil.copytree(folder, dest)
-        run_dir = os.path.join(tmp, "run")
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP")}
-        if python is None:
-            # `-S` skips site's .pth processing, so the editable install of pgolf is invisible and only
-            # third-party packages (torch, numpy, ...) stay importable through PYTHONPATH: the run can
-            # only succeed on the trainer packed inside train_gpt.py.
-            site_dirs = [p for p in sys.path if p.rstrip("/").endswith(("site-packages", "dist-packages"))]
-            cmd = [sys.executable, "-S", "train_gpt.py"]
-            env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(site_dirs))
-        else:
-            cmd = [python, "train_gpt.py"]
-        cmd += [x for s in sets for x in ("--set", s)]
-        env.update(DATA_PATH=str(data_path), TOKENIZER_PATH=str(tokenizer_path), RUN_DIR=run_dir, SEED=str(seed),
-                   OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1", PYTHONNOUSERSITE="1")
-        t0 = time.monotonic()
-        try:
-            proc = subprocess.run(cmd, cwd=dest, env=env, capture_output=True, text=True, timeout=timeout,
-                                  stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired:
-            return SelfCheck(False, f"train_gpt.py did not finish within {timeout:g} s", cmd, time.monotonic() - t0)
-        secs = time.monotonic() - t0
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
-        if proc.returncode != 0:
-            return SelfCheck(False, f"train_gpt.py exited {proc.returncode}", cmd, secs, output_tail=tail)
-        try:
-            with open(os.path.join(run_dir, "result.json"), encoding="utf-8") as fh:
-                res = json.load(fh)
-        except (OSError, ValueError) as exc:
-            return SelfCheck(False, f"no result.json in RUN_DIR: {exc}", cmd, secs, output_tail=tail)
-        bpb = res.get("final/val_bpb")
-        if not (isinstance(bpb, (int, float)) and math.isfinite(bpb) and bpb > 0):
-            return SelfCheck(False, f"final/val_bpb is {bpb!r}", cmd, secs, output_tail=tail)
-        return SelfCheck(True, f"2-step CPU run from a clean copy finished: final/val_bpb {bpb:.4f}, "
-                               f"artifact {res.get('artifact/bytes', 0):,} bytes", cmd, secs, float(bpb), tail)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            yield from _non_finite(x, f"{at}.{k}")
+    elif isinstance(v, list):
+        for i, x in enumerate(v):
+            yield from _non_finite(x, f"{at}[{i}]")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -391,17 +131,13 @@ class SubmissionResult:
     files: list[str]
 
 
-def _num(x: Any) -> float | None:
-    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
-
-
 def _int(x: Any) -> int | None:
-    f = _num(x)
+    f = finite(x)
     return int(f) if f is not None else None
 
 
 def _round(x: Any, nd: int = 8) -> Any:
-    f = _num(x)
+    f = finite(x)
     return None if f is None else round(f, nd)
 
 
@@ -411,7 +147,7 @@ def _significance(group: Group, baseline: str | None, margin: float, alpha: floa
     logged for this hash against the experiment's [baseline]."""
     from pgolf.dashboards import query
 
-    loss = {s.seed: _num((s.result or {}).get("final/val_loss")) for s in group.seeds}
+    loss = {s.seed: finite((s.result or {}).get("final/val_loss")) for s in group.seeds}
     loss = {k: v for k, v in loss.items() if k is not None and v is not None}
     if baseline:
         trials = query.load_trials(group.tracking_uri, [group.experiment_id])
@@ -421,7 +157,7 @@ def _significance(group: Group, baseline: str | None, margin: float, alpha: floa
         res = stats.compare(loss, b.in_nats(tpb), margin_nats=margin, alpha=alpha, tokens_per_byte=tpb).to_dict()
         res["baseline"] = b.label
         return res, []
-    c = _client(group.tracking_uri)
+    c = store_client(group.tracking_uri)
     for pid in reversed(group.parent_run_ids):
         summ = query._download_json(c, pid, query.SUMMARY_ARTIFACT) or {}
         sig = summ.get("significance") or {}
@@ -437,25 +173,6 @@ def _significance(group: Group, baseline: str | None, margin: float, alpha: floa
                 return out, warn
     return None, ["no baseline: t_statistic and p_value are null (give --baseline, or validate with a "
                   "[baseline] in the experiment file); a record needs them"]
-
-
-def _config_diff(cfg: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
-    """(key, value, default) for every setting that differs from the trainer's defaults, which equal the
-    official baseline: the variant's techniques, in config terms."""
-    try:
-        from pgolf.trainers.config import TrainConfig
-        from pgolf.tracking import flatten
-
-        defaults = flatten(TrainConfig().to_dict())
-    except Exception:  # noqa: BLE001 - a README without the diff is still a README
-        return []
-    out = []
-    for k, v in sorted(_same_run_config(cfg).items()):
-        if k.startswith(("faults.", "run.")) or k in ("eval.train_log_every", "eval.val_loss_every"):
-            continue
-        if k in defaults and defaults[k] != v:
-            out.append((k, v, defaults[k]))
-    return out
 
 
 def _requirements(torch_version: str | None) -> str:
@@ -484,7 +201,7 @@ def build_submission(tracking_uri: str, ref: str, out_dir: str, *, experiment: s
     if not group.seeds:
         raise SubmissionRefused(f"{group.source}: no finished run", [
             f"seed {s.seed}: {s.status} ({s.reason or 'no reason recorded'})" for s in group.not_finished])
-    c = _client(tracking_uri)
+    c = store_client(tracking_uri)
     work = tempfile.mkdtemp(prefix="pgolf_submission_")
     try:
         # ---- per seed: result, log, packed code
@@ -544,11 +261,8 @@ def build_submission(tracking_uri: str, ref: str, out_dir: str, *, experiment: s
 
         # ---- numbers
         seeds = [s.seed for s in group.seeds]
-        bpb = [float(r["final/val_bpb"]) for r in results]
-        loss = [float(r["final/val_loss"]) for r in results]
-        tpbs = [t for r in results if (t := _num(r.get("data/tokens_per_byte")))]
-        tpb = sum(tpbs) / len(tpbs) if tpbs else None
-        sb, sl = stats.summarize(bpb), stats.summarize(loss)
+        nums = seed_numbers(results)
+        sb, sl, tpb = nums[FINAL_BPB], nums[FINAL_LOSS], nums["tokens_per_byte"]
         test, warn = _significance(group, baseline, margin_nats, alpha, tpb)
         warnings += warn
         env = results[0].get("env") or {}
@@ -609,7 +323,7 @@ def build_submission(tracking_uri: str, ref: str, out_dir: str, *, experiment: s
                           "threshold_nats", "required_improvement_nats", "significant", "seeds_needed")},
             "val_bpb_ci95": [_round(sb.ci_low), _round(sb.ci_high)],
             "artifact_bytes_max": max(int(r["artifact/bytes"]) for r in results),
-            "step_avg_ms_mean": _round(sum(_num(r.get("train/step_ms")) or 0 for r in results) / len(results), 3),
+            "step_avg_ms_mean": _round(nums["step_ms_mean"], 3),
             "config_hash": group.config_hash,
             "code_version": results[0].get("code_version"),
             "pgolf": {"experiment": group.experiment, "variant": group.variant,
@@ -640,7 +354,7 @@ def build_submission(tracking_uri: str, ref: str, out_dir: str, *, experiment: s
             fh.write("\n")
         cfg = (bundles.get(code_seed) or {}).get("config") or {}
         readme = os.path.join(out_dir, "README.md")
-        _write_readme(readme, doc, group, verdict, cfg, None, warnings)
+        write_readme(readme, doc, group, verdict, _same_run_config(cfg), None, warnings, TRACK_FOLDERS[doc['track']])
         files += [os.path.join(out_dir, f) for f in ("train_gpt.py", "requirements.txt", "submission.json", "README.md")]
 
         # ---- self-check
@@ -658,7 +372,7 @@ def build_submission(tracking_uri: str, ref: str, out_dir: str, *, experiment: s
                 say(f"self-check: running train_gpt.py from a clean copy of {out_dir} (2 steps, CPU) ...")
                 check = self_check(out_dir, data_path=str(demo.data_path), tokenizer_path=str(demo.tokenizer_path),
                                    sets=self_check_sets, seed=code_seed)
-            _write_readme(readme, doc, group, verdict, cfg, check, warnings)
+            write_readme(readme, doc, group, verdict, _same_run_config(cfg), check, warnings, TRACK_FOLDERS[doc['track']])
         return SubmissionResult(out_dir, doc, track, warnings, reasons, check, sorted(files))
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -695,96 +409,3 @@ def _git_config(key: str) -> str | None:
         return out.stdout.strip() or None if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-# --------------------------------------------------------------------------------------------------
-# README
-
-
-def _fmt(x: Any, spec: str) -> str:
-    return "–" if x is None else format(x, spec)
-
-
-def _write_readme(path: str, doc: dict, group: Group, verdict: compliance.VariantVerdict, cfg: Mapping[str, Any],
-                  check: SelfCheck | None, warnings: Sequence[str]) -> None:
-    comp = doc["compliance"]
-    sig = doc.get("significance")
-    lines = [
-        f"# {doc['name']}", "",
-        doc["blurb"], "",
-        f"- **val_bpb {doc['val_bpb']:.5f}** (mean of {len(doc['seeds'])} seeds, std {_fmt(doc['val_bpb_std'], '.5f')}, "
-        f"95% CI [{_fmt(doc['val_bpb_ci95'][0], '.5f')}, {_fmt(doc['val_bpb_ci95'][1], '.5f')}]); "
-        f"val_loss {doc['val_loss']:.5f} nats (std {_fmt(doc['val_loss_std'], '.5f')})",
-        f"- artifact: at most {doc['bytes_total']:,} bytes (code {doc['bytes_code']:,} + compressed model) of 16,000,000",
-        f"- track: `{doc['track']}` (folder under `{TRACK_FOLDERS[doc['track']]}/`); hardware {doc['hardware']}; "
-        f"PyTorch {doc['pytorch_version']}",
-        f"- config hash `{group.config_hash}`, experiment `{group.experiment}`, variant `{group.variant}`", "",
-    ]
-    if warnings:
-        lines += ["> **Note**"] + [f"> - {w}" for w in warnings] + [""]
-    lines += ["## Per-seed results", "",
-              "| seed | val_bpb | val_loss | steps | ms/step | artifact bytes | train s | eval s | compliant | log |",
-              "|---:|---:|---:|---:|---:|---:|---:|---:|:--:|---|"]
-    for seed, r in doc["seed_results"].items():
-        lines.append(f"| {seed} | {_fmt(r['val_bpb'], '.5f')} | {_fmt(r['val_loss'], '.5f')} | {_fmt(r['steps'], 'd')} | "
-                     f"{_fmt(r['step_avg_ms'], '.1f')} | {_fmt(r['artifact_bytes'], ',')} | {_fmt(r['train_time_s'], '.1f')} | "
-                     f"{_fmt(r['eval_time_s'], '.1f')} | {'yes' if r['compliant'] else 'no'} | `{r['log']}` |")
-    for s in group.not_finished:
-        lines.append(f"| {s.seed} | – | – | – | – | – | – | – | no | {s.status}: {s.reason or 'no reason'} |")
-    if group.superseded:
-        lines += ["", "Earlier attempts replaced by a newer run of the same seed: "
-                  + "; ".join(f"seed {s.seed} run `{s.run_id[:12]}` {s.status}" for s in group.superseded) + "."]
-    lines += ["", "## Statistics", ""]
-    if sig:
-        lines += [f"- test: {sig['test']}, n = {sig['n']}"
-                  + (f" (baseline n = {sig['n_baseline']})" if sig.get("n_baseline") else "")
-                  + f", df = {_fmt(sig.get('df'), '.2f')}, t = {_fmt(sig.get('t'), '.3f')}, **p = {_fmt(sig.get('p'), '.3g')}**",
-                  f"- baseline: {doc['baseline']}; required improvement {sig.get('margin_nats')} nats at alpha {sig.get('alpha')}",
-                  f"- delta vs baseline: {_fmt(sig.get('delta_nats'), '+.5f')} nats ({_fmt(sig.get('delta_bpb'), '+.5f')} BPB); "
-                  f"{'significant' if sig.get('significant') else 'not significant'}"]
-        if sig.get("required_improvement_nats") is not None:
-            lines.append(f"- at this n and spread the mean has to be {sig['required_improvement_nats']:.5f} nats below "
-                         f"the threshold (baseline − margin) for p < {sig.get('alpha')}")
-    else:
-        lines.append("No significance test: no baseline was given (`pgolf submission ... --baseline SPEC`).")
-    lines += ["", "## Compliance", "",
-              f"Overall: **{'compliant' if comp['compliant'] else 'NOT compliant'}** with the record rules "
-              "(16,000,000 bytes, 600 s train, 600 s eval, legal TTT, no validation data in training, "
-              f">= {verdict.min_seeds} seeds of one config).", ""]
-    for ch in verdict.checks:
-        lines.append(f"- {'✅' if ch.passed else '❌'} {ch.name}: {ch.detail}")
-    for sv in verdict.seeds:
-        for ch in sv.checks:
-            if ch.passed is False:
-                lines.append(f"- {'❌' if ch.blocking else 'ℹ️'} seed {sv.seed} {ch.name}: {ch.detail}")
-    if comp["reasons"]:
-        lines += ["", "Reasons this is not a record:"] + [f"- {r}" for r in comp["reasons"]]
-    diff = _config_diff(cfg)
-    lines += ["", "## What this variant changes", ""]
-    if diff:
-        lines += ["Settings that differ from the trainer defaults (which equal the official baseline):", "",
-                  "| setting | value | default |", "|---|---|---|"]
-        lines += [f"| `{k}` | `{json.dumps(v)}` | `{json.dumps(d)}` |" for k, v, d in diff]
-    else:
-        lines.append("The trainer defaults (the official baseline configuration).")
-    seed_list = " ".join(str(s) for s in doc["seeds"])
-    lines += ["", "## Reproduce", "",
-              "`train_gpt.py` is self-extracting: it carries the packed pgolf trainer and the resolved config, and its "
-              "size is the code part of the artifact. From this folder, with the FineWeb sp1024 data:", "",
-              "```bash", "pip install -r requirements.txt",
-              f"for SEED in {seed_list}; do",
-              "  DATA_PATH=./data/datasets/fineweb10B_sp1024 TOKENIZER_PATH=./data/tokenizers/fineweb_1024_bpe.model \\",
-              "  SEED=$SEED RUN_DIR=./run_seed$SEED torchrun --standalone --nproc_per_node=8 train_gpt.py",
-              "done", "```", "",
-              "Any config key can be overridden with `--set section.key=value`. With pgolf, the same seeds through "
-              f"Ray Tune and MLflow: `{doc['pgolf']['reproduce']}`.", "",
-              "## Files", "",
-              "- `train_gpt.py`: the counted, self-extracting code (from the seed "
-              f"{doc['pgolf']['train_gpt_from_seed']} run; the seeds' copies differ only in the embedded seed and paths)",
-              "- " + ", ".join(f"`train_seed{s}.log`" for s in doc["seeds"]) + ": each seed's train log, unmodified",
-              "- `submission.json`, `requirements.txt`", ""]
-    if check is not None:
-        mark = "⚠️" if check.skipped else ("✅" if check.ok else "❌")
-        lines += ["## Self-check", "", f"{mark} {check.detail}" + ("" if check.skipped else f" ({check.seconds:.0f} s)"), ""]
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write("\n".join(lines))

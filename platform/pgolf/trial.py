@@ -9,6 +9,8 @@ final result, so the other trials go on.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import os
 import signal
@@ -19,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pgolf import tracking
+from pgolf.specs import TrialSpec, spec_from_sample
+from pgolf.trainers.contract import EXIT_OVER_BUDGET, EXIT_REASONS
 
 POLL_SECONDS = 0.5
 TERM_GRACE_SECONDS = 5.0
@@ -27,18 +31,6 @@ TERM_GRACE_SECONDS = 5.0
 DEADLINE_SLACK_SECONDS = 300.0
 LOG_TAIL_LINES = 60
 
-EXIT_REASONS = {1: "trainer crashed", 2: "bad config", 3: "bad data", 4: "over budget"}
-
-
-@dataclass
-class TrialSpec:
-    """Everything one trial needs about its config; built and hashed on the driver."""
-    key: str  # unique within an invocation: "<variant>-s<seed>"
-    variant: str
-    seed: int
-    config_hash: str
-    config: dict[str, dict[str, Any]]  # the resolved TrainConfig as a dict, absolute data paths
-    overrides: dict[str, Any] = field(default_factory=dict)  # sweep axis values of this variant
 
 
 @dataclass
@@ -193,7 +185,7 @@ def classify(returncode: int | None, result: dict | None, *, timed_out: bool, st
         except ValueError:
             name = f"signal {-returncode}"
         return "FAILED", f"trainer killed by {name}{at} (out of memory, or killed from outside)"
-    if returncode == 4 and result and result.get("status_reason"):
+    if returncode == EXIT_OVER_BUDGET and result and result.get("status_reason"):
         return "FAILED", f"over budget: {result['status_reason']}"
     label = EXIT_REASONS.get(returncode or 0, "trainer failed")
     return "FAILED", f"{label} (exit {returncode}){at}: {last}" if last else f"{label} (exit {returncode}){at}"
@@ -201,20 +193,6 @@ def classify(returncode: int | None, result: dict | None, *, timed_out: bool, st
 
 # --------------------------------------------------------------------------------------------------
 # the trial
-
-
-def _write_config(spec: TrialSpec, run_dir: str, threads: int) -> str:
-    from pgolf.trainers.config import TrainConfig
-
-    cfg = TrainConfig.from_dict(spec.config, source=f"trial {spec.key}")
-    cfg.run.run_dir = run_dir
-    cfg.run.seed = spec.seed
-    if cfg.run.threads <= 0:
-        cfg.run.threads = threads
-    os.makedirs(run_dir, exist_ok=True)
-    path = os.path.join(run_dir, "resolved_config.json")
-    cfg.write_json(path)
-    return path
 
 
 def _trainer_env(threads: int) -> dict[str, str]:
@@ -234,14 +212,14 @@ def execute_trial(spec: TrialSpec, ctx: TrialContext, *, trial_id: str = "local"
                   should_stop: Callable[[], bool] | None = None) -> dict:
     """Run one trial end to end; returns the final report. Inside Tune, `report` is `tune.report` and
     `should_stop` tells when Tune has decided to stop the trial (ASHA, Ctrl-C)."""
-    from pgolf.launch import trainer_command
+    from pgolf.launch import trainer_command, write_run_config
 
     t_trial = time.monotonic()
     report = report or (lambda metrics: None)
     should_stop = should_stop or (lambda: False)
     run_dir = os.path.join(ctx.runs_dir, tracking.trial_run_name(spec.variant, spec.seed) + f"-{trial_id}")
-    threads = int(spec.config.get("run", {}).get("threads") or 0) or max(ctx.cpus, 1)
-    params = tracking.flatten(spec.config)
+    threads = spec.cfg.run.threads or max(ctx.cpus, 1)
+    params = tracking.flatten(dataclasses.asdict(spec.cfg))  # lenient: a version mismatch fails in setup below
     params.pop("run.run_dir", None)
     rec = tracking.TrialRecorder(
         ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, variant=spec.variant, seed=spec.seed,
@@ -259,7 +237,9 @@ def execute_trial(spec: TrialSpec, ctx: TrialContext, *, trial_id: str = "local"
             if ctx.demo_root:
                 from pgolf.datasets import ensure_demo
                 ensure_demo(ctx.demo_root, progress=None)
-            cfg_path = _write_config(spec, run_dir, threads)
+            cfg = copy.deepcopy(spec.cfg)
+            cfg.run.threads = cfg.run.threads if cfg.run.threads > 0 else threads
+            cfg_path = write_run_config(cfg, run_dir)
         except Exception as exc:  # noqa: BLE001 - any setup failure is this trial's failure, not the sweep's
             reason = f"trial setup failed: {type(exc).__name__}: {exc}"
             raise _SetupFailed() from exc
@@ -408,7 +388,7 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     if "key" in config:
         spec = ctx.specs[config["key"]]
     else:
-        spec = spec_from_sample(ctx, config)
+        spec = spec_from_sample(ctx.experiment, ctx.seeds, ctx.data_root, config)
         if ctx.resume:
             done = tracking.finished_trials(ctx.tracking_uri, ctx.experiment_id).get((spec.config_hash, spec.seed))
             if done is not None:
@@ -429,15 +409,6 @@ def _tune_stop_requested() -> bool:
         return bool(session is not None and session.stop_event.is_set())
     except Exception:  # noqa: BLE001
         return False
-
-
-def spec_from_sample(ctx: TrialContext, config: dict) -> TrialSpec:
-    """A searcher's suggestion (axis values + Repeater index) -> the spec of one seed of it."""
-    from pgolf.orchestrate import build_spec
-
-    index = int(config.get("__trial_index__", 0))
-    seed = ctx.seeds[index % len(ctx.seeds)]
-    return build_spec(ctx.experiment, None, seed, dict(config.get("axes", {})), ctx.data_root)
 
 
 def _resumed_report(spec: TrialSpec, run) -> dict:

@@ -9,11 +9,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._base import ConfigError, closest, finite, need
 from .avg import AvgConfig
 from .data import DataConfig
 from .eval import EvalConfig
@@ -27,12 +29,9 @@ from .ttt import TTTConfig
 
 __all__ = [
     "ConfigError", "TrainConfig", "ModelConfig", "OptimConfig", "ScheduleConfig", "DataConfig",
-    "EvalConfig", "QuantConfig", "TTTConfig", "RunConfig", "FaultConfig", "AvgConfig", "SECTIONS", "config_hash", "parse_value", "set_field",
+    "EvalConfig", "QuantConfig", "TTTConfig", "RunConfig", "FaultConfig", "AvgConfig", "SECTIONS", "config_hash", "parse_value", "parse_set", "set_field",
+    "finite", "closest",
 ]
-
-
-class ConfigError(ValueError):
-    """A config value or key is wrong; the message names the key and what was expected."""
 
 
 @dataclass(kw_only=True)
@@ -48,7 +47,41 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
     faults: FaultConfig = field(default_factory=FaultConfig)
 
+    def validate(self, world_size: int = 1) -> None:
+        """Every check types alone cannot express, each section's own and those across sections; run
+        once where a config is built (the platform before any trial, the trainer before any step)."""
+        for f in dataclasses.fields(self):
+            getattr(self, f.name).validate()
+        d, seq = self.data, self.data.train_seq_len
+        accum = d.grad_accum(world_size)
+        need(d.train_batch_tokens % (world_size * accum * seq) == 0,
+             f"data.train_batch_tokens={d.train_batch_tokens} must be a multiple of "
+             f"world_size*grad_accum*train_seq_len = {world_size}*{accum}*{seq}")
+        need(self.eval.sliding_stride <= seq,
+             f"eval.sliding_stride = {self.eval.sliding_stride}: expected 0 (off) or 1..train_seq_len ({seq})")
+        need(self.ttt.mode != "score_first" or self.ttt.chunk_tokens >= seq,
+             f"ttt.chunk_tokens = {self.ttt.chunk_tokens} is shorter than one training sequence "
+             f"(data.train_seq_len = {seq}): no chunk could be trained on")
+        self.loop_wallclock_seconds()
+
+    def loop_wallclock_seconds(self) -> float:
+        """The training loop's cap: the wall-clock cap minus the GPTQ calibration reserve, so that
+        calibration on training data ends inside the training budget."""
+        wall = self.schedule.max_wallclock_seconds
+        if not (self.quant.gptq and wall > 0):
+            return wall
+        need(self.quant.gptq_reserve_seconds < wall,
+             f"quant.gptq_reserve_seconds = {self.quant.gptq_reserve_seconds} leaves no training time under "
+             f"schedule.max_wallclock_seconds = {wall}")
+        return wall - self.quant.gptq_reserve_seconds
+
     def to_dict(self) -> dict[str, dict[str, Any]]:
+        for f in dataclasses.fields(self):
+            sec = getattr(self, f.name)
+            extra = set(vars(sec)) - {x.name for x in dataclasses.fields(sec)}
+            if extra:  # e.g. a config pickled by a driver whose trainer has fields this one lacks
+                raise ConfigError(f"config.{f.name} has attributes that are no fields of this trainer: "
+                                  f"{', '.join(sorted(extra))} (driver and trainer versions differ?)")
         return dataclasses.asdict(self)
 
     @classmethod
@@ -58,7 +91,7 @@ class TrainConfig:
         for section, values in raw.items():
             if section not in SECTIONS:
                 raise ConfigError(f"{source}: unknown config section '{section}' "
-                                  f"(expected one of {', '.join(SECTIONS)})")
+                                  f"(expected one of {', '.join(SECTIONS)}){closest(section, SECTIONS)}")
             if not isinstance(values, dict):
                 raise ConfigError(f"{source}: config.{section} must be a table, got {type(values).__name__}")
             for key, value in values.items():
@@ -87,7 +120,6 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
     """Check `value` against the annotated field type; ints widen to float, nothing else converts."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        errors = []
         for arm in typing.get_args(tp):
             if arm is type(None):
                 if value is None:
@@ -95,8 +127,8 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
                 continue
             try:
                 return coerce(value, arm, where)
-            except ConfigError as exc:
-                errors.append(str(exc))
+            except ConfigError:
+                pass
         raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
     if origin in (list, tuple):
         (item_tp, *_) = typing.get_args(tp) or (Any,)
@@ -106,6 +138,12 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
         return items if origin is list else tuple(items)
     if tp is Any:
         return value
+    if origin is typing.Literal:
+        choices = typing.get_args(tp)
+        if value in choices and type(value) is type(choices[0]):
+            return value
+        raise ConfigError(f"{where} = {value!r}: expected one of {', '.join(map(repr, choices))}"
+                          f"{closest(str(value), map(str, choices))}")
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -113,8 +151,10 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if finite(value) is not None:
             return float(value)
+        if isinstance(value, float):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -133,13 +173,12 @@ def set_field(cfg: TrainConfig, dotted: str, value: Any, *, source: str = "confi
         raise ConfigError(f"{source}: '{dotted}' is not of the form section.key")
     section, key = dotted.split(".")
     if section not in SECTIONS:
-        raise ConfigError(f"{source}: unknown config section '{section}' (expected one of {', '.join(SECTIONS)})")
+        raise ConfigError(f"{source}: unknown config section '{section}' "
+                          f"(expected one of {', '.join(SECTIONS)}){closest(section, SECTIONS)}")
     obj = getattr(cfg, section)
     hints = field_types(type(obj))
     if key not in hints:
-        close = [k for k in hints if k.split("_")[0] == key.split("_")[0]][:5]
-        hint = f"; similar keys: {', '.join(close)}" if close else ""
-        raise ConfigError(f"{source}: unknown key config.{section}.{key}{hint}")
+        raise ConfigError(f"{source}: unknown key config.{section}.{key}{closest(key, hints)}")
     setattr(obj, key, coerce(value, hints[key], f"{source}: config.{section}.{key}"))
 
 
@@ -158,12 +197,28 @@ def config_hash(cfg: TrainConfig, code_version: str = "") -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+_NON_FINITE = {"nan": math.nan, "+nan": math.nan, "-nan": math.nan, "inf": math.inf, "+inf": math.inf,
+               "-inf": -math.inf}
+
+
 def parse_value(text: str):
-    """`--set` values are TOML/JSON literals where they parse (numbers, bools, lists), else strings."""
+    """`--set` values are TOML/JSON literals where they parse (numbers, bools, lists), else strings.
+    TOML's nan/inf parse as floats, so that the type check can refuse them by name."""
     low = text.strip()
     if low in ("true", "false"):
         return low == "true"
+    if low in _NON_FINITE:
+        return _NON_FINITE[low]
     try:
         return json.loads(low)
     except ValueError:
         return text
+
+
+def parse_set(item: str) -> tuple[str, Any]:
+    """One `--set KEY=VALUE` -> (KEY, parsed value); the only --set parser (trainer and platform)."""
+    key, eq, value = item.partition("=")
+    key = key.strip()
+    if not eq or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. optim.matrix_lr=0.02")
+    return key, parse_value(value)

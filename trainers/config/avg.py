@@ -3,10 +3,20 @@ All off by default (the baseline has none); record numbers (#N) as in techniques
 from __future__ import annotations
 
 from dataclasses import dataclass
+from ._base import need
 
 
 @dataclass(kw_only=True)
 class AvgConfig:
+    def validate(self) -> None:
+        need(0.0 <= self.ema_decay < 1.0, f"avg.ema_decay must be in [0, 1), got {self.ema_decay}")
+        need(not (self.ema_decay > 0 and self.swa_apply and self.swa_every > 0),
+             "avg.ema_decay > 0 and avg.swa_apply = true both replace the final weights; pick one "
+             "(to collect SWA next to EMA as #414 does, leave swa_apply = false)")
+        need(self.swa_every >= 0 and self.ema_start_step >= 0, "avg.swa_every and avg.ema_start_step must be >= 0")
+        need(0.0 <= self.prune_frac < 1.0, f"avg.prune_frac must be in [0, 1), got {self.prune_frac}")
+        need(self.late_qat_threshold >= 0, f"avg.late_qat_threshold must be >= 0, got {self.late_qat_threshold}")
+
     ema_decay: float = 0.0  # EMA of the whole state dict (fp32, on the device), replaces the weights before quantization; 0 = off; 0.997 #287..#691, #366
     ema_start_step: int = 0  # EMA starts (copying the weights) after this many steps; 0 = from the initial weights; 50 in #366
     swa_every: int = 0  # SWA: add a checkpoint every N steps while the LR scale < swa_start_frac; 0 = off; 50 #162/#180/#264/#414, 200 #198

@@ -3,10 +3,18 @@ written (round trip -> sliding window -> TTT)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from ._base import need
 
 
 @dataclass(kw_only=True)
 class EvalConfig:
+    def validate(self) -> None:
+        need(self.val_loss_every >= 0 and self.train_log_every >= 0,
+             "eval.val_loss_every and eval.train_log_every must be >= 0")
+        need(self.val_batch_size >= 1, f"eval.val_batch_size must be >= 1, got {self.val_batch_size}")
+        need(self.sliding_stride >= 0, f"eval.sliding_stride must be >= 0 (0 = off), got {self.sliding_stride}")
+        need(self.sliding_batch_seqs >= 1, "eval.sliding_batch_seqs must be >= 1")
+
     val_loss_every: int = 1000  # periodic pre-quant validation; 0 = only at the end
     val_batch_size: int = 524_288  # tokens per validation batch (global)
     train_log_every: int = 200

@@ -4,17 +4,43 @@ techniques.md §3/§4 that introduced or used the value."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
+
+from ._base import need
 
 
 @dataclass(kw_only=True)
 class ModelConfig:
+    def validate(self) -> None:
+        need(self.num_layers >= 1 and self.model_dim >= 1 and self.num_heads >= 1 and self.num_kv_heads >= 1,
+             "model.num_layers, model_dim, num_heads and num_kv_heads must be >= 1")
+        need(1 <= self.vocab_size <= 65536, f"model.vocab_size = {self.vocab_size}: shards store uint16 tokens (1..65536)")
+        need(self.logit_softcap > 0, f"model.logit_softcap must be > 0, got {self.logit_softcap}")
+        need(self.mlp_mult > 0, f"model.mlp_mult must be > 0, got {self.mlp_mult}")
+        need(self.model_dim % self.num_heads == 0,
+             f"model.model_dim {self.model_dim} is not divisible by model.num_heads {self.num_heads}")
+        need(self.num_heads % self.num_kv_heads == 0,
+             f"model.num_heads {self.num_heads} is not a multiple of model.num_kv_heads {self.num_kv_heads}")
+        head_dim = self.model_dim // self.num_heads
+        need(head_dim % 2 == 0, f"head_dim = model.model_dim / model.num_heads = {head_dim} must be even for RoPE")
+        need(not self.rope_dims or (self.rope_dims % 2 == 0 and 0 < self.rope_dims <= head_dim),
+             f"model.rope_dims must be even and in 2..{head_dim} (0 = whole head), got {self.rope_dims}")
+        need(0 <= self.xsa_last_n <= self.num_layers,
+             f"model.xsa_last_n must be in 0..{self.num_layers}, got {self.xsa_last_n}")
+        if self.ve_dim > 0:
+            need(bool(self.ve_layers) and len(set(self.ve_layers)) == len(self.ve_layers)
+                 and all(0 <= i < self.num_layers for i in self.ve_layers),
+                 f"model.ve_layers must be distinct layer indices in 0..{self.num_layers - 1}, got {self.ve_layers}")
+        need(not self.backout or -1 <= self.backout_layer < self.num_layers,
+             f"model.backout_layer must be -1 or in 0..{self.num_layers - 1}, got {self.backout_layer}")
+
     vocab_size: int = 1024  # sp1024 tokenizer
     num_layers: int = 9  # 9 baseline; 10 in #180/#366; 11 in #198 onward
     model_dim: int = 512
     num_heads: int = 8
     num_kv_heads: int = 4  # GQA: 8 query heads share 4 KV heads
     mlp_mult: float = 2.0  # hidden = mlp_mult * model_dim (baseline 2x; 3x from #102/#162 on)
-    activation: str = "relu2"  # relu2 = relu(h)^2 (baseline) | leaky_relu2 = leaky_relu(h, leaky_slope)^2 (#493, #549)
+    activation: Literal["relu2", "leaky_relu2"] = "relu2"  # relu2 = relu(h)^2 (baseline) | leaky_relu2 = leaky_relu(h, leaky_slope)^2 (#493, #549)
     leaky_slope: float = 0.5  # negative slope of leaky_relu2; 0.5 in #549
     tie_embeddings: bool = True
     tied_embed_init_std: float = 0.005
@@ -26,10 +52,10 @@ class ModelConfig:
     ln_scale: bool = False  # multiply block l's normed attn/MLP inputs by 1/sqrt(l+1); off baseline; #315 onward
     unet_skips: bool = True  # encoder/decoder skip connections (baseline has them)
     skip_gates: bool = False  # sigmoid-gated skips: x <- lerp(s*skip, x, sigmoid(g)), g per dim init 0; off; #1089/#1218
-    smear_gate: str = "off"  # off | v1 (#65: gate init 3, before norm) | v2 (#102/#135, #162 lineage: gate init 0, after norm) | v3 (#1667/#1855: input-dependent, BOS mask)
+    smear_gate: Literal["off", "v1", "v2", "v3"] = "off"  # off | v1 (#65: gate init 3, before norm) | v2 (#102/#135, #162 lineage: gate init 0, after norm) | v3 (#1667/#1855: input-dependent, BOS mask)
     smear_window: int = 12  # v3 only: the gate reads x_t[0:smear_window]; 12 in #1855 (GATE_WINDOW)
     bos_id: int = 1  # BOS token id for SmearGate v3's mask (sp1024 and the demo tokenizer: <s> = 1)
-    bigram_hash: str = "off"  # off | v1 (#65: (prev*92821+cur) mod B) | v2 (#135, all seed PRs: XOR hash, bucket B-1 reserved, zero table, scale 0.05)
+    bigram_hash: Literal["off", "v1", "v2"] = "off"  # off | v1 (#65: (prev*92821+cur) mod B) | v2 (#135, all seed PRs: XOR hash, bucket B-1 reserved, zero table, scale 0.05)
     bigram_buckets: int = 4096  # hash table rows B; 4096 #162, 10240 #180/#366, 2048 #198..#691, 1536 #549
     bigram_dim: int = 128  # table width before the projection to model_dim; 128 (64 in #264)
     bigram_scale_init: float = 0.05  # v2 only: learned scalar on the projected bigram embedding; 0.05 (#135)

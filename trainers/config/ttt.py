@@ -7,14 +7,27 @@ fails verification) | lora_doc (legal per-document LoRA TTT, #77/#1530).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
+
+from ._base import need
 
 
 @dataclass(kw_only=True)
 class TTTConfig:
-    mode: str = "off"
+    def validate(self) -> None:
+        if self.mode == "off":
+            return
+        need(self.epochs >= 0 and self.batch_seqs >= 1 and self.freeze_blocks >= 0 and self.grad_clip >= 0,
+             "ttt.epochs, ttt.freeze_blocks and ttt.grad_clip must be >= 0 and ttt.batch_seqs >= 1")
+        need(self.chunk_tokens >= 1, "ttt.chunk_tokens must be >= 1")
+        need(self.mode != "lora_doc" or (self.lora_rank >= 1 and self.lora_chunk_tokens >= 1
+                                         and self.lora_batch_docs >= 1 and bool(self.lora_targets)),
+             "ttt.lora_rank, lora_chunk_tokens, lora_batch_docs must be >= 1 and lora_targets non-empty")
+
+    mode: Literal["off", "score_first", "pre_eval_full", "lora_doc"] = "off"
     chunk_tokens: int = 32_768  # score_first chunk; also the "last chunk" the trace must leave untrained
     lr: float = 0.002
-    lr_schedule: str = "cosine"  # cosine (over chunks for score_first, over steps otherwise) | constant
+    lr_schedule: Literal["cosine", "constant"] = "cosine"  # cosine (over chunks for score_first, over steps otherwise) | constant
     momentum: float = 0.9
     epochs: int = 3
     freeze_blocks: int = 0  # the first N blocks stay frozen

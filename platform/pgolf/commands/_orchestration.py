@@ -1,9 +1,10 @@
-"""Arguments shared by `pgolf validate` and `pgolf tune`."""
+"""Arguments and entry point shared by `pgolf validate` and `pgolf tune`."""
 from __future__ import annotations
 
 
-def add_common(p) -> None:
+def add_common(p, seeds_help: str) -> None:
     p.add_argument("experiment", help="experiment TOML file")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="N", help=seeds_help)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any key of the file, e.g. config.schedule.iterations=50 or budget.trial_timeout_seconds=120")
     p.add_argument("--smoke", action="store_true",
@@ -21,3 +22,9 @@ def add_common(p) -> None:
     p.add_argument("--storage-path", default=None,
                    help="Ray Tune storage_path (default: <runs-dir>/tune; use shared storage on multi-node clusters)")
     p.add_argument("--data-dir", default=None, help="data root (default: $PGOLF_DATA_DIR or ./data)")
+
+
+def run_orchestration(args, kind: str) -> int:
+    from pgolf.orchestrate import run
+
+    return run(args, kind)

@@ -3,16 +3,12 @@ then the per-variant table, compliance verdicts and the significance test agains
 Exit code 0 only when every requested seed finished OK."""
 from __future__ import annotations
 
-from pgolf.commands._orchestration import add_common
+from pgolf.commands._orchestration import add_common, run_orchestration
 
 
 def add_arguments(p) -> None:
-    add_common(p)
-    p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="N",
-                   help="seeds to run (default: [experiment] seeds of the file)")
+    add_common(p, "seeds to run (default: [experiment] seeds of the file)")
 
 
 def run(args) -> int:
-    from pgolf.orchestrate import run as orchestrate
-
-    return orchestrate(args, "validation")
+    return run_orchestration(args, "validation")

@@ -1,0 +1,180 @@
+"""The Ray Tune runner behind `pgolf validate` and `pgolf tune`: connect to Ray, serve the pending
+trials to Tune (`pending_trials`), see each finished one (`TrialEvents.finished`), and always leave the
+MLflow children of an interrupted or stopped invocation closed."""
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from pgolf import tracking
+from pgolf.specs import optuna_space
+from pgolf.trainers.contract import FINAL_BPB, VAL_BPB
+
+if TYPE_CHECKING:
+    from pgolf.orchestrate import Invocation
+
+
+def connect_ray(address: str | None) -> bool:
+    """Connect to Ray; returns True when this call started a local cluster it must shut down.
+
+    No --address and no $RAY_ADDRESS: a fresh local cluster for this invocation (`address="local"`),
+    never a silent attach to whatever cluster happens to run on the box. Inside `ray job submit`,
+    RAY_ADDRESS is set and the job's cluster is used. `--address auto` attaches to a running one."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    addr = address or os.environ.get("RAY_ADDRESS") or "local"
+    try:
+        if addr == "local":
+            ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
+            return True
+        ray.init(address=addr, log_to_driver=False)
+    except Exception as exc:
+        hint = ("another local Ray cluster on this machine can hold the dashboard agent's fixed port 52365: "
+                "attach to it with --address auto, or stop it" if addr == "local" else
+                "check the address (ray status), that the cluster runs the same Ray version, and token auth "
+                "(RAY_AUTH_TOKEN / ray get-auth-token)")
+        raise RayUnavailable(f"Ray did not start/connect at address {addr!r}: {type(exc).__name__}: {exc}; {hint}") from exc
+    return False
+
+
+class RayUnavailable(RuntimeError):
+    pass
+
+
+def default_concurrency(gpus: int, cpus: int) -> int:
+    """floor(cluster GPUs / GPUs per trial); CPU-only trials: floor(cluster CPUs / CPUs per trial)."""
+    import ray
+
+    res = ray.cluster_resources()
+    if gpus > 0:
+        return max(1, int(res.get("GPU", 0) // gpus))
+    return max(1, int(res.get("CPU", 1) // max(cpus, 1)))
+
+
+def pending_trials(inv: "Invocation") -> tuple[dict[str, Any], int, int]:
+    """The one place the trials still to run are handed to Tune: (param_space, num_samples, total).
+    Fixed specs go in as a grid over their keys; a searcher (Optuna) samples axis values itself and
+    each suggestion repeats over the seeds."""
+    from ray import tune
+
+    exp = inv.exp
+    if inv.searcher:
+        n = exp.sweep.num_samples * len(inv.seeds)
+        return {"axes": optuna_space(exp)}, n, n
+    return {"key": tune.grid_search([s.key for s in inv.plan.to_run])}, 1, len(inv.plan.to_run)
+
+
+def _trial_events(total: int):
+    from ray.tune import Callback
+
+    class TrialEvents(Callback):
+        """The one place each finished trial is seen (one progress line each, instead of Tune's tables)."""
+
+        def __init__(self):
+            self.done = 0
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.done += 1
+            self.finished(trial, trial.last_result or {})
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self.done += 1
+            print(f"  [{self.done}/{total}] trial {trial.trial_id} ERROR (platform error; see the Ray logs "
+                  f"under {trial.local_path})", flush=True)
+
+        def finished(self, trial, r: dict) -> None:
+            key = trial.config.get("key") or f"{r.get('variant', '?')}-s{r.get('seed', '?')}"
+            if not r.get("pgolf_done"):
+                print(f"  [{self.done}/{total}] {key:<28} {'STOPPED':<9} at step {r.get('step', '?')} "
+                      f"({VAL_BPB} {r.get(VAL_BPB, float('nan')):.4f})", flush=True)
+                return
+            score = r.get(FINAL_BPB)
+            tail = f"{FINAL_BPB} {score:.4f}" if isinstance(score, float) else r.get("status_reason", "")
+            print(f"  [{self.done}/{total}] {key:<28} {r.get('status', 'done'):<9} {tail}", flush=True)
+
+    return TrialEvents()
+
+
+def run_tuner(inv: "Invocation", *, max_concurrent: int, storage_path: str, run_name: str) -> Any:
+    from ray import tune
+
+    from pgolf.trial import run_trial
+
+    exp, ctx = inv.exp, inv.ctx
+    os.environ.setdefault("TUNE_FORCE_TRIAL_CLEANUP_S", "30")  # a stuck trial costs 30 s, not 600 s
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no status tables, our progress lines only
+    # Intermediate reports carry val/bpb, the final one final/val_bpb: by design not every report has
+    # every metric the searcher or scheduler reads.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    resources = {"cpu": max(exp.resources.cpus, 1), "gpu": exp.resources.gpus}
+    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources)
+    param_space, num_samples, total = pending_trials(inv)
+
+    search_alg = scheduler = None
+    if inv.searcher:
+        from ray.tune.search import Repeater
+        from ray.tune.search.optuna import OptunaSearch
+
+        search_alg = Repeater(OptunaSearch(metric=exp.meta.metric, mode="min", seed=exp.sweep.seed),
+                              repeat=len(inv.seeds), set_index=True)
+    if inv.kind == "sweep" and exp.sweep.scheduler == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        cfg = exp.config
+        # max_t one past the last step: ASHA stops a trial whose time_attr reaches max_t, and the last
+        # periodic validation (step == iterations) comes before quantization and the scored evaluation.
+        scheduler = ASHAScheduler(time_attr="step", metric=VAL_BPB, mode="min",
+                                  max_t=max(cfg.schedule.iterations, 1) + 1,
+                                  grace_period=max(cfg.eval.val_loss_every, 1), reduction_factor=2)
+
+    def dirname(trial) -> str:
+        key = trial.config.get("key") or f"i{trial.config.get('__trial_index__', 0)}"
+        return f"{trial.trial_id}_{tracking.metric_key(key).replace('/', '_')}"[:120]
+
+    tuner = tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(num_samples=num_samples, max_concurrent_trials=max_concurrent,
+                                    search_alg=search_alg, scheduler=scheduler,
+                                    trial_dirname_creator=dirname, reuse_actors=True),
+        run_config=tune.RunConfig(name=run_name, storage_path=storage_path, verbose=0,
+                                  failure_config=tune.FailureConfig(max_failures=0),
+                                  callbacks=[_trial_events(total)]),
+    )
+    return tuner.fit()
+
+
+def execute(inv: "Invocation", args) -> Any:
+    """Run the planned trials through Ray Tune; returns the ResultGrid (None when nothing had to run)."""
+    if not inv.plan.to_run and not inv.searcher:
+        return None
+    import ray
+
+    interrupted = False
+    owned = False
+    try:
+        owned = connect_ray(args.address)
+        res = ray.cluster_resources()
+        tracking.set_tags(tracking.client(inv.uri), inv.parent_id, {
+            "ray_job_id": ray.get_runtime_context().get_job_id(),
+            "ray_address": args.address or os.environ.get("RAY_ADDRESS") or "local"})
+        exp = inv.exp
+        mc = args.max_concurrent or (exp.sweep.max_concurrent_trials if inv.kind == "sweep" else 0) \
+            or default_concurrency(exp.resources.gpus, exp.resources.cpus)
+        print(f"  Ray: {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs; {mc} trial(s) at a time, "
+              f"{exp.resources.gpus} GPU(s) + {exp.resources.cpus} CPU(s) each; "
+              f"deadline {inv.ctx.deadline_seconds:g} s per trial", flush=True)
+        return run_tuner(inv, max_concurrent=mc, storage_path=os.path.abspath(args.storage_path or os.path.join(inv.runs_dir, "tune")),
+                         run_name=f"{exp.meta.name}-{inv.kind}-{inv.stamp}")
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
+    finally:
+        tracking.mark_stale_children(
+            inv.uri, inv.experiment_id, inv.parent_id,
+            "interrupted: the invocation was stopped before this trial finished" if interrupted
+            else "stopped by Ray Tune before the trial could record its end (scheduler decision or a lost worker)")
+        if owned:
+            ray.shutdown()
