@@ -474,9 +474,30 @@ def mark_stale_children(uri: str, experiment_id: str, parent_run_id: str, reason
     c = client(uri)
     stale = [r for r in child_runs(uri, experiment_id, parent_run_id) if r.info.status == "RUNNING"]
     for r in stale:
+        try:
+            _log_what_is_left(c, r.info.run_id, r.data.tags.get("pgolf.run_dir", ""))
+        except Exception:  # noqa: BLE001 - the run is closed below whatever the store says
+            pass
         set_tags(c, r.info.run_id, {"status_reason": reason})
         c.set_terminated(r.info.run_id, status="KILLED")
     return [r.info.run_id for r in stale]
+
+
+def _log_what_is_left(c, run_id: str, run_dir: str, lines: int = 50) -> None:
+    """A trial stopped from outside never ran its own close: its run directory (when it is on this
+    node) still holds the trainer's output and logs; they become the run's artifacts, with a log tail."""
+    if not run_dir or not os.path.isdir(run_dir):
+        return
+    out = os.path.join(run_dir, "trainer_output.log")
+    if os.path.isfile(out):
+        with open(out, encoding="utf-8", errors="replace") as fh:
+            tail = fh.read().splitlines()[-lines:]
+        with open(os.path.join(run_dir, "log_tail.txt"), "w", encoding="utf-8") as fh:
+            fh.write("\n".join(tail) + "\n")
+    for name in RUN_FILES:
+        path = os.path.join(run_dir, name)
+        if os.path.isfile(path):
+            c.log_artifact(run_id, path)
 
 
 # --------------------------------------------------------------------------------------------------
