@@ -123,3 +123,97 @@ def test_secrets_hidden_from_ray_tune_for_the_block_and_restored():
         with safety.secrets_hidden(env):
             raise RuntimeError("boom")
     assert env["AWS_SECRET_ACCESS_KEY"] == "s"
+
+
+# --------------------------------------------------------------------------------------------------
+# the driver's own paths without Ray: prepare / run with `execute` replaced
+
+
+EXP = """
+[experiment]
+name = "drv"
+seeds = [1, 2]
+data = "custom"
+[config.model]
+num_layers = 2
+model_dim = 32
+num_heads = 2
+num_kv_heads = 1
+[config.data]
+train_seq_len = 32
+train_batch_tokens = 256
+grad_accum_steps = 1
+data_path = "{data}"
+tokenizer_path = "{tok}"
+[config.run]
+device = "cpu"
+"""
+
+
+@pytest.fixture
+def driver_args(demo_data, tracking_uri, tmp_path):
+    from pgolf import cli
+
+    exp = tmp_path / "drv.toml"
+    exp.write_text(EXP.format(data=demo_data.data_path, tok=demo_data.tokenizer_path))
+    ap, _ = cli.build_parser()
+    return ap.parse_args(["validate", str(exp), "--runs-dir", str(tmp_path / "runs"), "--tracking-uri", tracking_uri])
+
+
+def test_two_drivers_in_the_same_second_never_share_a_trial_root(driver_args, monkeypatch):
+    from pgolf import orchestrate
+
+    monkeypatch.setattr(orchestrate.time, "strftime", lambda fmt, *a: "20261202-014000")  # one second
+    a, b = orchestrate.prepare(driver_args, "validation"), orchestrate.prepare(driver_args, "validation")
+    assert a.ctx.runs_dir != b.ctx.runs_dir and a.stamp != b.stamp
+    assert a.ctx.runs_dir.startswith(os.path.realpath(driver_args.runs_dir))
+
+
+def _parent(uri, inv):
+    return tracking.client(uri).get_run(inv.parent_id)
+
+
+def test_tune_failure_and_a_full_store_still_close_the_parent_and_write_the_summary(driver_args, tracking_uri,
+                                                                                    monkeypatch, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from pgolf import orchestrate
+
+    seen = {}
+
+    def failing_execute(inv, args):
+        seen["inv"] = inv
+        raise RuntimeError("ResultGrid: [Errno 28] No space left on device")
+
+    monkeypatch.setattr(orchestrate, "execute", failing_execute)
+    monkeypatch.setattr(MlflowClient, "log_dict", _full_disk)
+    assert orchestrate.run(driver_args, "validation") == 1
+    err = capsys.readouterr().err
+    assert "Ray Tune failed: RuntimeError: ResultGrid" in err and "summary did not reach MLflow" in err
+    inv = seen["inv"]
+    run = _parent(tracking_uri, inv)
+    assert run.info.status == "FAILED"
+    assert "Ray Tune failed" in run.data.tags["status_reason"] and "summary not stored" in run.data.tags["status_reason"]
+    summary = os.path.join(inv.ctx.runs_dir, "validation_summary.json")
+    assert os.path.isfile(summary) and os.path.isfile(os.path.join(inv.ctx.runs_dir, "validation_table.txt"))
+
+
+@pytest.mark.parametrize("signum,code,why", [(None, 130, "interrupted"), ("SIGTERM", 143, "interrupted (SIGTERM)"),
+                                             ("SIGHUP", 129, "interrupted (SIGHUP)")])
+def test_interrupt_exit_codes_and_parent_reason(signum, code, why, driver_args, tracking_uri, monkeypatch, capsys):
+    import signal
+
+    from pgolf import orchestrate
+    from pgolf.interrupts import Terminated
+
+    seen = {}
+
+    def interrupted(inv, args):
+        seen["inv"] = inv
+        raise KeyboardInterrupt if signum is None else Terminated(getattr(signal, signum))
+
+    monkeypatch.setattr(orchestrate, "execute", interrupted)
+    assert orchestrate.run(driver_args, "validation") == code
+    assert f"pgolf validate {driver_args.experiment} --resume" in capsys.readouterr().err
+    run = _parent(tracking_uri, seen["inv"])
+    assert run.info.status == "KILLED" and run.data.tags["status_reason"] == why
