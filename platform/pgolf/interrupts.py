@@ -27,6 +27,21 @@ def reason(exc: KeyboardInterrupt) -> str:
     return "interrupted" if not isinstance(exc, Terminated) else f"interrupted ({signal.Signals(exc.signum).name})"
 
 
+_active = False
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(signum)
+
+
+def reassert() -> None:
+    """Ray's core worker installs its own SIGTERM handler in `ray.init` (it logs and aborts: rc 134);
+    call this after connecting so SIGTERM stays an interrupt while `terminate_as_interrupt` is active."""
+    if _active and threading.current_thread() is threading.main_thread():
+        for s in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(s, _raise_terminated)
+
+
 @contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
     """Within the block, SIGTERM and SIGHUP raise Terminated in the main thread; SIGINT keeps Python's
@@ -36,16 +51,16 @@ def terminate_as_interrupt() -> Iterator[None]:
         yield
         return
 
-    def handler(signum, frame):
-        raise Terminated(signum)
-
-    saved = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    global _active
+    saved = {s: signal.signal(s, _raise_terminated) for s in (signal.SIGTERM, signal.SIGHUP)}
+    _active = True
     saved_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     env_before = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     try:
         yield
     finally:
+        _active = False
         for s, h in saved.items():
             signal.signal(s, h)
         signal.signal(signal.SIGINT, saved_int)

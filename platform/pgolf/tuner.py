@@ -171,6 +171,9 @@ def execute(inv: "Invocation", args) -> Any:
     owned = False
     try:
         owned = connect_ray(args.address)
+        from pgolf.interrupts import reassert
+
+        reassert()  # ray.init replaced the SIGTERM handler with one that aborts
         res = ray.cluster_resources()
         tracking.set_tags(tracking.client(inv.uri), inv.parent_id, {
             "ray_job_id": ray.get_runtime_context().get_job_id(),
