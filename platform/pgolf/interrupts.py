@@ -18,19 +18,30 @@ class Terminated(KeyboardInterrupt):
         self.signum = signum
 
 
+def _signum(exc: KeyboardInterrupt) -> int:
+    # Ray Tune re-raises a plain KeyboardInterrupt for the one our handler raised: the signal is
+    # remembered here as well.
+    if isinstance(exc, Terminated):
+        return exc.signum
+    return _received[-1] if _received else signal.SIGINT
+
+
 def exit_code(exc: KeyboardInterrupt) -> int:
     """128 + the signal number: 130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP."""
-    return 128 + (exc.signum if isinstance(exc, Terminated) else signal.SIGINT)
+    return 128 + _signum(exc)
 
 
 def reason(exc: KeyboardInterrupt) -> str:
-    return "interrupted" if not isinstance(exc, Terminated) else f"interrupted ({signal.Signals(exc.signum).name})"
+    n = _signum(exc)
+    return "interrupted" if n == signal.SIGINT else f"interrupted ({signal.Signals(n).name})"
 
 
 _active = False
+_received: list[int] = []
 
 
 def _raise_terminated(signum, frame):
+    _received.append(signum)
     raise Terminated(signum)
 
 
@@ -52,6 +63,7 @@ def terminate_as_interrupt() -> Iterator[None]:
         return
 
     global _active
+    _received.clear()
     saved = {s: signal.signal(s, _raise_terminated) for s in (signal.SIGTERM, signal.SIGHUP)}
     _active = True
     saved_int = signal.signal(signal.SIGINT, signal.default_int_handler)
