@@ -6,7 +6,6 @@ Marked `ray_cluster`: the drivers start their own local Ray, which may not overl
 dashboard agent's fixed port), so these run last, after `stop_session_ray`."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -136,13 +135,13 @@ def test_sigkilled_driver_is_closed_by_the_next_report(stop_session_ray, trackin
         time.sleep(0.5)
     assert _cleanup(temp, trainer_pid) == []
     parents, kids = children(tracking_uri, "interrupts")
-    assert [p.info.status for p in parents + kids] == ["RUNNING", "RUNNING"]  # what the driver left
+    assert [p.info.status for p in parents] == ["RUNNING"]  # what the driver left
 
     rc = cli.main(["report", "--tracking-uri", tracking_uri, "--out", str(tmp_path / "report"), "--no-plots"])
     out = capsys.readouterr().out
-    assert rc in (0, 1) and out.count("FAILED (driver lost") == 2, out
+    assert rc in (0, 1) and f"closed run {parents[0].info.run_id}: FAILED (driver lost" in out, out
     parents, kids = children(tracking_uri, "interrupts")
-    for run in parents + kids:
-        assert run.info.status == "FAILED" and run.data.tags["status_reason"].startswith("driver lost")
-    summary = json.dumps([r.data.tags.get("status_reason") for r in parents + kids])
-    assert "driver lost" in summary
+    assert parents[0].info.status == "FAILED" and parents[0].data.tags["status_reason"].startswith("driver lost")
+    # The trial actor can outlive its driver for a moment and close its own run (its trainer was killed
+    # above); a trial that could not is closed by the report. Either way nothing stays RUNNING.
+    assert kids and all(k.info.status == "FAILED" for k in kids)
