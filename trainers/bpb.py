@@ -60,6 +60,9 @@ def load_tokenizer(path: PathLike):
     import sentencepiece as spm
 
     path = Path(path)
+    if path.is_dir():
+        raise TokenizerError(f"tokenizer model {path} is a directory; point data.tokenizer_path (TOKENIZER_PATH) "
+                             "at the .model file inside it")
     if not path.is_file():
         raise TokenizerError(
             f"tokenizer model {path} not found; build the demo data with `pgolf data demo`, download "

@@ -31,6 +31,8 @@ __all__ = [
     "read_header",
     "shard_num_tokens",
     "list_shards",
+    "check_shard_sizes",
+    "check_manifest",
 ]
 
 
@@ -118,11 +120,9 @@ def shard_num_tokens(path: PathLike) -> int:
     return int(read_header(path)[2])
 
 
-def read_shard(path: PathLike, vocab_size: int | None = None) -> np.ndarray:
-    """Read a shard's token ids as a uint16 array, validating header, size and (optionally) ids."""
-    path = Path(path)
-    header = read_header(path)
-    n = int(header[2])
+def _checked_count(path: Path) -> int:
+    """Token count of a shard whose file size matches its header (a stat, no body read)."""
+    n = int(read_header(path)[2])
     expected = HEADER_BYTES + TOKEN_BYTES * n
     actual = path.stat().st_size
     if actual < expected:
@@ -135,6 +135,19 @@ def read_shard(path: PathLike, vocab_size: int | None = None) -> np.ndarray:
             f"{path}: oversized shard: header says {n} tokens ({expected} bytes) but the file has "
             f"{actual} bytes ({actual - expected} extra); the header and body disagree (rebuild it)"
         )
+    return n
+
+
+def check_shard_sizes(files) -> int:
+    """Header and size of every shard, before step 0: a truncated training shard would otherwise
+    surface only when the stream reaches it. Returns the total token count."""
+    return sum(_checked_count(Path(f)) for f in files)
+
+
+def read_shard(path: PathLike, vocab_size: int | None = None) -> np.ndarray:
+    """Read a shard's token ids as a uint16 array, validating header, size and (optionally) ids."""
+    path = Path(path)
+    n = _checked_count(path)
     tokens = np.fromfile(path, dtype="<u2", count=n, offset=HEADER_BYTES)
     if tokens.size != n:
         raise ShardError(f"{path}: read {tokens.size} tokens, expected {n}; the file changed while reading")
@@ -169,3 +182,35 @@ def list_shards(data_path: PathLike, split: str) -> list[Path]:
             "`pgolf data demo` or download shards with `pgolf data fineweb`"
         )
     return files
+
+
+def check_manifest(data_path: PathLike, tokenizer_path: PathLike, vocab_size: int) -> None:
+    """The shards' own record of their tokenizer (a pgolf data manifest two folders above the shards,
+    when there is one) must match the run's tokenizer file and vocab_size: ids from another tokenizer
+    are in range yet spell other bytes, and the score would be silently wrong."""
+    import hashlib
+    import json
+
+    root = Path(data_path).resolve().parent.parent
+    mpath = root / "manifest.json"
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # no manifest (or not ours): the piece-count and id checks still apply
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        return
+    rel = manifest.get("tokenizer_path")
+    entry = manifest["files"].get(rel) if isinstance(rel, str) else None
+    if isinstance(manifest.get("vocab_size"), int) and manifest["vocab_size"] != vocab_size:
+        raise ShardError(f"{mpath}: the shards were made with a {manifest['vocab_size']}-piece tokenizer but "
+                         f"model.vocab_size = {vocab_size}; set model.vocab_size to match the data")
+    if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+        return
+    h = hashlib.sha256()
+    with open(tokenizer_path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    if h.hexdigest() != entry["sha256"]:
+        raise ShardError(f"tokenizer {tokenizer_path} (sha256 {h.hexdigest()[:12]}) is not the one the shards in "
+                         f"{data_path} were made with ({root / rel}, sha256 {entry['sha256'][:12]} in {mpath}); "
+                         "point data.tokenizer_path at the data's own tokenizer")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import time
 from contextlib import nullcontext
 
@@ -24,7 +25,7 @@ from .evaluate import autocast_for, evaluate
 from .events import EventLog
 from .fingerprint import data_fingerprint, environment
 from .loader import DistributedTokenLoader, load_validation_tokens
-from .shards import list_shards
+from .shards import ShardError, check_manifest, check_shard_sizes, list_shards
 from . import attention, qat
 from .averaging import WeightAverager
 from .model import GPT, count_parameters, flops_per_token, prepare_for_device
@@ -117,7 +118,12 @@ def run_training(cfg: TrainConfig) -> dict:
         raise ConfigError(str(exc)) from None
     compiling = wants_compile(cfg, device)  # also rejects an unknown run.compile_backend up front
     run_dir = cfg.run.run_dir
-    log = EventLog(run_dir, enabled=ddp.is_main)
+    try:
+        log = EventLog(run_dir, enabled=ddp.is_main)
+    except OSError as exc:
+        why = "is a file" if os.path.isfile(run_dir) else f"{exc.strerror}: {exc.filename}"
+        raise RunFailure(f"bad config: run.run_dir {run_dir} cannot hold the run's files ({why}); set RUN_DIR / "
+                         "run.run_dir to a writable folder", EXIT_BAD_CONFIG) from None
     phases: dict[str, float] = {}
     version = code_version()
     chash = config_hash(cfg, version)
@@ -136,13 +142,22 @@ def run_training(cfg: TrainConfig) -> dict:
         train_files = list_shards(cfg.data.data_path, "train")
         val_files = list_shards(cfg.data.data_path, "val")
         sp = load_tokenizer(cfg.data.tokenizer_path)
+        if int(sp.get_piece_size()) != cfg.model.vocab_size:
+            # a smaller tokenizer leaves ids it cannot spell: their bytes count 0 and val_bpb comes out wrong
+            raise ShardError(f"tokenizer {cfg.data.tokenizer_path} has {sp.get_piece_size()} pieces but "
+                             f"model.vocab_size = {cfg.model.vocab_size}; use the data's tokenizer or set "
+                             "model.vocab_size to its piece count")
+        check_manifest(cfg.data.data_path, cfg.data.tokenizer_path, cfg.model.vocab_size)
         luts = build_byte_luts(sp, cfg.model.vocab_size, device=device)
         check_tokenizer(sp, luts)
-        val_tokens = load_validation_tokens(val_files, cfg.data.train_seq_len, limit=cfg.data.val_tokens_limit)
+        check_shard_sizes(train_files)
+        val_tokens = load_validation_tokens(val_files, cfg.data.train_seq_len, limit=cfg.data.val_tokens_limit,
+                                            vocab_size=cfg.model.vocab_size)
+        # the first shard is checked now; later ones when the stream reaches them (exit 3 either way):
+        # reading all 80 FineWeb shards up front would cost 16 GB of I/O before step 0
+        first_train = DistributedTokenLoader(train_files, ddp.rank, ddp.world_size, device, vocab_size=cfg.model.vocab_size)
     except (OSError, ValueError) as exc:
         raise RunFailure(f"bad data: {exc}", EXIT_BAD_DATA) from exc
-    if int(val_tokens.max()) >= cfg.model.vocab_size:
-        raise RunFailure(f"validation token id {int(val_tokens.max())} >= model.vocab_size {cfg.model.vocab_size}", EXIT_BAD_DATA)
     if cfg.model.smear_gate == "v3" and int(sp.bos_id()) != cfg.model.bos_id:
         raise RunFailure(f"bad config: model.bos_id = {cfg.model.bos_id} but the tokenizer's BOS id is "
                          f"{int(sp.bos_id())} (SmearGate v3 masks BOS positions)", EXIT_BAD_CONFIG)
@@ -169,13 +184,23 @@ def run_training(cfg: TrainConfig) -> dict:
     trainable = [p for p in base_model.parameters() if p.requires_grad]
 
     def make_loader():
-        return DistributedTokenLoader(train_files, ddp.rank, ddp.world_size, device)
+        nonlocal first_train
+        if first_train is not None:  # reuse the one the data check read
+            made, first_train = first_train, None
+            return made
+        return DistributedTokenLoader(train_files, ddp.rank, ddp.world_size, device, vocab_size=cfg.model.vocab_size)
 
     def scheduled_step(loader, step: int, elapsed_ms: float) -> tuple[float, float]:
         scale = lr_scale(step, elapsed_ms, loop_schedule)
         apply_schedules(optimizers, scale, muon_momentum(step, cfg.optim))
-        micro = (loader.next_batch(cfg.data.train_batch_tokens, cfg.data.train_seq_len, accum) for _ in range(accum))
-        return float(train_step(model, optimizers, trainable, micro, accum, cfg.optim.grad_clip_norm).item()), scale
+        return float(train_step(model, optimizers, trainable, _batches(loader), accum, cfg.optim.grad_clip_norm).item()), scale
+
+    def _batches(loader):
+        for _ in range(accum):
+            try:
+                yield loader.next_batch(cfg.data.train_batch_tokens, cfg.data.train_seq_len, accum)
+            except ShardError as exc:  # a later shard that fails its checks when the stream reaches it
+                raise RunFailure(f"bad data: {exc}", EXIT_BAD_DATA) from exc
 
     # ---- compile warm-up, rolled back (not an LR warm-up) --------------------------------------
     if cfg.schedule.warmup_steps > 0:

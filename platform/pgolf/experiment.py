@@ -164,7 +164,12 @@ def _read_toml(path: str) -> dict:
     except FileNotFoundError:
         raise ExperimentError(f"experiment file not found: {path}") from None
     except IsADirectoryError:
-        raise ExperimentError(f"{path} is a directory; pass an experiment .toml file inside it") from None
+        raise ExperimentError(f"{path} is a directory, not an experiment file; pass a .toml file") from None
+    except PermissionError:
+        raise ExperimentError(f"{path}: permission denied; make the experiment file readable") from None
+    except UnicodeDecodeError as exc:
+        raise ExperimentError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+                              "TOML files must be UTF-8: re-save it as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise ExperimentError(f"{path}: invalid TOML: {exc}") from None
 
@@ -289,8 +294,11 @@ def load_experiment(path: str, *, overrides: list[str] | None = None, smoke: boo
     for name, table in tables.items():
         table.validate(prov.get(name, src))
     meta: ExperimentMeta = tables["experiment"]
+    from pgolf.safety import check_name, slug
+
     if not meta.name:
-        meta.name = os.path.splitext(os.path.basename(path))[0]
+        meta.name = slug(os.path.splitext(os.path.basename(path))[0])
+    check_name("[experiment] name", meta.name, prov.get("experiment.name", src))
 
     cfg = TrainConfig()
     config_tables = merged.get("config", {})
@@ -318,6 +326,7 @@ def load_experiment(path: str, *, overrides: list[str] | None = None, smoke: boo
     if not isinstance(variants, dict):
         raise ExperimentError(f"{src}: [variants] must hold [variants.<name>] tables")
     for vname, vals in variants.items():
+        check_name("variant name", vname, f"{prov.get(f'variants.{vname}', src)} [variants.{vname}]")
         if not isinstance(vals, dict):
             raise ExperimentError(f"{src}: [variants.{vname}] must be a table of 'section.key = value'")
         variants[vname] = flatten(vals)

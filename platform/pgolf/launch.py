@@ -7,7 +7,7 @@ import sys
 import time
 
 from pgolf.experiment import Experiment, apply_data_source
-from pgolf.trainers.config import TrainConfig
+from pgolf.trainers.config import ConfigError, TrainConfig
 from pgolf.trainers.contract import RESOLVED_CONFIG
 
 
@@ -28,9 +28,14 @@ def write_run_config(cfg: TrainConfig, run_dir: str) -> str:
     """The one writer of a run's resolved_config.json (pgolf train and every trial): sets run.run_dir to
     the absolute run directory, writes the file the trainer reads, returns its path."""
     cfg.run.run_dir = os.path.abspath(run_dir)
-    os.makedirs(cfg.run.run_dir, exist_ok=True)
     path = os.path.join(cfg.run.run_dir, RESOLVED_CONFIG)
-    cfg.write_json(path)
+    try:
+        os.makedirs(cfg.run.run_dir, exist_ok=True)
+        cfg.write_json(path)
+    except OSError as exc:
+        why = "is a file, not a folder" if os.path.isfile(cfg.run.run_dir) else f"{exc.strerror} ({exc.filename})"
+        raise ConfigError(f"run directory {cfg.run.run_dir}: {why}; pass --run-dir / --runs-dir a writable "
+                          "folder") from None
     return path
 
 

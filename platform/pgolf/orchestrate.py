@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import sys
 import time
 from dataclasses import dataclass
@@ -56,28 +57,35 @@ class Invocation:
 
 def run(args, kind: str) -> int:
     """`pgolf validate` (kind="validation") and `pgolf tune` (kind="sweep")."""
+    from pgolf.interrupts import exit_code, reason, terminate_as_interrupt
+
     t_start = time.time()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    inv = prepare(args, kind)
-    try:
-        grid = execute(inv, args)
-    except KeyboardInterrupt:
-        print("pgolf: interrupted; running trials were recorded as KILLED. Re-run with --resume to finish "
-              "the missing seeds.", file=sys.stderr)
-        _end_parent(inv, "KILLED", "interrupted")
-        return 130
-    except RayUnavailable as exc:
-        print(f"pgolf: {exc}", file=sys.stderr)
-        _end_parent(inv, "FAILED", str(exc))
-        return 1
-    except capacity.Unschedulable as exc:
-        print(f"pgolf: {exc}", file=sys.stderr)
-        _end_parent(inv, "FAILED", str(exc))
-        return capacity.EXIT_CODE
-    except Exception as exc:
-        _end_parent(inv, "FAILED", f"{type(exc).__name__}: {exc}")
-        raise
-    return summarize_invocation(inv, grid, time.time() - t_start)
+    with terminate_as_interrupt():  # SIGTERM/SIGHUP like Ctrl-C; Tune's own SIGINT handler off
+        inv = prepare(args, kind)
+        platform_error = None
+        try:
+            grid = execute(inv, args)
+        except KeyboardInterrupt as exc:
+            command = "validate" if kind == "validation" else "tune"
+            print(f"pgolf: {reason(exc)}; running trials were recorded as KILLED. Finish the missing seeds "
+                  f"with: pgolf {command} {args.experiment} --resume (same --set/--seeds)", file=sys.stderr)
+            _end_parent(inv, "KILLED", reason(exc))
+            return exit_code(exc)
+        except RayUnavailable as exc:
+            print(f"pgolf: {exc}", file=sys.stderr)
+            _end_parent(inv, "FAILED", str(exc))
+            return 1
+        except capacity.Unschedulable as exc:
+            print(f"pgolf: {exc}", file=sys.stderr)
+            _end_parent(inv, "FAILED", str(exc))
+            return capacity.EXIT_CODE
+        except Exception as exc:  # noqa: BLE001 - e.g. Tune's ResultGrid on a full runs dir
+            # The trials' records live in MLflow, not in Tune's state: summarise them anyway.
+            platform_error = f"Ray Tune failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+            print(f"pgolf: {platform_error}; summarising the trials from MLflow", file=sys.stderr)
+            grid = None
+        return summarize_invocation(inv, grid, time.time() - t_start, platform_error=platform_error)
 
 
 def prepare(args, kind: str) -> Invocation:
@@ -115,11 +123,17 @@ def prepare(args, kind: str) -> Invocation:
 
     uri, artifact_root = tracking.resolve_tracking_uri(args.tracking_uri)
     experiment_id = tracking.get_or_create_experiment(uri, exp.meta.name, artifact_root)
+    for run_id in tracking.close_dead_invocations(uri, [experiment_id]):
+        print(f"  closed run {run_id}: FAILED ({tracking.DRIVER_LOST})", flush=True)
     plan = make_plan(specs, tracking.finished_trials(uri, experiment_id) if args.resume else None)
     git_sha, dirty = tracking.git_state()
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    # Second-resolution time plus a random part: two drivers started together never share a trial root,
+    # a Tune run name or a parent run name.
+    stamp = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
     runs_dir = os.path.abspath(args.runs_dir or "runs")
-    trial_root = os.path.join(runs_dir, exp.meta.name, f"{kind}-{stamp}")
+    from pgolf.safety import path_under
+
+    trial_root = path_under(runs_dir, exp.meta.name, f"{kind}-{stamp}")
     parent_tags = {
         "pgolf.kind": kind, "git_sha": git_sha, "git_dirty": str(dirty), "experiment_file": exp.path,
         "lineage": " -> ".join(exp.lineage), "seeds": ",".join(map(str, seeds)), "smoke": str(bool(args.smoke)),
@@ -181,11 +195,12 @@ def _end_parent(inv: Invocation, status: str, reason: str) -> None:
         tracking.finish_run(inv.uri, inv.parent_id, status)
 
 
-def summarize_invocation(inv: Invocation, grid: Any, wall: float) -> int:
+def summarize_invocation(inv: Invocation, grid: Any, wall: float, platform_error: str | None = None) -> int:
     """Results from MLflow -> table, statistics, parent run metrics and artifacts; the exit code."""
     exp, kind = inv.exp, inv.kind
     extra_specs = _optuna_specs(grid, inv.ctx, inv.plan, inv.uri) if grid is not None and inv.searcher else []
-    errors = [r for r in (grid or []) if r.error is not None]
+    errors = [str(r.error).splitlines()[0][:500] for r in (grid or []) if r.error is not None]
+    errors += [platform_error] if platform_error else []
     records = collect(inv.uri, inv.experiment_id, inv.parent_id, inv.plan, extra_specs)
     early_ok = inv.early_stop_ok
     summary = aggregate(exp, records, inv.uri, inv.experiment_id, kind=kind,
@@ -194,7 +209,7 @@ def summarize_invocation(inv: Invocation, grid: Any, wall: float) -> int:
     all_ok = n_bad == 0 and not errors and bool(records)
     summary.update({"experiment": exp.meta.name, "experiment_file": exp.path, "kind": kind, "seeds": inv.seeds,
                     "parent_run_id": inv.parent_id, "tracking_uri": inv.uri, "all_ok": all_ok,
-                    "trial_errors": [str(r.error).splitlines()[0][:500] for r in errors],
+                    "trial_errors": errors,
                     "wall_seconds": round(wall, 1)})
     order = list(summary["variants"])
     if kind == "sweep":
@@ -218,12 +233,14 @@ def summarize_invocation(inv: Invocation, grid: Any, wall: float) -> int:
     for e in summary["trial_errors"]:
         print(f"  trial error: {e}", file=sys.stderr)
 
-    c = tracking.client(inv.uri)
-    tracking.log_metrics(c, inv.parent_id, [(k, v, 0) for k, v in {**parent_metrics(summary), **spend}.items()])
-    c.log_dict(inv.parent_id, json.loads(json.dumps(summary, default=str)), "validation_summary.json")
-    c.log_text(inv.parent_id, table + "\n" + details + "\n", "validation_table.txt")
-    _end_parent(inv, "FINISHED" if all_ok else "FAILED",
-                "ok" if all_ok else f"{n_bad} of {len(records)} requested seed(s) did not finish OK")
+    stored = _store_summary(inv, summary, table + "\n" + details + "\n", spend)
+    end_reason = "ok" if all_ok else "; ".join(
+        ([f"{n_bad} of {len(records)} requested seed(s) did not finish OK"] if n_bad or not records else [])
+        + ([platform_error] if platform_error else [])) or "trial errors (see trial_errors)"
+    if stored is not True:
+        all_ok = False
+        end_reason = f"{end_reason}; summary not stored in MLflow ({stored})"
+    _end_parent(inv, "FINISHED" if all_ok else "FAILED", end_reason)
     n_early = sum(r.early_stopped for r in records) if early_ok else 0
     early = f" ({n_early} stopped early by ASHA)" if n_early else ""
     print(f"{'all' if all_ok else 'NOT all'} {len(records)} requested seed(s) finished OK{early}; "
@@ -269,6 +286,34 @@ def _costs(inv: Invocation, summary: dict[str, Any]) -> dict[str, float]:
     if out["cost/gpu_seconds"] > 0 or "cost/usd" in out or state is not None:  # CPU runs without a price: nothing to say
         print(line, flush=True)
     return out
+
+
+def _store_summary(inv: Invocation, summary: dict, table: str, spend: dict[str, float]) -> bool | str:
+    """The summary and table onto the parent run; True, or why not. A copy always goes to the
+    invocation's trial root too, so a full artifact store never loses the summary."""
+    doc = json.loads(json.dumps(summary, default=str))
+    local = None
+    try:
+        os.makedirs(inv.ctx.runs_dir, exist_ok=True)
+        local = os.path.join(inv.ctx.runs_dir, "validation_summary.json")
+        with open(local, "w", encoding="utf-8") as fh:
+            json.dump(doc, fh, indent=2)
+        with open(os.path.join(inv.ctx.runs_dir, "validation_table.txt"), "w", encoding="utf-8") as fh:
+            fh.write(table)
+    except OSError as exc:
+        print(f"pgolf: could not write the summary under {inv.ctx.runs_dir}: {exc}", file=sys.stderr)
+        local = None
+    try:
+        c = tracking.client(inv.uri)
+        tracking.log_metrics(c, inv.parent_id, [(k, v, 0) for k, v in {**parent_metrics(summary), **spend}.items()])
+        c.log_dict(inv.parent_id, doc, "validation_summary.json")
+        c.log_text(inv.parent_id, table, "validation_table.txt")
+        return True
+    except Exception as exc:  # noqa: BLE001 - a full or unreachable store: say so, keep the local copy
+        why = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        where = f"; local copy {local}" if local else ""
+        print(f"pgolf: the summary did not reach MLflow ({why}){where}", file=sys.stderr)
+        return why + where
 
 
 def _job_submission_id() -> str | None:

@@ -188,6 +188,8 @@ def build_submission(tracking_uri: str, ref: str, out_dir: str, *, experiment: s
     Raises SubmissionRefused before writing anything when the group cannot be submitted as asked."""
     say = progress or (lambda *_: None)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise FileExistsError(f"--out {out_dir} is a file, not a folder; pass a new folder for the records")
     group = resolve_group(tracking_uri, ref, experiment=experiment)
     if not group.seeds:
         raise SubmissionRefused(f"{group.source}: no finished run", [

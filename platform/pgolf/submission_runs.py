@@ -68,7 +68,13 @@ def resolve_group(tracking_uri: str, ref: str, *, experiment: str | None = None)
         raise LookupError(f"{tracking_uri} has no experiments")
 
     if re.fullmatch(r"[0-9a-f]{32}", ref):
-        run = c.get_run(ref)
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = c.get_run(ref)
+        except MlflowException:
+            raise LookupError(f"no MLflow run {ref} in {tracking_uri}; list runs with `pgolf report` or "
+                              f"pass a config hash") from None
         exp_id = run.info.experiment_id
         tags = run.data.tags
         if tags.get(KIND) in ("validation", "sweep") or "config_hash" not in tags:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pgolf.experiment import flatten  # one flattening for params, tags and variants
+from pgolf.trainers.config import ConfigError
 
 ENV_TRACKING_URI = "PGOLF_TRACKING_URI"
 DB_NAME = "mlflow.db"
@@ -45,6 +46,14 @@ _BAD_METRIC_CHARS = re.compile(r"[^\w.\- /:]")
 # where the store is
 
 
+class TrackingError(ConfigError):
+    """The tracking URI or store cannot be used; the CLI prints it on one line (exit 2)."""
+
+
+_URI_FIX = (f"use sqlite:///ABSOLUTE/PATH/mlflow.db or an MLflow server (http://host:5000) via --tracking-uri "
+            f"or ${ENV_TRACKING_URI}")
+
+
 def _abs_sqlite(uri: str, cwd: str) -> str:
     """`sqlite:///rel.db` is relative to the working directory of whoever opens it; Ray trials run in
     their own directories, so every sqlite URI is made absolute once, on the driver."""
@@ -67,12 +76,32 @@ def resolve_tracking_uri(cli_uri: str | None = None, cwd: str | None = None) -> 
     if uri.startswith("sqlite:///"):
         uri = _abs_sqlite(uri, cwd)
         return uri, os.path.join(os.path.dirname(uri[len("sqlite:///"):]), ARTIFACTS_DIR)
-    if uri.startswith("file:") or "://" not in uri:
-        raise ValueError(
-            f"tracking URI {uri!r}: MLflow 3.17 refuses the ./mlruns file store. Use "
-            f"sqlite:///ABSOLUTE/PATH/mlflow.db or an MLflow server (http://host:5000) via --tracking-uri "
-            f"or ${ENV_TRACKING_URI}")
+    if uri.startswith("file:"):
+        raise TrackingError(f"tracking URI {uri!r}: MLflow 3.17 refuses the file store (./mlruns); {_URI_FIX}")
+    if uri != "databricks" and not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.\-]*://\S+", uri):
+        raise TrackingError(f"tracking URI {uri!r} is not a URI (no scheme://); {_URI_FIX}")
+    if uri.startswith("sqlite:"):
+        raise TrackingError(f"tracking URI {uri!r}: a sqlite store needs three slashes and a path, "
+                            f"sqlite:///ABSOLUTE/PATH/mlflow.db")
     return uri, None
+
+
+def check_writable_store(uri: str) -> None:
+    """A sqlite store must be a writable file in a writable folder; said before MLflow's own
+    traceback (`unable to open database file`) would be."""
+    if not uri.startswith("sqlite:///"):
+        return
+    db = Path(uri[len("sqlite:///"):])
+    folder = db.parent
+    if not folder.is_dir():
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise TrackingError(f"MLflow store {db}: the folder {folder} {what}; create it or pass another "
+                            f"--tracking-uri")
+    if db.exists() and not db.is_file():
+        raise TrackingError(f"MLflow store {db} is not a file; pass --tracking-uri sqlite:///PATH/mlflow.db")
+    if not os.access(folder, os.W_OK) or (db.exists() and not os.access(db, os.W_OK)):
+        raise TrackingError(f"MLflow store {db} is not writable; fix its permissions or pass another "
+                            f"--tracking-uri")
 
 
 def client(uri: str):
@@ -86,8 +115,15 @@ def get_or_create_experiment(uri: str, name: str, artifact_root: str | None) -> 
     experiment creation (mlflow#4123)."""
     from mlflow.exceptions import MlflowException
 
-    c = client(uri)
-    exp = c.get_experiment_by_name(name)
+    check_writable_store(uri)
+    try:
+        c = client(uri)
+        exp = c.get_experiment_by_name(name)
+    except Exception as exc:  # noqa: BLE001 - sqlalchemy's errors for a damaged file are not MlflowException
+        if not uri.startswith("sqlite:///"):
+            raise
+        raise TrackingError(f"MLflow store {uri[len('sqlite:///'):]} cannot be opened "
+                            f"({str(exc).splitlines()[0][:200]}); is it a sqlite file MLflow wrote?") from None
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             raise ValueError(f"MLflow experiment {name!r} is deleted in {uri}; restore it "
@@ -204,6 +240,7 @@ def _clip(text: str, n: int) -> str:
 def start_parent_run(uri: str, experiment_id: str, *, run_name: str, tags: Mapping[str, Any],
                      params: Mapping[str, Any] | None = None) -> str:
     c = client(uri)
+    tags = {**driver_identity(), **tags}
     run = c.create_run(experiment_id, run_name=run_name, tags={k: _as_text(v) for k, v in tags.items()})
     if params:
         log_params(c, run.info.run_id, params)
@@ -315,13 +352,20 @@ class TrialRecorder:
             self.log_run_files(run_dir, result)
         except Exception as exc:  # noqa: BLE001
             errors.append(f"artifacts: {exc}")
+        lost = [e for e in errors if not e.startswith("step metrics")]
+        if status == "FINISHED" and lost:
+            # The score, the blob or the logs did not reach the store: a FINISHED run here would be a
+            # claim without evidence, and --resume would skip the seed.
+            status, reason = "FAILED", f"tracking: the run's evidence did not reach the store ({'; '.join(lost)[:500]})"
         tags = {"status_reason": reason}
         if errors:
             tags["tracking_errors"] = "; ".join(errors)
         try:
             set_tags(self.c, self.run_id, tags)
-        finally:
-            self.c.set_terminated(self.run_id, status=status)
+        except Exception:  # noqa: BLE001 - closing the run matters more than its reason tag
+            pass
+        self.c.set_terminated(self.run_id, status=status)
+        self.status = status
 
     def log_run_files(self, run_dir: str, result: Mapping[str, Any] | None) -> None:
         if not run_dir or not os.path.isdir(run_dir):
@@ -384,6 +428,8 @@ def finished_trials(uri: str, experiment_id: str) -> dict[tuple[str, int], Any]:
     runs = _runs(c, [experiment_id], f"tags.`{KIND}` = '{KIND_TRIAL}' and attributes.status = 'FINISHED'")
     for run in sorted(runs, key=lambda r: r.info.start_time or 0):
         tags = run.data.tags
+        if any(part.strip().startswith(("metrics", "artifacts")) for part in tags.get("tracking_errors", "").split(";")):
+            continue  # closed FINISHED by an older pgolf without its evidence: run the seed again
         try:
             found[(tags["config_hash"], int(tags["seed"]))] = run
         except (KeyError, ValueError):
@@ -428,6 +474,87 @@ def mark_stale_children(uri: str, experiment_id: str, parent_run_id: str, reason
     c = client(uri)
     stale = [r for r in child_runs(uri, experiment_id, parent_run_id) if r.info.status == "RUNNING"]
     for r in stale:
+        try:
+            _log_what_is_left(c, r.info.run_id, r.data.tags.get("pgolf.run_dir", ""))
+        except Exception:  # noqa: BLE001 - the run is closed below whatever the store says
+            pass
         set_tags(c, r.info.run_id, {"status_reason": reason})
         c.set_terminated(r.info.run_id, status="KILLED")
     return [r.info.run_id for r in stale]
+
+
+def _log_what_is_left(c, run_id: str, run_dir: str, lines: int = 50) -> None:
+    """A trial stopped from outside never ran its own close: its run directory (when it is on this
+    node) still holds the trainer's output and logs; they become the run's artifacts, with a log tail."""
+    if not run_dir or not os.path.isdir(run_dir):
+        return
+    out = os.path.join(run_dir, "trainer_output.log")
+    if os.path.isfile(out):
+        with open(out, encoding="utf-8", errors="replace") as fh:
+            tail = fh.read().splitlines()[-lines:]
+        with open(os.path.join(run_dir, "log_tail.txt"), "w", encoding="utf-8") as fh:
+            fh.write("\n".join(tail) + "\n")
+    for name in RUN_FILES:
+        path = os.path.join(run_dir, name)
+        if os.path.isfile(path):
+            c.log_artifact(run_id, path)
+
+
+# --------------------------------------------------------------------------------------------------
+# invocations whose driver died (SIGKILL, a lost node): closed by the next validate / --resume / report
+
+DRIVER_HOST, DRIVER_PID, DRIVER_START = "pgolf.driver_host", "pgolf.driver_pid", "pgolf.driver_start"
+DRIVER_LOST = "driver lost: the pgolf process that ran this invocation ended without closing it"
+
+
+def _process_start(pid: int) -> str | None:
+    """The kernel's start time of `pid` (clock ticks since boot), or None when no such process runs.
+    Together with the pid it names one process: a recycled pid has another start time."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] == "Z" else fields[19]
+
+
+def driver_identity() -> dict[str, str]:
+    import socket
+
+    pid = os.getpid()
+    return {DRIVER_HOST: socket.gethostname(), DRIVER_PID: str(pid), DRIVER_START: _process_start(pid) or ""}
+
+
+def _driver_dead(tags: Mapping[str, str]) -> bool:
+    import socket
+
+    if tags.get(DRIVER_HOST) != socket.gethostname() or not tags.get(DRIVER_PID, "").isdigit():
+        return False  # another machine's driver (or an older pgolf): nothing here can tell
+    start = _process_start(int(tags[DRIVER_PID]))
+    return start is None or (bool(tags.get(DRIVER_START)) and start != tags[DRIVER_START])
+
+
+def close_dead_invocations(uri: str, experiment_ids: list[str] | None = None, reason: str = DRIVER_LOST) -> list[str]:
+    """Close RUNNING parents whose driver on this host is gone, and RUNNING trials of any parent that is
+    no longer running (FAILED, with `reason`). Returns the run ids closed."""
+    c = client(uri)
+    ids = experiment_ids if experiment_ids is not None else [e.experiment_id for e in c.search_experiments()]
+    if not ids:
+        return []
+    running = _runs(c, ids, "attributes.status = 'RUNNING'")
+    parents = [r for r in running if r.data.tags.get(KIND) not in (None, KIND_TRIAL)]
+    closed = []
+    for r in parents:
+        if _driver_dead(r.data.tags):
+            set_tags(c, r.info.run_id, {"status_reason": reason})
+            c.set_terminated(r.info.run_id, status="FAILED")
+            closed.append(r.info.run_id)
+    live = {r.info.run_id for r in parents} - set(closed)
+    for r in running:
+        tags = r.data.tags
+        if tags.get(KIND) != KIND_TRIAL or tags.get("mlflow.parentRunId") in live:
+            continue
+        set_tags(c, r.info.run_id, {"status_reason": reason})
+        c.set_terminated(r.info.run_id, status="FAILED")
+        closed.append(r.info.run_id)
+    return closed

@@ -124,6 +124,36 @@ def kill_group(proc: subprocess.Popen, grace: float = TERM_GRACE_SECONDS) -> Non
         pass
 
 
+def stop_trainers_below(root: str, grace: float = 2.0) -> list[int]:
+    """Trainer process groups recorded in `root/*/trainer.pid` that still run (their trial actor is gone,
+    e.g. after Ctrl-C): SIGTERM, then SIGKILL after `grace` s. Returns the groups signalled."""
+    groups = []
+    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        try:
+            with open(os.path.join(root, name, "trainer.pid"), encoding="ascii") as fh:
+                pid = int(fh.read().strip())
+            if os.getpgid(pid) == pid:  # still the leader of its own group: our trainer, not a reused pid
+                groups.append(pid)
+        except (OSError, ValueError):
+            continue
+    for pgid in groups:
+        _signal_group(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while groups and time.monotonic() < deadline and any(_group_alive(g) for g in groups):
+        time.sleep(0.1)
+    for pgid in groups:
+        _signal_group(pgid, signal.SIGKILL)
+    return groups
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except OSError:
+        return False
+
+
 def _signal_group(pgid: int, sig: int) -> None:
     try:
         os.killpg(pgid, sig)
@@ -198,7 +228,9 @@ def classify(returncode: int | None, result: dict | None, *, timed_out: bool, st
 
 
 def _trainer_env(threads: int) -> dict[str, str]:
-    env = dict(os.environ)
+    from pgolf.safety import without_secrets
+
+    env = without_secrets(os.environ)  # the trainer needs no credential; its env can end up in logs
     # Ray sets OMP_NUM_THREADS to the trial's CPU count (1 unless asked); the trainer's ranks inherit it,
     # so say what is meant instead of relying on that.
     env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(max(threads, 1))
@@ -220,7 +252,9 @@ def execute_trial(spec: TrialSpec, ctx: TrialContext, *, trial_id: str = "local"
     t_trial = time.monotonic()
     report = report or (lambda metrics: None)
     should_stop = should_stop or (lambda: False)
-    run_dir = os.path.join(ctx.runs_dir, tracking.trial_run_name(spec.variant, spec.seed) + f"-{trial_id}")
+    from pgolf.safety import path_under, slug
+
+    run_dir = path_under(ctx.runs_dir, slug(tracking.trial_run_name(spec.variant, spec.seed)) + f"-{trial_id}")
     threads = spec.cfg.run.threads or max(ctx.cpus, 1)
     params = tracking.flatten(dataclasses.asdict(spec.cfg))  # lenient: a version mismatch fails in setup below
     params.pop("run.run_dir", None)

@@ -25,6 +25,7 @@ def connect_ray(address: str | None) -> bool:
     addr = address or os.environ.get("RAY_ADDRESS") or "local"
     try:
         if addr == "local":
+            _loopback_only()
             ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
             return True
         ray.init(address=addr, log_to_driver=False)
@@ -39,6 +40,17 @@ def connect_ray(address: str | None) -> bool:
 
 class RayUnavailable(RuntimeError):
     pass
+
+
+def _loopback_only() -> None:
+    """A cluster pgolf starts for itself serves only this machine: GCS, raylet, object manager and the
+    unauthenticated metrics endpoints bind 127.0.0.1 instead of every interface. Ray derives every
+    bind address from the node IP, which is the loopback address when it believes clusters are off
+    (its Windows/macOS default); the processes it starts read the variable, this process the constant."""
+    from ray._private import ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def default_concurrency(gpus: int, cpus: int) -> int:
@@ -149,7 +161,10 @@ def run_tuner(inv: Any, *, max_concurrent: int, storage_path: str, run_name: str
                                   failure_config=tune.FailureConfig(max_failures=0),
                                   callbacks=[_trial_events(total)]),
     )
-    return tuner.fit()
+    from pgolf.safety import secrets_hidden
+
+    with secrets_hidden():  # Tune would copy AWS_* into every trial's runtime env, which Ray logs
+        return tuner.fit()
 
 
 def execute(inv: Any, args) -> Any:
@@ -158,10 +173,13 @@ def execute(inv: Any, args) -> Any:
         return None
     import ray
 
-    interrupted = False
+    interrupted: KeyboardInterrupt | None = None
     owned = False
     try:
         owned = connect_ray(args.address)
+        from pgolf.interrupts import reassert
+
+        reassert()  # ray.init replaced the SIGTERM handler with one that aborts
         res = ray.cluster_resources()
         tracking.set_tags(tracking.client(inv.uri), inv.parent_id, {
             "ray_job_id": ray.get_runtime_context().get_job_id(),
@@ -176,13 +194,22 @@ def execute(inv: Any, args) -> Any:
               f"deadline {inv.ctx.deadline_seconds:g} s per trial", flush=True)
         return run_tuner(inv, max_concurrent=mc, storage_path=os.path.abspath(args.storage_path or os.path.join(inv.runs_dir, "tune")),
                          run_name=f"{exp.meta.name}-{inv.kind}-{inv.stamp}")
-    except KeyboardInterrupt:
-        interrupted = True
+    except KeyboardInterrupt as exc:
+        interrupted = exc
         raise
     finally:
+        if interrupted:
+            # Actors first (their trial threads must not close runs half-way), then the trainers they
+            # started in their own process groups, then the runs, with what the trainers left on disk.
+            ray.shutdown()
+            from pgolf.trial import stop_trainers_below
+
+            stop_trainers_below(inv.ctx.runs_dir)
+        from pgolf.interrupts import reason
+
         tracking.mark_stale_children(
             inv.uri, inv.experiment_id, inv.parent_id,
-            "interrupted: the invocation was stopped before this trial finished" if interrupted
+            f"{reason(interrupted)}: the invocation was stopped before this trial finished" if interrupted
             else "stopped by Ray Tune before the trial could record its end (scheduler decision or a lost worker)")
-        if owned:
+        if owned and not interrupted:
             ray.shutdown()

@@ -26,6 +26,7 @@ def run(args) -> int:
     try:
         if args.source == "demo":
             out = args.out or os.path.join(default_data_dir(), demo_dir_name(args.vocab))
+            _check_writable(out)  # before the corpus and tokenizer are built, not after
             manifest = build_demo(out, force=args.force, vocab=args.vocab)
             print(f"demo corpus ready in {os.path.abspath(out)}")
             print(_describe(manifest))
@@ -36,7 +37,19 @@ def run(args) -> int:
     except DataError as exc:
         print(f"pgolf data: {exc}", file=sys.stderr)
         return 3
+    except OSError as exc:  # read-only or full storage, a file where a folder should be
+        print(f"pgolf data: cannot write {exc.filename or args.out}: {exc.strerror or exc}; pass --out a writable "
+              "folder with free space (or set PGOLF_DATA_DIR)", file=sys.stderr)
+        return 2
     return 0
+
+
+def _check_writable(out: str) -> None:
+    os.makedirs(out, exist_ok=True)
+    probe = os.path.join(out, f".pgolf-write-test-{os.getpid()}")
+    with open(probe, "w"):
+        pass
+    os.unlink(probe)
 
 
 def _describe(manifest) -> str:

@@ -55,6 +55,13 @@ def run(args) -> int:
     import logging
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # migrations chatter on every sqlite open
+    from pgolf import tracking
+
+    try:  # invocations whose driver died (SIGKILL) would otherwise show as RUNNING forever
+        for run_id in tracking.close_dead_invocations(uri):
+            print(f"pgolf report: closed run {run_id}: FAILED ({tracking.DRIVER_LOST})")
+    except Exception as exc:  # noqa: BLE001 - a read-only store still gets its report
+        print(f"pgolf report: could not close runs of dead drivers ({type(exc).__name__}: {exc})", file=sys.stderr)
     from pgolf.dashboards import query
     from pgolf.dashboards import report as R
 

@@ -43,10 +43,36 @@ def run(args) -> int:
         return 2
     print(f"pgolf ui: MLflow UI for {uri} at {url} (Ctrl-C to stop)", flush=True)
     env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY=os.environ.get("MLFLOW_DISABLE_TELEMETRY", "true"))
+    from pgolf.interrupts import terminate_as_interrupt
+
+    # Its own process group: the server and its workers stop together when pgolf ui does (Ctrl-C, SIGTERM,
+    # SIGHUP), instead of serving on after their parent is gone.
+    server = subprocess.Popen(cmd, env=env, start_new_session=True)
     try:
-        return subprocess.call(cmd, env=env)
+        with terminate_as_interrupt():
+            return server.wait()
     except KeyboardInterrupt:
         return 0
+    finally:
+        stop_server(server)
+
+
+def stop_server(server: subprocess.Popen, grace: float = 5.0) -> None:
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(server.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        try:
+            server.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            continue
+        try:  # the leader is gone; workers of the group may still be stopping
+            os.killpg(server.pid, 0)
+        except OSError:
+            return
 
 
 def _server(uri: str, dry_run: bool) -> int:

@@ -1,0 +1,147 @@
+"""Fault scenarios of issue #12 on a real driver: `pgolf validate` in a subprocess with its own local Ray,
+stopped by Ctrl-C, SIGTERM or SIGKILL while its one trial trains. Each scenario is one tiny trial (2
+layers, d32) that would train for hours; the assertions read the MLflow store afterwards.
+
+Marked `ray_cluster`: the drivers start their own local Ray, which may not overlap the session's (the
+dashboard agent's fixed port), so these run last, after `stop_session_ray`."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+from orch_helpers import alive, children
+
+EXP = """
+[experiment]
+name = "interrupts"
+seeds = [1]
+data = "demo"
+[resources]
+gpus = 0
+cpus = 1
+[config.model]
+num_layers = 2
+model_dim = 32
+num_heads = 2
+num_kv_heads = 1
+[config.data]
+train_seq_len = 32
+train_batch_tokens = 256
+grad_accum_steps = 1
+val_tokens_limit = 2048
+[config.schedule]
+iterations = 1000000
+warmdown_iters = 1
+warmup_steps = 0
+max_wallclock_seconds = 0
+[config.eval]
+val_loss_every = 0
+val_batch_size = 1024
+train_log_every = 1
+[config.run]
+device = "cpu"
+threads = 1
+"""
+
+
+def _ray_processes(temp: str) -> list[int]:
+    out = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                    if temp.encode() in fh.read():
+                        out.append(int(pid))
+            except OSError:
+                pass
+    return out
+
+
+def _start_driver(tmp_path, tracking_uri, data_root):
+    exp = tmp_path / "interrupts.toml"
+    exp.write_text(EXP)
+    temp = tempfile.mkdtemp(prefix="pgint", dir="/tmp")  # every Ray process of this driver names it
+    env = dict(os.environ, RAY_TMPDIR=temp, PGOLF_TRACKING_URI=tracking_uri)
+    log = open(tmp_path / "driver.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "pgolf.cli", "validate", str(exp), "--runs-dir",
+                             str(tmp_path / "runs"), "--data-dir", str(data_root)],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(tmp_path))
+    deadline = time.time() + 240
+    while time.time() < deadline:  # until the trainer has logged a training step
+        for path in (tmp_path / "runs").glob("interrupts/validation-*/*/metrics.jsonl"):
+            if '"train"' in path.read_text():
+                pid = int((path.parent / "trainer.pid").read_text())
+                return proc, temp, pid, log
+        if proc.poll() is not None:
+            break
+        time.sleep(0.5)
+    proc.kill()
+    pytest.fail(f"the trial never trained:\n{(tmp_path / 'driver.log').read_text()[-3000:]}")
+
+
+def _cleanup(temp: str, trainer_pid: int) -> list[int]:
+    """Whatever a killed driver left: returns the Ray processes that were still there."""
+    left = _ray_processes(temp)
+    for pid in left + [trainer_pid]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return left
+
+
+@pytest.mark.ray_cluster
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_interrupted_driver_records_every_run_and_stops_everything(sig, code, stop_session_ray, tracking_uri,
+                                                                   data_root, tmp_path):
+    from pgolf import tracking
+
+    proc, temp, trainer_pid, log = _start_driver(tmp_path, tracking_uri, data_root)
+    proc.send_signal(sig)
+    try:
+        rc = proc.wait(timeout=120)
+    finally:
+        log.close()
+        leftover = _cleanup(temp, trainer_pid)
+    out = (tmp_path / "driver.log").read_text()
+    assert rc == code, out[-3000:]
+    assert "--resume" in out and "Tuner.restore" not in out, out[-3000:]
+    assert not alive(trainer_pid) and leftover == []
+    parents, kids = children(tracking_uri, "interrupts")
+    assert [p.info.status for p in parents] == ["KILLED"]
+    assert parents[0].data.tags["status_reason"].startswith("interrupted")
+    assert [k.info.status for k in kids] == ["KILLED"]
+    assert kids[0].data.tags["status_reason"].startswith("interrupted")
+    files = {a.path for a in tracking.client(tracking_uri).list_artifacts(kids[0].info.run_id)}
+    assert {"trainer_output.log", "log_tail.txt", "metrics.jsonl", "train.log"} <= files
+
+
+@pytest.mark.ray_cluster
+def test_sigkilled_driver_is_closed_by_the_next_report(stop_session_ray, tracking_uri, data_root, tmp_path, capsys):
+    from pgolf import cli
+
+    proc, temp, trainer_pid, log = _start_driver(tmp_path, tracking_uri, data_root)
+    proc.kill()
+    proc.wait(timeout=30)
+    log.close()
+    deadline = time.time() + 30  # Ray's own processes share the driver's fate; give them a moment
+    while _ray_processes(temp) and time.time() < deadline:
+        time.sleep(0.5)
+    assert _cleanup(temp, trainer_pid) == []
+    parents, kids = children(tracking_uri, "interrupts")
+    assert [p.info.status for p in parents] == ["RUNNING"]  # what the driver left
+
+    rc = cli.main(["report", "--tracking-uri", tracking_uri, "--out", str(tmp_path / "report"), "--no-plots"])
+    out = capsys.readouterr().out
+    assert rc in (0, 1) and f"closed run {parents[0].info.run_id}: FAILED (driver lost" in out, out
+    parents, kids = children(tracking_uri, "interrupts")
+    assert parents[0].info.status == "FAILED" and parents[0].data.tags["status_reason"].startswith("driver lost")
+    # The trial actor can outlive its driver for a moment and close its own run (its trainer was killed
+    # above); a trial that could not is closed by the report. Either way nothing stays RUNNING.
+    assert kids and all(k.info.status == "FAILED" for k in kids)
