@@ -187,7 +187,7 @@ def tokenizer_600(demo_data, tmp_path_factory):
     """A valid SentencePiece model with 600 pieces: ids of the 1024-piece demo shards it cannot spell."""
     import sentencepiece as spm
 
-    from pgolf.datasets import DEMO_TOKENIZER_SETTINGS
+    from pgolf.demo_corpus import DEMO_TOKENIZER_SETTINGS
     from pgolf.trainers.shards import read_shard
 
     sp = spm.SentencePieceProcessor(model_file=str(demo_data.tokenizer_path))

@@ -104,8 +104,10 @@ def test_smoke_shrink_keeps_every_technique_on():
     assert smoke.smoke_layers(9) == 3 and smoke.smoke_layers(11) == 4
 
 
+# vocab 1024 for every stack: the sp8192 stacks' 8192-way head and demo corpus tripled their runs; their
+# tokenizer, byte tables and embedding GPTQ are covered by test_frontier/test_datasets.
 FAST_SMOKE = {"schedule.iterations": 20, "data.train_batch_tokens": 64 * 8, "data.val_tokens_limit": 4096,
-              "eval.train_log_every": 19}
+              "eval.train_log_every": 19, "model.vocab_size": 1024}
 SMOKE_RUNS: dict[str, str] = {}  # stack -> run dir of its smoke run (test_stacks_packed.py replays them)
 
 

@@ -175,7 +175,7 @@ class _Pruner(ast.NodeTransformer):
     def visit_If(self, node):
         self.generic_visit(node)
         taken = self.decide(node.test)
-        if taken is True and node.orelse:
+        if taken is True and not _is_gone(node.orelse):  # an empty else too: skipping the body is another run's path
             node.orelse = [ast.Expr(self.gone(node.test, False))]
         elif taken is False and not _is_gone(node.body):
             node.body = [ast.Expr(self.gone(node.test, True))]
@@ -259,6 +259,19 @@ def _drop_dead(trees: dict[str, ast.Module]) -> None:
             cache[id(stmt)] = _uses(stmt)
         return cache[id(stmt)]
 
+    # `from .x import a` elsewhere keeps x's own import of a alive (a re-export, e.g. context's exit codes)
+    reexported: set[tuple[str, str]] = set()
+    mods = set(trees)
+    for mod, tree in trees.items():
+        pkg = mod if any(m.startswith(mod + ".") for m in mods) else mod.rpartition(".")[0]
+        for n in ast.walk(tree):
+            if isinstance(n, ast.ImportFrom) and n.level:
+                base = pkg
+                for _ in range(n.level - 1):
+                    base = base.rpartition(".")[0]
+                target = ".".join(p for p in (base, n.module or "") if p)
+                reexported.update((target, a.name) for a in n.names)
+
     while True:
         changed = False
         total = Counter(n for t in trees.values() for s in t.body for n in uses(s))
@@ -280,7 +293,8 @@ def _drop_dead(trees: dict[str, ast.Module]) -> None:
                         changed = True
                         continue
                 if isinstance(stmt, ast.ImportFrom) and stmt.module != "__future__":
-                    live = [a for a in stmt.names if (a.asname or a.name) in own or a.name == "*"]
+                    live = [a for a in stmt.names if (a.asname or a.name) in own or a.name == "*"
+                            or (mod, a.asname or a.name) in reexported]
                     if len(live) != len(stmt.names):
                         changed = True
                         if not live:

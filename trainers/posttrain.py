@@ -169,7 +169,8 @@ def _bos_id(cfg: TrainConfig) -> int:
 
 
 def finish_run(ctx: RunContext) -> dict:
-    cfg, phases, log, ddp = ctx.cfg, ctx.phases, ctx.log, ctx.ddp
+    cfg = ctx.cfg  # a plain alias: the packer decides this run's TTT/sliding branches through it
+    phases, log, ddp = ctx.phases, ctx.log, ctx.ddp
     is_cuda = ctx.device.type == "cuda"
     eval_kw = dict(device=ctx.device, rank=ddp.rank, world_size=ddp.world_size)
     result: dict = {"status": "ok", "config_hash": ctx.config_hash, "code_version": ctx.code_version,
