@@ -230,18 +230,23 @@ def _uses(node: ast.AST) -> set[str]:
     return out
 
 
-def _relative_imports(tree: ast.AST, mod: str, modules: set[str]) -> set[str]:
+def _relative_froms(tree: ast.AST, mod: str, modules: set[str]):
+    """(target module, ImportFrom node) for every relative `from .x import ...` in `tree`."""
     pkg = mod if any(m.startswith(mod + ".") for m in modules) else mod.rpartition(".")[0]
-    out = set()
     for n in ast.walk(tree):
         if isinstance(n, ast.ImportFrom) and n.level:
             base = pkg
             for _ in range(n.level - 1):
                 base = base.rpartition(".")[0]
-            target = ".".join(p for p in (base, n.module or "") if p)
-            for a in n.names:
-                sub = ".".join(p for p in (target, a.name) if p)
-                out.add(sub if sub in modules else target)
+            yield ".".join(p for p in (base, n.module or "") if p), n
+
+
+def _relative_imports(tree: ast.AST, mod: str, modules: set[str]) -> set[str]:
+    out = set()
+    for target, n in _relative_froms(tree, mod, modules):
+        for a in n.names:
+            sub = ".".join(p for p in (target, a.name) if p)
+            out.add(sub if sub in modules else target)
     return out & modules
 
 
@@ -260,17 +265,8 @@ def _drop_dead(trees: dict[str, ast.Module]) -> None:
         return cache[id(stmt)]
 
     # `from .x import a` elsewhere keeps x's own import of a alive (a re-export, e.g. context's exit codes)
-    reexported: set[tuple[str, str]] = set()
-    mods = set(trees)
-    for mod, tree in trees.items():
-        pkg = mod if any(m.startswith(mod + ".") for m in mods) else mod.rpartition(".")[0]
-        for n in ast.walk(tree):
-            if isinstance(n, ast.ImportFrom) and n.level:
-                base = pkg
-                for _ in range(n.level - 1):
-                    base = base.rpartition(".")[0]
-                target = ".".join(p for p in (base, n.module or "") if p)
-                reexported.update((target, a.name) for a in n.names)
+    reexported = {(target, a.name) for mod, tree in trees.items()
+                  for target, n in _relative_froms(tree, mod, set(trees)) for a in n.names}
 
     while True:
         changed = False
