@@ -41,11 +41,37 @@ def pytest_configure(config):
                    "once the session's local Ray is shut down")
 
 
+RAY_FIXTURES = {"ray_session", "stop_session_ray"}
+STACK_MODULES = {"test_stacks.py", "test_stacks_packed.py"}
+
+
+def _starts_ray(item) -> bool:
+    return bool(RAY_FIXTURES & set(getattr(item, "fixturenames", ()))) or item.get_closest_marker("ray_cluster")
+
+
 def pytest_collection_modifyitems(session, config, items):
     # Two Ray clusters on one machine collide on the dashboard agent's fixed port (52365), which
-    # ray.init cannot move. The `ray start` test moves every port of its own cluster, and also runs
+    # ray.init cannot move. The `ray start` tests move every port of their own clusters, and also run
     # last, after `stop_session_ray` has shut the session cluster down, so the two never overlap.
     items.sort(key=lambda item: item.get_closest_marker("ray_cluster") is not None)
+    # Under pytest-xdist (`--dist loadgroup`): every test that starts Ray runs in one worker, in the order
+    # above, so one machine never holds two local clusters; a stack's smoke run and the replay of its
+    # shipped script share a worker, so the replay reuses the run instead of training again.
+    ray_modules = {item.path.name for item in items if _starts_ray(item)}
+    for item in items:
+        if item.path.name in ray_modules:
+            item.add_marker(pytest.mark.xdist_group("ray"))
+        elif item.path.name in STACK_MODULES and "name" in getattr(getattr(item, "callspec", None), "params", {}):
+            item.add_marker(pytest.mark.xdist_group(f"stack-{item.callspec.params['name']}"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread_per_worker():
+    """xdist runs one worker per core: torch's default of a thread per core would oversubscribe them."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

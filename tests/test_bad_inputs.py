@@ -115,6 +115,8 @@ EXP = [
  ("set-through-scalar", BASE, ["--set", "experiment.name.x=1"], ["'name' is not a table"]),
  ("set-unsafe-name", BASE, ["--set", "experiment.name=../x"], ["'../x'", "not a safe name"]),
  ("set-data-bad", BASE, ["--set", "experiment.data=web"], ["'web'"]),
+ ("set-unknown-section", BASE, ["--set", "config.optimx.lr=0.1"], ["[config.optimx]", "did you mean 'optim'"]),
+ ("set-empty-seeds", BASE, ["--set", "experiment.seeds=[]"], ["--set experiment.seeds", "at least one seed"]),
 ]
 
 EXP += [

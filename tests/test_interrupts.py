@@ -63,18 +63,21 @@ def _ray_processes(temp: str) -> list[int]:
     return out
 
 
-def _start_driver(tmp_path, tracking_uri, data_root):
+def _start_driver(tmp_path, tracking_uri, data_root, *extra, log_name="driver.log"):
     exp = tmp_path / "interrupts.toml"
     exp.write_text(EXP)
+    pattern = "interrupts/validation-*/*/metrics.jsonl"
+    earlier = set((tmp_path / "runs").glob(pattern))  # an earlier driver's trial has trained already
     temp = tempfile.mkdtemp(prefix="pgint", dir="/tmp")  # every Ray process of this driver names it
     env = dict(os.environ, RAY_TMPDIR=temp, PGOLF_TRACKING_URI=tracking_uri)
-    log = open(tmp_path / "driver.log", "w")
+    log_path = tmp_path / log_name
+    log = open(log_path, "w")
     proc = subprocess.Popen([sys.executable, "-m", "pgolf.cli", "validate", str(exp), "--runs-dir",
-                             str(tmp_path / "runs"), "--data-dir", str(data_root)],
+                             str(tmp_path / "runs"), "--data-dir", str(data_root), *extra],
                             env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(tmp_path))
     deadline = time.time() + 240
     while time.time() < deadline:  # until the trainer has logged a training step
-        for path in (tmp_path / "runs").glob("interrupts/validation-*/*/metrics.jsonl"):
+        for path in set((tmp_path / "runs").glob(pattern)) - earlier:
             if '"train"' in path.read_text():
                 pid = int((path.parent / "trainer.pid").read_text())
                 return proc, temp, pid, log
@@ -82,7 +85,7 @@ def _start_driver(tmp_path, tracking_uri, data_root):
             break
         time.sleep(0.5)
     proc.kill()
-    pytest.fail(f"the trial never trained:\n{(tmp_path / 'driver.log').read_text()[-3000:]}")
+    pytest.fail(f"the trial never trained:\n{log_path.read_text()[-3000:]}")
 
 
 def _cleanup(temp: str, trainer_pid: int) -> list[int]:
@@ -96,26 +99,24 @@ def _cleanup(temp: str, trainer_pid: int) -> list[int]:
     return left
 
 
-@pytest.mark.ray_cluster
-@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
-def test_interrupted_driver_records_every_run_and_stops_everything(sig, code, stop_session_ray, tracking_uri,
-                                                                   data_root, tmp_path):
-    from pgolf import tracking
-
-    proc, temp, trainer_pid, log = _start_driver(tmp_path, tracking_uri, data_root)
+def _stop_driver(driver, sig, log_path) -> tuple[int, str]:
+    """Sends sig to the driver; its exit code and output, once it and everything it started are gone."""
+    proc, temp, trainer_pid, log = driver
     proc.send_signal(sig)
     try:
         rc = proc.wait(timeout=120)
     finally:
         log.close()
         leftover = _cleanup(temp, trainer_pid)
-    out = (tmp_path / "driver.log").read_text()
-    assert rc == code, out[-3000:]
-    assert "--resume" in out and "Tuner.restore" not in out, out[-3000:]
-    assert not alive(trainer_pid) and leftover == []
-    parents, kids = children(tracking_uri, "interrupts")
-    assert [p.info.status for p in parents] == ["KILLED"]
-    assert parents[0].data.tags["status_reason"].startswith("interrupted")
+    out = log_path.read_text()
+    assert not alive(trainer_pid) and leftover == [], out[-3000:]
+    return rc, out
+
+
+def _assert_interrupted(tracking_uri, parent, kids):
+    from pgolf import tracking
+
+    assert parent.info.status == "KILLED" and parent.data.tags["status_reason"].startswith("interrupted")
     assert [k.info.status for k in kids] == ["KILLED"]
     assert kids[0].data.tags["status_reason"].startswith("interrupted")
     files = {a.path for a in tracking.client(tracking_uri).list_artifacts(kids[0].info.run_id)}
@@ -123,9 +124,20 @@ def test_interrupted_driver_records_every_run_and_stops_everything(sig, code, st
 
 
 @pytest.mark.ray_cluster
-def test_sigkilled_driver_is_closed_by_the_next_report(stop_session_ray, tracking_uri, data_root, tmp_path, capsys):
-    from pgolf import cli
+def test_ctrl_c_records_every_run_and_stops_everything(stop_session_ray, tracking_uri, data_root, tmp_path):
+    driver = _start_driver(tmp_path, tracking_uri, data_root)
+    rc, out = _stop_driver(driver, signal.SIGINT, tmp_path / "driver.log")
+    assert rc == 130, out[-3000:]
+    assert "--resume" in out and "Tuner.restore" not in out, out[-3000:]
+    (parent,), kids = children(tracking_uri, "interrupts")
+    _assert_interrupted(tracking_uri, parent, kids)
 
+
+@pytest.mark.ray_cluster
+def test_sigkilled_driver_is_closed_by_resume_and_sigterm_is_recorded(stop_session_ray, tracking_uri, data_root,
+                                                                      tmp_path):
+    """SIGKILL leaves RUNNING runs behind; `--resume` closes them (FAILED "driver lost"), runs the lost
+    seed again, and is itself stopped by SIGTERM: rc 143, recorded like Ctrl-C."""
     proc, temp, trainer_pid, log = _start_driver(tmp_path, tracking_uri, data_root)
     proc.kill()
     proc.wait(timeout=30)
@@ -134,14 +146,22 @@ def test_sigkilled_driver_is_closed_by_the_next_report(stop_session_ray, trackin
     while _ray_processes(temp) and time.time() < deadline:
         time.sleep(0.5)
     assert _cleanup(temp, trainer_pid) == []
-    parents, kids = children(tracking_uri, "interrupts")
-    assert [p.info.status for p in parents] == ["RUNNING"]  # what the driver left
+    (lost,), _ = children(tracking_uri, "interrupts")
+    assert lost.info.status == "RUNNING"  # what the driver left
 
-    rc = cli.main(["report", "--tracking-uri", tracking_uri, "--out", str(tmp_path / "report"), "--no-plots"])
-    out = capsys.readouterr().out
-    assert rc in (0, 1) and f"closed run {parents[0].info.run_id}: FAILED (driver lost" in out, out
-    parents, kids = children(tracking_uri, "interrupts")
-    assert parents[0].info.status == "FAILED" and parents[0].data.tags["status_reason"].startswith("driver lost")
+    driver = _start_driver(tmp_path, tracking_uri, data_root, "--resume", log_name="resume.log")
+    rc, out = _stop_driver(driver, signal.SIGTERM, tmp_path / "resume.log")
+    assert rc == 143, out[-3000:]
+    assert f"closed run {lost.info.run_id}: FAILED (driver lost" in out, out[-3000:]
+    assert "--resume" in out and "Tuner.restore" not in out, out[-3000:]
+    parents, _ = children(tracking_uri, "interrupts")
+    by_id = {p.info.run_id: p for p in parents}
+    assert by_id[lost.info.run_id].info.status == "FAILED"
+    assert by_id[lost.info.run_id].data.tags["status_reason"].startswith("driver lost")
     # The trial actor can outlive its driver for a moment and close its own run (its trainer was killed
-    # above); a trial that could not is closed by the report. Either way nothing stays RUNNING.
-    assert kids and all(k.info.status == "FAILED" for k in kids)
+    # above); a trial that could not is closed by the next driver. Either way nothing stays RUNNING.
+    _, old_kids = children(tracking_uri, "interrupts", lost.info.run_id)
+    assert old_kids and all(k.info.status == "FAILED" for k in old_kids)
+    (resumed,) = [p for p in parents if p.info.run_id != lost.info.run_id]
+    _, kids = children(tracking_uri, "interrupts", resumed.info.run_id)
+    _assert_interrupted(tracking_uri, resumed, kids)

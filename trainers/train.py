@@ -106,8 +106,6 @@ def run_training(cfg: TrainConfig) -> dict:
     if cfg.run.threads > 0:
         torch.set_num_threads(cfg.run.threads)
     seed_everything(cfg.run.seed)
-    if device.type == "cpu":
-        torch.use_deterministic_algorithms(True, warn_only=True)
     is_cuda = device.type == "cuda"
     try:
         # Resolved before any model is built or compiled; every model of the run reads it, the fresh
@@ -117,6 +115,9 @@ def run_training(cfg: TrainConfig) -> dict:
     except attention.AttentionBackendError as exc:
         raise ConfigError(str(exc)) from None
     compiling = wants_compile(cfg, device)  # also rejects an unknown run.compile_backend up front
+    if device.type == "cpu":
+        # The public setter imports inductor (seconds per process) for a flag only compiled code reads.
+        (torch.use_deterministic_algorithms if compiling else torch._C._set_deterministic_algorithms)(True, warn_only=True)
     run_dir = cfg.run.run_dir
     try:
         log = EventLog(run_dir, enabled=ddp.is_main)

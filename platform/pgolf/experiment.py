@@ -283,7 +283,9 @@ def load_experiment(path: str, *, overrides: list[str] | None = None, smoke: boo
     for key, value in sets:
         parts = key.split(".")
         node = merged
-        for p in parts[:-1]:
+        for i, p in enumerate(parts[:-1]):
+            if p not in node:  # a table only --set names: an error about it must point at --set
+                prov[".".join(parts[:i + 1])] = "--set"
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ExperimentError(f"--set {key}: '{p}' is not a table")
@@ -292,7 +294,8 @@ def load_experiment(path: str, *, overrides: list[str] | None = None, smoke: boo
 
     tables = {name: _build_table(cls, merged.get(name, {}), name, prov, src) for name, cls in _TABLES.items()}
     for name, table in tables.items():
-        table.validate(prov.get(name, src))
+        by_set = [k for k, _ in sets if k.startswith(name + ".")]
+        table.validate(prov.get(name, src) + (f" (with --set {', '.join(by_set)})" if by_set else ""))
     meta: ExperimentMeta = tables["experiment"]
     from pgolf.safety import check_name, slug
 
