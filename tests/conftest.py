@@ -43,6 +43,7 @@ def pytest_configure(config):
 
 RAY_FIXTURES = {"ray_session", "stop_session_ray"}
 STACK_MODULES = {"test_stacks.py", "test_stacks_packed.py"}
+EXPLICIT_PORT_MODULES = {"test_multinode.py"}
 
 
 def _starts_ray(item) -> bool:
@@ -54,12 +55,15 @@ def pytest_collection_modifyitems(session, config, items):
     # ray.init cannot move. The `ray start` tests move every port of their own clusters, and also run
     # last, after `stop_session_ray` has shut the session cluster down, so the two never overlap.
     items.sort(key=lambda item: item.get_closest_marker("ray_cluster") is not None)
-    # Under pytest-xdist (`--dist loadgroup`): every test that starts Ray runs in one worker, in the order
-    # above, so one machine never holds two local clusters; a stack's smoke run and the replay of its
-    # shipped script share a worker, so the replay reuses the run instead of training again.
+    # Under pytest-xdist (`--dist loadgroup`): every test that starts a local Ray runs in one worker, in
+    # the order above, so one machine never holds two local clusters; the multi-node cluster, which gives
+    # every port explicitly, may run beside it. A stack's smoke run and the replay of its shipped script
+    # share a worker, so the replay reuses the run instead of training again.
     ray_modules = {item.path.name for item in items if _starts_ray(item)}
     for item in items:
-        if item.path.name in ray_modules:
+        if item.path.name in EXPLICIT_PORT_MODULES:
+            item.add_marker(pytest.mark.xdist_group("ray-explicit-ports"))
+        elif item.path.name in ray_modules:
             item.add_marker(pytest.mark.xdist_group("ray"))
         elif item.path.name in STACK_MODULES and "name" in getattr(getattr(item, "callspec", None), "params", {}):
             item.add_marker(pytest.mark.xdist_group(f"stack-{item.callspec.params['name']}"))
