@@ -47,6 +47,10 @@ class DataConfig:
 
     # The tokenizer/shard family; model.vocab_size must be its vocab (TrainConfig.validate).
     variant: Variant = "sp1024"
+    # CaseOps load check, per val document: "exact" = sidecar sum equals the canonical recount (decode ->
+    # inverse transform -> UTF-8); "at_least" = not below it, for an export whose sidecar also counts raw
+    # whitespace the tokenizer's normaliser collapses (the run logs both totals either way)
+    sidecar_recount: Literal["exact", "at_least"] = "exact"
     # Directory holding fineweb_train_*.bin / fineweb_val_*.bin. Relative paths resolve against the
     # current working directory of the trainer (the platform passes absolute paths).
     data_path: str = "data/datasets/fineweb10B_sp1024"
