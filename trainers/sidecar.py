@@ -18,6 +18,14 @@ def sidecar_path(val_file: Path) -> Path:
     return val_file.with_name(val_file.name.replace("fineweb_val_", SIDECAR_PREFIX, 1))
 
 
+def refuse_unused_sidecars(val_files: list) -> None:
+    """Plain-variant run on CaseOps data: the byte tables would score the operators' bytes too."""
+    found = [sidecar_path(Path(vf)) for vf in val_files if sidecar_path(Path(vf)).is_file()]
+    if found:
+        raise ShardError(f"{found[0]} is a CaseOps byte sidecar, but data.variant is not a CaseOps variant: its "
+                         "val BPB would count the case operators as bytes; set data.variant to the data's *_caseops variant")
+
+
 def load_val_bytes(val_files: list, n_used: int, sp, bos_id: int, exact: bool = True) -> tuple[torch.Tensor, dict]:
     """(int32 bytes per position of the first `n_used` val tokens, totals) from the sidecars of `val_files`.
     ShardError (exit 3) names the sidecar that is missing, sized wrong or disagrees with the recount

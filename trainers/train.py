@@ -26,7 +26,7 @@ from .evaluate import autocast_for, evaluate
 from .events import EventLog
 from .fingerprint import data_fingerprint, environment
 from .loader import DistributedTokenLoader, load_validation_tokens
-from .sidecar import load_val_bytes
+from .sidecar import load_val_bytes, refuse_unused_sidecars
 from .shards import ShardError, check_manifest, check_shard_sizes, list_shards
 from . import attention, qat
 from .averaging import WeightAverager
@@ -164,6 +164,8 @@ def run_training(cfg: TrainConfig) -> dict:
             luts = dataclasses.replace(luts, val_bytes=val_bytes.to(device))
             log.log(f"caseops: val bytes from the sidecar ({side['documents']} documents recounted: sidecar "
                     f"{side['sidecar_bytes']} bytes, canonical recount {side['recount_bytes']})")
+        else:
+            refuse_unused_sidecars(val_files)
     except (OSError, ValueError) as exc:
         raise RunFailure(f"bad data: {exc}", EXIT_BAD_DATA) from exc
     if cfg.model.smear_gate == "v3" and int(sp.bos_id()) != cfg.model.bos_id:
