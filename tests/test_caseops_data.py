@@ -233,3 +233,32 @@ def test_fineweb_caseops_export_from_standin(caseops_demo, tmp_path):
         download_fineweb("sp8192_caseops", 1, tmp_path / "out2", fetch=fetch, progress=None)
     with pytest.raises(DataError, match="no published FineWeb export.*demo --variant sp1024_caseops"):
         download_fineweb("sp1024_caseops", 1, tmp_path / "out3", fetch=fetch, progress=None)
+
+
+def test_lora_ttt_counts_the_sidecar_bytes(tmp_path):
+    """The per-document LoRA scorer builds its own rows; it scores every position once, so its byte total
+    is the sidecar's (positions 1..n-1). Score-first TTT scores through the sliding scorer (tested above)."""
+    import dataclasses
+
+    import test_ttt as tt
+
+    from pgolf.trainers.ttt import run_ttt
+
+    cfg, model, val = tt.setup("lora_doc", tmp_path)
+    val = val[:200]  # three documents
+    g = torch.Generator().manual_seed(2)
+    vb = torch.randint(0, 9, (val.numel(),), generator=g, dtype=torch.int32)
+    luts = dataclasses.replace(tt.synthetic_luts(), val_bytes=vb)
+    res = run_ttt(model, val, luts, cfg, torch.device("cpu"), 0, 1, cfg.run.run_dir, bos_id=1)
+    assert res.tokens == val.numel() - 1 and res.bytes == int(vb[1:].sum())
+
+
+def test_caseops_test_in_the_trainer_names_every_caseops_variant():
+    """train.py tests the variant against a literal (the packer can decide that); it must list them all."""
+    import inspect
+
+    from pgolf.trainers import train
+    from pgolf.trainers.config.data import VARIANTS
+
+    want = tuple(n for n, (_, caseops) in VARIANTS.items() if caseops)
+    assert "if cfg.data.variant in (%s):" % ", ".join(f'"{n}"' for n in want) in inspect.getsource(train)

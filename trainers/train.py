@@ -158,7 +158,9 @@ def run_training(cfg: TrainConfig) -> dict:
         # the first shard is checked now; later ones when the stream reaches them (exit 3 either way):
         # reading all 80 FineWeb shards up front would cost 16 GB of I/O before step 0
         first_train = DistributedTokenLoader(train_files, ddp.rank, ddp.world_size, device, vocab_size=cfg.model.vocab_size)
-        if cfg.data.caseops:  # BPB on the original bytes: the sidecar, recounted against the shards
+        # BPB on the original bytes: the sidecar, recounted against the shards (a literal test, so the
+        # packer decides it and a plain stack ships no CaseOps code; VARIANTS lists the same two)
+        if cfg.data.variant in ("sp1024_caseops", "sp8192_caseops"):
             val_bytes, side = load_val_bytes(val_files, int(val_tokens.numel()), sp, int(sp.bos_id()),
                                              exact=cfg.data.sidecar_recount == "exact")
             luts = dataclasses.replace(luts, val_bytes=val_bytes.to(device))

@@ -272,9 +272,10 @@ def execute_trial(spec: TrialSpec, ctx: TrialContext, *, trial_id: str = "local"
     out_path = os.path.join(run_dir, "trainer_output.log")
     try:
         try:
-            if ctx.demo_root:
-                from pgolf.datasets import ensure_demo
-                ensure_demo(ctx.demo_root, progress=None)
+            if ctx.demo_root:  # the demo build of this config's data.variant, next to `demo/`
+                from pgolf.datasets import demo_dir_name, ensure_demo
+                v = spec.cfg.data.variant
+                ensure_demo(os.path.join(os.path.dirname(ctx.demo_root), demo_dir_name(variant=v)), progress=None, variant=v)
             cfg = copy.deepcopy(spec.cfg)
             cfg.run.threads = cfg.run.threads if cfg.run.threads > 0 else threads
             cfg_path = write_run_config(cfg, run_dir)
