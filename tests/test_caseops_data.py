@@ -262,3 +262,10 @@ def test_caseops_test_in_the_trainer_names_every_caseops_variant():
 
     want = tuple(n for n, (_, caseops) in VARIANTS.items() if caseops)
     assert "if cfg.data.variant in (%s):" % ", ".join(f'"{n}"' for n in want) in inspect.getsource(train)
+
+
+def test_trial_node_uses_the_demo_of_its_variant(caseops_demo, data_root):
+    from pgolf.trial import ensure_trial_demo
+
+    m = ensure_trial_demo(str(data_root / "demo"), VARIANT)
+    assert m.variant == VARIANT and m.root == caseops_demo.root and not m.built
