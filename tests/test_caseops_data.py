@@ -265,7 +265,7 @@ def test_caseops_test_in_the_trainer_names_every_caseops_variant():
 
 
 def test_trial_node_uses_the_demo_of_its_variant(caseops_demo, data_root):
-    from pgolf.trial import ensure_trial_demo
+    from pgolf.demo_corpus import ensure_variant_demo
 
-    m = ensure_trial_demo(str(data_root / "demo"), VARIANT)
+    m = ensure_variant_demo(data_root, VARIANT)  # what a trial runs before its trainer (trial.execute_trial)
     assert m.variant == VARIANT and m.root == caseops_demo.root and not m.built

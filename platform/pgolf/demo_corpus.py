@@ -429,3 +429,8 @@ def ensure_demo(out_dir: PathLike | None = None, *, progress: Progress = print,
             _say(progress, f"rebuilding demo data: {exc}")
         return build_demo(root, force=True, progress=progress, variant=variant)
     return build_demo(root, force=False, progress=progress, variant=variant)
+
+
+def ensure_variant_demo(data_root: PathLike, variant: str) -> DemoManifest:
+    """`ensure_demo` of a data.variant's build in its folder under `data_root` (`demo`, `demo_<variant>`)."""
+    return ensure_demo(Path(data_root) / demo_dir_name(variant=variant), progress=None, variant=variant)

@@ -241,14 +241,6 @@ def _trainer_env(threads: int) -> dict[str, str]:
     return env
 
 
-def ensure_trial_demo(demo_root: str, variant: str):
-    """The demo build of the trial's data.variant, next to `demo_root` (the data root's `demo/`)."""
-    from pgolf.datasets import demo_dir_name, ensure_demo
-
-    return ensure_demo(os.path.join(os.path.dirname(demo_root), demo_dir_name(variant=variant)), progress=None,
-                       variant=variant)
-
-
 def execute_trial(spec: TrialSpec, ctx: TrialContext, *, trial_id: str = "local",
                   report: Callable[[dict], None] | None = None,
                   should_stop: Callable[[], bool] | None = None, tags: dict[str, str] | None = None) -> dict:
@@ -280,8 +272,9 @@ def execute_trial(spec: TrialSpec, ctx: TrialContext, *, trial_id: str = "local"
     out_path = os.path.join(run_dir, "trainer_output.log")
     try:
         try:
-            if ctx.demo_root:
-                ensure_trial_demo(ctx.demo_root, spec.cfg.data.variant)
+            if ctx.demo_root:  # the demo of this trial's data.variant, next to the data root's `demo/`
+                from pgolf.demo_corpus import ensure_variant_demo
+                ensure_variant_demo(os.path.dirname(ctx.demo_root), spec.cfg.data.variant)
             cfg = copy.deepcopy(spec.cfg)
             cfg.run.threads = cfg.run.threads if cfg.run.threads > 0 else threads
             cfg_path = write_run_config(cfg, run_dir)
