@@ -266,10 +266,8 @@ def _damage(kind):
             return {"tokenizer": root / "junk.model"}, "junk.model"
         if kind == "tokenizer-600-pieces":
             return {"tokenizer": tok600}, "600 pieces"
-        if kind == "vocab-smaller-than-tokenizer":
-            return {"sets": ["model.vocab_size=600"]}, "1024 pieces"
-        if kind == "vocab-larger-than-tokenizer":
-            return {"sets": ["model.vocab_size=2048"]}, "model.vocab_size = 2048"
+        if kind == "vocab-larger-than-tokenizer":  # a variant whose vocab the data's tokenizer does not have
+            return {"sets": ["data.variant=sp4096", "model.vocab_size=4096"]}, "model.vocab_size = 4096"
         if kind in ("manifest-tokenizer-hash", "manifest-vocab"):
             m = json.loads((root / "manifest.json").read_text())
             if kind == "manifest-tokenizer-hash":
@@ -324,7 +322,7 @@ def _damage(kind):
 
 DATA_CASES = [
     "tokenizer-is-dir", "tokenizer-missing", "tokenizer-garbage", "tokenizer-600-pieces",
-    "vocab-smaller-than-tokenizer", "vocab-larger-than-tokenizer", "manifest-tokenizer-hash", "manifest-vocab",
+    "vocab-larger-than-tokenizer", "manifest-tokenizer-hash", "manifest-vocab",
     "tokenizer-not-the-datas", "data-dir-missing", "data-path-is-file", "no-train-shards", "no-val-shards",
 ] + [f"{split}-{what}" for split in ("train", "last", "val")
      for what in ("shorter-than-header", "empty-file", "truncated-tail", "oversized", "bad-magic", "bad-version",
@@ -341,6 +339,14 @@ def test_bad_data_is_exit_3_before_step_0(kind, data_copy, tokenizer_600, tmp_pa
     assert not (tmp_path / "run" / "result.json").exists()
     events = (tmp_path / "run" / "metrics.jsonl")
     assert not events.exists() or '"start"' not in events.read_text()  # rejected before the model was built
+
+
+def test_vocab_off_the_data_variant_is_exit_2(data_copy, tmp_path, monkeypatch):
+    """A vocab no data.variant has (600 with the default sp1024) is a config error, before any data is read."""
+    rc, err = _trainer(data_copy, tmp_path, monkeypatch, sets=["model.vocab_size=600"])
+    assert rc == 2, err
+    _assert_one_line(err)
+    assert "model.vocab_size = 600 conflicts with data.variant = 'sp1024'" in err
 
 
 def test_out_of_range_id_in_a_later_shard_is_exit_3_when_reached(data_copy, tmp_path, monkeypatch):

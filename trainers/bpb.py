@@ -86,6 +86,9 @@ class ByteLUTs:
     base_bytes: torch.Tensor  # int16: bytes of the piece without its leading "▁"
     has_leading_space: torch.Tensor  # bool: piece starts with "▁"
     is_boundary: torch.Tensor  # bool: control/unknown/unused ids and ids beyond the sp vocab
+    # CaseOps: int32 original bytes per position of the val stream (the sidecar); when set, a target's
+    # bytes are read by its position and the tables above are not used for scoring
+    val_bytes: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
@@ -100,6 +103,7 @@ class ByteLUTs:
             base_bytes=self.base_bytes.to(device),
             has_leading_space=self.has_leading_space.to(device),
             is_boundary=self.is_boundary.to(device),
+            val_bytes=None if self.val_bytes is None else self.val_bytes.to(device),
         )
 
 
@@ -142,8 +146,13 @@ def build_byte_luts(sp: Any, vocab_size: int, device: torch.device | str | None 
     )
 
 
-def token_bytes(prev_ids: Any, tgt_ids: Any, luts: ByteLUTs) -> torch.Tensor:
-    """Bytes spelled by each target: base + 1 for its "▁" unless the previous token is a boundary."""
+def token_bytes(prev_ids: Any, tgt_ids: Any, luts: ByteLUTs, pos: Any = None) -> torch.Tensor:
+    """Bytes spelled by each target: base + 1 for its "▁" unless the previous token is a boundary; with
+    a sidecar (luts.val_bytes), the sidecar's bytes at the targets' val-stream positions `pos`."""
+    if luts.val_bytes is not None:
+        if pos is None:  # a scoring path that cannot say where its targets are would score the wrong bytes
+            raise ValueError("token_bytes: this data has a byte sidecar; the caller must pass the targets' positions")
+        return luts.val_bytes[torch.as_tensor(pos).to(device=luts.device, dtype=torch.long)]
     prev = torch.as_tensor(prev_ids).to(device=luts.device, dtype=torch.long)
     tgt = torch.as_tensor(tgt_ids).to(device=luts.device, dtype=torch.long)
     if prev.shape != tgt.shape:

@@ -115,8 +115,9 @@ def original_bytes(pieces: list[str]) -> list[int]:
 
 def encode_with_sidecar(sp, text: str) -> tuple[list[int], list[int]]:
     """Token ids of the CaseOps form of `text` and, per token, the original UTF-8 bytes it covers (the
-    `fineweb_val_bytes_*` sidecar). Needs a tokenizer without normalization (identity rule), so that
-    every piece's surface is a slice of its input: identity rule, remove_extra_whitespaces off."""
+    `fineweb_val_bytes_*` sidecar). Exact only for text the tokenizer's normaliser leaves unchanged (an
+    identity rule, or text normalised beforehand as the demo build does): then every piece's surface is a
+    slice of its input and the canonical recount agrees."""
     proto = sp.encode_as_proto(encode(text))
     pieces = list(proto.pieces)
     return [p.id for p in pieces], original_bytes([p.surface for p in pieces])

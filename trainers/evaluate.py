@@ -34,10 +34,11 @@ def is_compiled(model: torch.nn.Module) -> bool:
 
 
 def score_batch(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None,
-                luts: ByteLUTs, rows: int = 0) -> torch.Tensor:
+                luts: ByteLUTs, rows: int = 0, pos: torch.Tensor | None = None) -> torch.Tensor:
     """Float64 [loss_sum, tokens, bytes] of the positions of (x, y) where `mask` is set (all if None).
     With `rows` > len(x), x and y get masked rows of token 0 up to `rows` sequences (one shape for a
-    compiled model); rows never interact, so the sums are those of the real rows."""
+    compiled model); rows never interact, so the sums are those of the real rows. `pos`: the val-stream
+    positions of y, needed when the bytes come from a sidecar."""
     pad_rows = max(rows - x.size(0), 0)
     if pad_rows:
         if mask is None:
@@ -45,14 +46,16 @@ def score_batch(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, mask: 
         x = F.pad(x, (0, 0, 0, pad_rows))
         y = F.pad(y, (0, 0, 0, pad_rows))
         mask = F.pad(mask, (0, 0, 0, pad_rows), value=False)
+        if pos is not None:
+            pos = F.pad(pos, (0, 0, 0, pad_rows))
     with autocast_for(x.device):
         nll = model(x, y, reduction="none")
     if mask is None:
         count = torch.full((), float(y.numel()), dtype=torch.float64, device=x.device)  # no host-to-device copy
-        return torch.stack((nll.double().sum(), count, token_bytes(x, y, luts).double().sum()))
+        return torch.stack((nll.double().sum(), count, token_bytes(x, y, luts, pos).double().sum()))
     zero = torch.zeros((), dtype=torch.float64, device=x.device)
     return torch.stack((torch.where(mask, nll.double(), zero).sum(), mask.sum().double(),
-                        torch.where(mask, token_bytes(x, y, luts).double(), zero).sum()))
+                        torch.where(mask, token_bytes(x, y, luts, pos).double(), zero).sum()))
 
 
 def autocast_for(device: torch.device):
@@ -78,7 +81,8 @@ def evaluate(model: torch.nn.Module, val_tokens: torch.Tensor, luts: ByteLUTs, *
         chunk = val_tokens[s * seq_len: e * seq_len + 1].to(device=device, dtype=torch.int64)
         x = chunk[:-1].view(-1, seq_len)
         y = chunk[1:].view(-1, seq_len)
-        sums += score_batch(model, x, y, None, luts, rows=rows)
+        pos = None if luts.val_bytes is None else torch.arange(s * seq_len + 1, e * seq_len + 1).view(-1, seq_len)
+        sums += score_batch(model, x, y, None, luts, rows=rows, pos=pos)
     model.train(was_training)
     sums = all_reduce_sum(sums)
     loss_sum, ntok, nbytes = (float(v) for v in sums.tolist())

@@ -164,6 +164,9 @@ def read_shard(path: PathLike, vocab_size: int | None = None) -> np.ndarray:
     return tokens
 
 
+SIDECAR_PREFIX = "fineweb_val_bytes_"
+
+
 def list_shards(data_path: PathLike, split: str) -> list[Path]:
     """Sorted `fineweb_{split}_*.bin` files in `data_path`; an error names the directory and pattern."""
     if split not in ("train", "val"):
@@ -175,7 +178,8 @@ def list_shards(data_path: PathLike, split: str) -> list[Path]:
             f"data directory {directory} does not exist (looking for {pattern}); build the demo data "
             "with `pgolf data demo` or download shards with `pgolf data fineweb`"
         )
-    files = sorted(p for p in directory.glob(pattern) if p.is_file())
+    # the CaseOps byte sidecars (fineweb_val_bytes_*.bin) share the val prefix but hold no tokens
+    files = sorted(p for p in directory.glob(pattern) if p.is_file() and not p.name.startswith(SIDECAR_PREFIX))
     if not files:
         raise ShardError(
             f"no {split} shards matching {pattern} in {directory}; build the demo data with "

@@ -85,7 +85,7 @@ def score_windows(model: torch.nn.Module, val_tokens: torch.Tensor, luts: ByteLU
         x, y = chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()
         offs = ar[None, :-1]
         mask = ((offs >= plan.score_from[i:j, None]) & (offs < plan.lengths[i:j, None])).to(device)
-        sums += score_batch(model, x, y, mask, luts, rows=rows)
+        sums += score_batch(model, x, y, mask, luts, rows=rows, pos=idx[:, 1:])
     return sums
 
 

@@ -5,6 +5,7 @@ metrics.jsonl, train.log, the model blob, train_gpt.py (counted code) and result
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -25,6 +26,7 @@ from .evaluate import autocast_for, evaluate
 from .events import EventLog
 from .fingerprint import data_fingerprint, environment
 from .loader import DistributedTokenLoader, load_validation_tokens
+from .sidecar import load_val_bytes, refuse_unused_sidecars
 from .shards import ShardError, check_manifest, check_shard_sizes, list_shards
 from . import attention, qat
 from .averaging import WeightAverager
@@ -157,6 +159,16 @@ def run_training(cfg: TrainConfig) -> dict:
         # the first shard is checked now; later ones when the stream reaches them (exit 3 either way):
         # reading all 80 FineWeb shards up front would cost 16 GB of I/O before step 0
         first_train = DistributedTokenLoader(train_files, ddp.rank, ddp.world_size, device, vocab_size=cfg.model.vocab_size)
+        # BPB on the original bytes: the sidecar, recounted against the shards (a literal test, so the
+        # packer decides it and a plain stack ships no CaseOps code; VARIANTS lists the same two)
+        if cfg.data.variant in ("sp1024_caseops", "sp8192_caseops"):
+            val_bytes, side = load_val_bytes(val_files, int(val_tokens.numel()), sp, int(sp.bos_id()),
+                                             exact=cfg.data.sidecar_recount == "exact")
+            luts = dataclasses.replace(luts, val_bytes=val_bytes.to(device))
+            log.log(f"caseops: val bytes from the sidecar ({side['documents']} documents recounted: sidecar "
+                    f"{side['sidecar_bytes']} bytes, canonical recount {side['recount_bytes']})")
+        else:
+            refuse_unused_sidecars(val_files)
     except (OSError, ValueError) as exc:
         raise RunFailure(f"bad data: {exc}", EXIT_BAD_DATA) from exc
     if cfg.model.smear_gate == "v3" and int(sp.bos_id()) != cfg.model.bos_id:

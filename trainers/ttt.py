@@ -364,7 +364,9 @@ def run_lora_doc(model, val_tokens, luts, cfg: TrainConfig, device, rank, world_
                 x = torch.zeros(len(spans), width, dtype=torch.int64)
                 y = torch.zeros(len(spans), width, dtype=torch.int64)
                 mask = torch.zeros(len(spans), width, dtype=torch.bool)
+                pos = torch.zeros(len(spans), width, dtype=torch.int64)  # targets' val positions (sidecar)
                 for j, (_, w0, c0, c1) in enumerate(spans):
+                    pos[j, :c1 - w0] = torch.arange(w0 + 1, c1 + 1)
                     seg = val_tokens[w0:c1 + 1].to(torch.int64)
                     x[j, :c1 - w0] = seg[:-1]
                     y[j, :c1 - w0] = seg[1:]
@@ -377,7 +379,7 @@ def run_lora_doc(model, val_tokens, luts, cfg: TrainConfig, device, rank, world_
                 with torch.no_grad():  # the score: these weights have not seen this chunk yet
                     sums[0] += torch.where(mask, nll.detach().double(), zero).sum()
                     sums[1] += mask.sum()
-                    sums[2] += torch.where(mask, token_bytes(x, y, luts).double(), zero).sum()
+                    sums[2] += torch.where(mask, token_bytes(x, y, luts, pos).double(), zero).sum()
                 events.append(("score", {"items": [(states[i], c0 + 1, c1 + 1) for i, _, c0, c1 in spans],
                                          "chunk": c}))
                 train_rows = [j for j, (i, *_r) in enumerate(spans) if c < n_chunks[i] - 1]

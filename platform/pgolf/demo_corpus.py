@@ -30,17 +30,31 @@ DEMO_VOCAB_SIZE = 1024
 DEMO_VOCAB_SIZES = (1024, 4096, 8192)
 
 
-def demo_layout(vocab: int = DEMO_VOCAB_SIZE) -> tuple[str, str]:
+def demo_variant(vocab: int = DEMO_VOCAB_SIZE, variant: str | None = None) -> str:
+    """The data.variant of a demo build: `variant` when given, else the plain BPE of `vocab` pieces."""
+    from pgolf.trainers.config.data import VARIANTS
+
+    if variant is None:
+        if vocab not in DEMO_VOCAB_SIZES:
+            raise DataError(f"demo vocab {vocab} is not one of {', '.join(map(str, DEMO_VOCAB_SIZES))}")
+        return f"sp{vocab}"
+    if variant not in VARIANTS:
+        raise DataError(f"demo variant {variant!r} is not one of {', '.join(VARIANTS)}")
+    return variant
+
+
+def demo_layout(vocab: int = DEMO_VOCAB_SIZE, variant: str | None = None) -> tuple[str, str]:
     """(dataset folder, tokenizer file) of a demo build, named like the challenge exports."""
-    if vocab not in DEMO_VOCAB_SIZES:
-        raise DataError(f"demo vocab {vocab} is not one of {', '.join(map(str, DEMO_VOCAB_SIZES))}")
-    return f"fineweb10B_sp{vocab}", f"tokenizers/fineweb_{vocab}_bpe.model"
+    from pgolf.trainers.config.data import variant_layout
+
+    dataset, tok = variant_layout(demo_variant(vocab, variant))
+    return dataset, f"tokenizers/{tok}"
 
 
-def demo_dir_name(vocab: int = DEMO_VOCAB_SIZE) -> str:
-    """Folder of the demo build under the data root: `demo` (sp1024) or `demo_sp<V>`."""
-    demo_layout(vocab)
-    return "demo" if vocab == DEMO_VOCAB_SIZE else f"demo_sp{vocab}"
+def demo_dir_name(vocab: int = DEMO_VOCAB_SIZE, variant: str | None = None) -> str:
+    """Folder of the demo build under the data root: `demo` (sp1024) or `demo_<variant>`."""
+    v = demo_variant(vocab, variant)
+    return "demo" if v == f"sp{DEMO_VOCAB_SIZE}" else f"demo_{v}"
 DEMO_BOS_ID = 1
 DEMO_VAL_FRACTION = 0.10
 # 10% of the documents is ~130k characters on CPython 3.11; the floor keeps ~30k+ val tokens even
@@ -90,6 +104,10 @@ class DemoManifest:
     @property
     def kind(self) -> str:
         return str(self.raw.get("kind"))
+
+    @property
+    def variant(self) -> str:
+        return str(self.raw.get("variant") or f"sp{self.vocab_size}")
 
     @classmethod
     def from_dict(cls, root: Path, raw: dict[str, Any], built: bool = False) -> "DemoManifest":
@@ -155,16 +173,21 @@ def verify_manifest(out_dir: PathLike | None = None) -> DemoManifest:
     return DemoManifest.from_dict(root, raw)
 
 
-def _tokenizer_settings(vocab: int) -> dict[str, Any]:
-    return dict(DEMO_TOKENIZER_SETTINGS, vocab_size=vocab)
+def _tokenizer_settings(vocab: int, caseops: bool = False) -> dict[str, Any]:
+    from pgolf.demo_caseops import tokenizer_extras
+
+    return dict(DEMO_TOKENIZER_SETTINGS, vocab_size=vocab, **(tokenizer_extras() if caseops else {}))
 
 
-def _train_tokenizer(train_docs: list[str], vocab: int = DEMO_VOCAB_SIZE) -> bytes:
+def _train_tokenizer(train_docs: list[str], vocab: int = DEMO_VOCAB_SIZE, caseops: bool = False) -> bytes:
     import sentencepiece as spm
 
+    from pgolf.demo_caseops import transformed
+
+    docs = transformed(train_docs) if caseops else train_docs
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(train_docs), model_writer=model, minloglevel=2, **_tokenizer_settings(vocab)
+        sentence_iterator=iter(docs), model_writer=model, minloglevel=2, **_tokenizer_settings(vocab, caseops)
     )
     return model.getvalue()
 
@@ -179,10 +202,12 @@ def _vocab_text(sp: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _encode_split(sp: Any, docs: list[str]):
+def _encode_split(sp: Any, docs: list[str], caseops: bool = False):
     import numpy as np
 
-    encoded = sp.encode(docs)
+    from pgolf.demo_caseops import transformed
+
+    encoded = sp.encode(transformed(docs) if caseops else docs)
     total = sum(len(e) + 1 for e in encoded)
     out = np.empty(total, dtype=np.uint16)
     pos = 0
@@ -193,8 +218,8 @@ def _encode_split(sp: Any, docs: list[str]):
     return out
 
 
-def _demo_targets(root: Path, vocab: int = DEMO_VOCAB_SIZE) -> list[Path]:
-    dataset, tok_file = demo_layout(vocab)
+def _demo_targets(root: Path, variant: str) -> list[Path]:
+    dataset, tok_file = demo_layout(variant=variant)
     data_dir = root / "datasets" / dataset
     targets = [root / MANIFEST_NAME, root / tok_file, (root / tok_file).with_suffix(".vocab")]
     if data_dir.is_dir():
@@ -203,14 +228,16 @@ def _demo_targets(root: Path, vocab: int = DEMO_VOCAB_SIZE) -> list[Path]:
 
 
 def build_demo(out_dir: PathLike | None = None, *, force: bool = False, progress: Progress = print,
-               vocab: int = DEMO_VOCAB_SIZE) -> DemoManifest:
-    """Build the offline demo corpus (tokenizer of `vocab` pieces + shards + manifest) under `out_dir`.
+               vocab: int = DEMO_VOCAB_SIZE, variant: str | None = None) -> DemoManifest:
+    """Build the offline demo corpus (tokenizer of `vocab` pieces + shards + manifest) under `out_dir`;
+    `variant` (a data.variant, e.g. sp1024_caseops) overrides `vocab`.
 
     A valid existing build is left alone ("up to date"). A damaged one is reported, not silently
     replaced, unless `force=True`. A directory holding other data (a non-demo manifest.json) is
     never overwritten.
     """
     root = Path(out_dir).resolve() if out_dir is not None else default_data_dir()
+    variant = demo_variant(vocab, variant)
     try:
         raw = _read_manifest(root)
     except DataError:
@@ -227,28 +254,32 @@ def build_demo(out_dir: PathLike | None = None, *, force: bool = False, progress
             manifest = verify_manifest(root)
         except DataError as exc:
             raise DataError(f"demo data in {root} is damaged: {exc}") from exc
-        if manifest.vocab_size != vocab:
-            raise DataError(f"{root} holds the sp{manifest.vocab_size} demo, not sp{vocab}; use --out "
-                            f"{root.parent / demo_dir_name(vocab)} or --force to rebuild it at {vocab}")
+        if manifest.variant != variant:
+            raise DataError(f"{root} holds the {manifest.variant} demo, not {variant}; use --out "
+                            f"{root.parent / demo_dir_name(variant=variant)} or --force to rebuild it as {variant}")
         _say(progress, f"demo data up to date in {root} ({manifest.tokens['train']:,} train / "
                        f"{manifest.tokens['val']:,} val tokens)")
         return manifest
     if raw is None and not force:
-        existing = [p for p in _demo_targets(root, vocab) if p.exists()]
+        existing = [p for p in _demo_targets(root, variant) if p.exists()]
         if existing:
             raise DataError(
                 f"{existing[0]} already exists but {root} has no demo manifest.json; refusing to overwrite "
                 "data pgolf did not create. Pass force=True (`pgolf data demo --force`) or use another --out"
             )
-    return _build_demo(root, progress, vocab)
+    return _build_demo(root, progress, variant)
 
 
-def _build_demo(root: Path, progress: Progress, vocab: int = DEMO_VOCAB_SIZE) -> DemoManifest:
+def _build_demo(root: Path, progress: Progress, variant: str) -> DemoManifest:
     import numpy as np
     import sentencepiece as spm
 
+    from pgolf.demo_caseops import caseops_texts, encode_caseops
     from pgolf.trainers.bpb import build_byte_luts, check_tokenizer, token_bytes
+    from pgolf.trainers.config.data import VARIANTS
     from pgolf.trainers.shards import write_shard
+
+    vocab, caseops = VARIANTS[variant]
 
     t0 = time.perf_counter()
     _say(progress, f"building demo corpus in {root}")
@@ -266,15 +297,23 @@ def _build_demo(root: Path, progress: Progress, vocab: int = DEMO_VOCAB_SIZE) ->
     _say(progress, f"  {len(docs):,} documents ({n_chars / 1e6:.2f} M chars) from {len(source['modules'])} "
                    f"modules + pydoc topics; {len(val_docs):,} val / {len(train_docs):,} train")
 
-    dataset, tok_file = demo_layout(vocab)
-    model_bytes = _train_tokenizer(train_docs, vocab)
+    dataset, tok_file = demo_layout(variant=variant)
+    if caseops:
+        # CaseOps: the documents are the tokenizer-normalised text (the bytes the plain demo's LUT
+        # counts), the tokenizer learns on their transform with the operators as its own symbols
+        val_docs, train_docs = caseops_texts(val_docs), caseops_texts(train_docs)
+    model_bytes = _train_tokenizer(train_docs, vocab, caseops)
     sp = spm.SentencePieceProcessor(model_proto=model_bytes)
     tok_path = root / tok_file
     check_tokenizer(sp, model_path=tok_path)
     _say(progress, f"  trained tokenizer: {sp.get_piece_size()} pieces ({time.perf_counter() - t0:.1f}s)")
 
-    val_tokens = _encode_split(sp, val_docs)
-    train_tokens = _encode_split(sp, train_docs)
+    if caseops:
+        val_tokens, val_sidecar = encode_caseops(sp, val_docs, DEMO_BOS_ID)
+        train_tokens = _encode_split(sp, train_docs, caseops=True)
+    else:
+        val_tokens, val_sidecar = _encode_split(sp, val_docs), None
+        train_tokens = _encode_split(sp, train_docs)
     if val_tokens.size < DEMO_MIN_VAL_TOKENS:
         raise DataError(
             f"demo validation split has only {val_tokens.size} tokens (< {DEMO_MIN_VAL_TOKENS}); this Python's "
@@ -313,6 +352,10 @@ def _build_demo(root: Path, progress: Progress, vocab: int = DEMO_VOCAB_SIZE) ->
                 write_shard(staging / rel, part)
                 written[rel] = staging / rel
                 shards[split].append(rel)
+                if split == "val" and val_sidecar is not None:  # BPB counts these bytes (original text)
+                    side = f"{data_rel}/fineweb_val_bytes_{i:06d}.bin"
+                    write_shard(staging / side, val_sidecar)
+                    written[side] = staging / side
         files = {rel: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for rel, p in sorted(written.items())}
         from pgolf import __version__ as pgolf_version
 
@@ -327,15 +370,18 @@ def _build_demo(root: Path, progress: Progress, vocab: int = DEMO_VOCAB_SIZE) ->
             "data_path": data_rel,
             "tokenizer_path": tok_file,
             "vocab_size": vocab,
+            "variant": variant,
+            "text_transform": "lossless_caps_caseops_v1" if caseops else "identity",
             "bos_id": DEMO_BOS_ID,
             "append_eos": False,
             "docs": {"total": len(docs), "train": len(train_docs), "val": len(val_docs)},
             "tokens": {"train": int(train_tokens.size), "val": int(val_tokens.size)},
-            "bytes": {"train": count_bytes(train_tokens), "val": count_bytes(val_tokens)},
+            "bytes": {"train": count_bytes(train_tokens) if not caseops else None,
+                      "val": count_bytes(val_tokens) if not caseops else int(val_sidecar.sum())},
             "train_shard_tokens": int(shard_size),
             "shards": shards,
             "source": source,
-            "tokenizer_settings": _tokenizer_settings(vocab),
+            "tokenizer_settings": _tokenizer_settings(vocab, caseops),
             "build_seconds": None,
             "files": files,
         }
@@ -364,21 +410,27 @@ def _build_demo(root: Path, progress: Progress, vocab: int = DEMO_VOCAB_SIZE) ->
 
 
 def ensure_demo(out_dir: PathLike | None = None, *, progress: Progress = print,
-                vocab: int = DEMO_VOCAB_SIZE) -> DemoManifest:
+                vocab: int = DEMO_VOCAB_SIZE, variant: str | None = None) -> DemoManifest:
     """The demo build in `out_dir`, (re)building it when missing or damaged.
 
     Unlike `build_demo`, a damaged demo build is replaced (it is derived data). Data that is not a
     demo build is still never overwritten.
     """
     root = Path(out_dir).resolve() if out_dir is not None else default_data_dir()
+    variant = demo_variant(vocab, variant)
     raw = _read_manifest(root)
     if raw is not None and raw.get("kind") == DEMO_KIND:
         try:
             manifest = verify_manifest(root)
-            if manifest.vocab_size == vocab:
+            if manifest.variant == variant:
                 return manifest
-            _say(progress, f"rebuilding demo data: {root} holds sp{manifest.vocab_size}, sp{vocab} wanted")
+            _say(progress, f"rebuilding demo data: {root} holds {manifest.variant}, {variant} wanted")
         except DataError as exc:
             _say(progress, f"rebuilding demo data: {exc}")
-        return build_demo(root, force=True, progress=progress, vocab=vocab)
-    return build_demo(root, force=False, progress=progress, vocab=vocab)
+        return build_demo(root, force=True, progress=progress, variant=variant)
+    return build_demo(root, force=False, progress=progress, variant=variant)
+
+
+def ensure_variant_demo(data_root: PathLike, variant: str) -> DemoManifest:
+    """`ensure_demo` of a data.variant's build in its folder under `data_root` (`demo`, `demo_<variant>`)."""
+    return ensure_demo(Path(data_root) / demo_dir_name(variant=variant), progress=None, variant=variant)

@@ -362,15 +362,16 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 def apply_data_source(exp: Experiment, cfg: TrainConfig, data_root: str | None = None) -> TrainConfig:
     """Point the config at absolute data paths; for `data = "demo"` build the demo corpus if missing."""
     if exp.meta.data == "demo":
-        # The demo at the model's vocab (sp1024 / sp4096 / sp8192), so a stack's embedding is exercised whole.
+        # The demo of the config's data.variant (its vocab = model.vocab_size, validated), so a stack's
+        # embedding and tokenization (CaseOps included) are exercised whole.
         from pgolf.datasets import DataError, default_data_dir, demo_dir_name, demo_layout, ensure_demo
-        vocab = cfg.model.vocab_size
+        variant = cfg.data.variant
         try:
-            root = os.path.join(data_root or default_data_dir(), demo_dir_name(vocab))
+            root = os.path.join(data_root or default_data_dir(), demo_dir_name(variant=variant))
         except DataError as exc:
-            raise ExperimentError(f"{exp.path}: [experiment] data = 'demo' with config.model.vocab_size = {vocab}: {exc}") from None
-        ensure_demo(root, vocab=vocab)
-        dataset, tok_file = demo_layout(vocab)
+            raise ExperimentError(f"{exp.path}: [experiment] data = 'demo' with config.data.variant = {variant!r}: {exc}") from None
+        ensure_demo(root, variant=variant)
+        dataset, tok_file = demo_layout(variant=variant)
         cfg.data.data_path = os.path.join(root, "datasets", dataset)
         cfg.data.tokenizer_path = os.path.join(root, tok_file)
     else:

@@ -1,5 +1,6 @@
 """The official FineWeb shards + tokenizer from the Hugging Face hub, driven by the export's manifest.json
-(sp1024 from the challenge's repo, sp4096/sp8192 from the repo of the #1218/#1394 exports)."""
+(sp1024 from the challenge's repo, sp4096/sp8192 from the repo of the #1218/#1394 exports, sp8192_caseops
+from the repo of the #1729 CaseOps export, with its val byte sidecars)."""
 from __future__ import annotations
 
 import json
@@ -13,7 +14,10 @@ from pgolf.datacommon import DEMO_KIND, MANIFEST_NAME, DataError, PathLike, Prog
 
 FINEWEB_REPO_ID = "willdepueoai/parameter-golf"
 # The SP4096/SP8192 exports (#1218, #1394) live in another dataset repo, same layout (techniques.md 2.2).
-FINEWEB_VARIANT_REPOS = {"sp4096": "kevclark/parameter-golf", "sp8192": "kevclark/parameter-golf"}
+FINEWEB_VARIANT_REPOS = {"sp4096": "kevclark/parameter-golf", "sp8192": "kevclark/parameter-golf",
+                         # the CaseOps export of #1729 (README of records/.../2026-04-18_PR1626_CaseOps_Taper)
+                         "sp8192_caseops": "romeerp/parameter-golf-caseops-v1"}
+FINEWEB_VARIANTS = ("sp1024", "sp4096", "sp8192", "sp8192_caseops")  # data.variant values with a published export
 
 
 def variant_repo(variant: str) -> str:
@@ -29,6 +33,7 @@ class FinewebDownload:
     val_files: list[Path]
     train_files: list[Path]
     manifest: dict[str, Any] = field(repr=False)
+    val_bytes_files: list[Path] = field(default_factory=list)  # CaseOps: the val byte sidecars
 
 
 def _first_line(exc: BaseException) -> str:
@@ -137,7 +142,15 @@ def download_fineweb(
     root = Path(out_dir).resolve() if out_dir is not None else default_data_dir()
     if train_shards < 0:
         raise DataError(f"train_shards must be >= 0, got {train_shards}")
-    dataset_name = f"fineweb10B_{variant}"
+    from pgolf.trainers.config.data import VARIANTS, variant_layout
+    from pgolf.trainers.shards import SIDECAR_PREFIX
+
+    if variant not in FINEWEB_VARIANTS:
+        raise DataError(f"variant {variant!r} has no published FineWeb export; expected one of {', '.join(FINEWEB_VARIANTS)}"
+                        + (" (sp1024_caseops exists as `pgolf data demo --variant sp1024_caseops` only)"
+                           if variant in VARIANTS else ""))
+    dataset_name = variant_layout(variant)[0]
+    caseops = VARIANTS[variant][1]
     prefix = remote_root.strip("/")
 
     def remote(rel: str) -> str:
@@ -254,6 +267,8 @@ def download_fineweb(
         names = [f"fineweb_val_{i:06d}.bin" for i in range(n_val)] + [
             f"fineweb_train_{i:06d}.bin" for i in range(train_shards)
         ]
+        if caseops:  # BPB is counted from these: one byte sidecar per val shard
+            names += [f"{SIDECAR_PREFIX}{i:06d}.bin" for i in range(n_val)]
         missing = [n for n in names if not ((data_dir / n).is_file() and _is_valid_shard(data_dir / n))]
         prefetch([remote(rel) for rel in tok_files] + [remote(f"datasets/{dataset_name}/{n}") for n in missing])
         local_tok = [get(remote(rel), root / rel) for rel in tok_files]
@@ -277,7 +292,8 @@ def download_fineweb(
         root=root,
         data_path=data_dir,
         tokenizer_path=model,
-        val_files=[data_dir / n for n in names if "_val_" in n],
+        val_files=[data_dir / n for n in names if n.startswith("fineweb_val_") and not n.startswith(SIDECAR_PREFIX)],
         train_files=[data_dir / n for n in names if "_train_" in n],
         manifest=manifest,
+        val_bytes_files=[data_dir / n for n in names if n.startswith(SIDECAR_PREFIX)],
     )

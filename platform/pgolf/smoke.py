@@ -26,6 +26,7 @@ import math
 import re
 
 from pgolf.trainers.config import TrainConfig, set_field
+from pgolf.trainers.config.data import variant_for
 
 SMOKE_SHAPE = {
     "model.model_dim": 128,
@@ -110,6 +111,8 @@ def shrink(cfg: TrainConfig) -> TrainConfig:
     old_warmdown = sched.warmdown_iters
     for dotted, value in SMOKE_SHAPE.items():
         _set(cfg, dotted, value)
+    # a smoke shape that changes the vocab keeps the tokenization (CaseOps stays CaseOps)
+    cfg.data.variant = variant_for(m.vocab_size, cfg.data.caseops) or cfg.data.variant
     iters = sched.iterations
 
     # ---- depth and width ----

@@ -357,9 +357,15 @@ def build_submission(tracking_uri: str, ref: str, out_dir: str, *, experiment: s
         check = None
         if run_self_check:
             vocab = ((cfg.get("model") or {}).get("vocab_size"))
-            from pgolf.datasets import default_data_dir, ensure_demo
+            from pgolf.datasets import default_data_dir, demo_dir_name, ensure_demo
 
-            demo = ensure_demo(os.path.join(data_dir, "demo") if data_dir else default_data_dir() / "demo", progress=None)
+            # the demo of the run's tokenization: a CaseOps script needs its sidecar (sp1024_caseops at 1024)
+            variant = (cfg.get("data") or {}).get("variant") or "sp1024"
+            if not str(variant).endswith("_caseops") or (vocab or 1024) != 1024:
+                variant = "sp1024"
+            name = demo_dir_name(variant=variant)
+            demo = ensure_demo(os.path.join(data_dir, name) if data_dir else default_data_dir() / name, progress=None,
+                               variant=variant)
             if vocab not in (None, demo.vocab_size):
                 check = SelfCheck(False, f"skipped: the config has vocab_size {vocab} but the demo tokenizer has "
                                          f"{demo.vocab_size}; run train_gpt.py on matching data by hand", [], 0.0,

@@ -272,9 +272,9 @@ def execute_trial(spec: TrialSpec, ctx: TrialContext, *, trial_id: str = "local"
     out_path = os.path.join(run_dir, "trainer_output.log")
     try:
         try:
-            if ctx.demo_root:
-                from pgolf.datasets import ensure_demo
-                ensure_demo(ctx.demo_root, progress=None)
+            if ctx.demo_root:  # the demo of this trial's data.variant, next to the data root's `demo/`
+                from pgolf.demo_corpus import ensure_variant_demo
+                ensure_variant_demo(os.path.dirname(ctx.demo_root), spec.cfg.data.variant)
             cfg = copy.deepcopy(spec.cfg)
             cfg.run.threads = cfg.run.threads if cfg.run.threads > 0 else threads
             cfg_path = write_run_config(cfg, run_dir)
