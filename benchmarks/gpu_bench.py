@@ -181,7 +181,7 @@ def bench_train(cfg, device: torch.device, path: Path, steps: int, warmup: int, 
         sync(device)
         times.append(time.perf_counter() - t0)
     n_params = count_parameters(base)
-    fpt = flops_per_token(cfg.model, n_params, seq)
+    fpt = flops_per_token(cfg.model, n_params, seq, base.blocks)
     ms = 1000 * sorted(times)[len(times) // 2]  # median: robust to a stray slow step
     out = {"ms_per_step": ms, "ms_per_step_mean": 1000 * sum(times) / len(times), "warmup_s": warm_s,
            "recompiles_timed": graphs_compiled() - g0,

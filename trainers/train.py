@@ -167,7 +167,7 @@ def run_training(cfg: TrainConfig) -> dict:
     # ---- model ------------------------------------------------------------------------------
     base_model = prepare_for_device(GPT(cfg.model), device)
     n_params = count_parameters(base_model)
-    fpt = flops_per_token(cfg.model, n_params, cfg.data.train_seq_len)
+    fpt = flops_per_token(cfg.model, n_params, cfg.data.train_seq_len, base_model.blocks)
     log.log(f"model_params: {n_params}  flops_per_token: {fpt:.4g}  world_size: {ddp.world_size}  grad_accum: {accum}")
     loops = LoopSwitch(base_model, cfg.model, loop_schedule)  # before compiling: starts unlooped
     late_qat = cfg.avg.late_qat_threshold > 0
