@@ -43,8 +43,9 @@ EXPECTED = {
     "pr1855": ("pr1787", 35_945_671),  # record (model_params log line)
 }
 # Lineage steps between the stacks that have smoke runs: every technique they use is already smoke-run
-# by a neighbour (pr1218/pr1019 by pr549/pr1394, pr1530..pr1787 by pr1855, the dense gate in test_gate),
-# so they get the load/count/validate tests only (suite budget).
+# by a neighbour (pr1218/pr1019 by pr549/pr1394, pr1530..pr1787 by pr1855; the dense gate is the sparse
+# gate's code path at window = model_dim, test_frontier_top; the WD taper: test_optim), so they get the
+# load/count/validate tests only (suite budget).
 LINEAGE_ONLY = {"pr1019", "pr1218", "pr1530", "pr1626", "pr1729", "pr1736", "pr1787"}
 
 
@@ -136,6 +137,9 @@ def test_intermediate_stacks_carry_their_records_settings():
     assert (m.parallel_start, m.parallel_lanes, m.doc_attention, m.qk_gain_init) == (8, True, True, 5.0)
     q = cfg["pr1626"].quant
     assert (q.embed_format, q.sd_clip_k_embed, q.sd_clip_k_mlp, q.gptq_calib_batches) == ("int7", 15.0, 12.0, 16)
+    taper = load_experiment(_path("pr1729")).config.optim
+    assert (taper.wd_taper_start_frac, taper.wd_taper_final_mult) == (0.70, 0.50)
+    assert cfg["pr1736"].optim.wd_taper_start_frac == 1.0  # #1736's script has no taper
     assert cfg["pr1736"].model.attn_gate == "dense" and cfg["pr1736"].quant.gate_int8_rows
     assert cfg["pr1787"].model.attn_gate == "sparse" and cfg["pr1787"].optim.muon_ns_coeffs == "polar_express"
     assert cfg["pr1787"].schedule.min_lr == 0.10 and cfg["pr1787"].quant.gptq_reserve_seconds == 0.5
