@@ -130,6 +130,7 @@ def test_intermediate_stacks_carry_their_records_settings():
     cfg = {n: load_experiment(_path(n)).config for n in ("pr1019", "pr1218", "pr1530", "pr1626", "pr1736", "pr1787")}
     assert cfg["pr1019"].model.bigram_buckets == 3072 and cfg["pr1019"].model.bigram_dim == 112
     assert cfg["pr1019"].quant.gptq and cfg["pr1019"].ttt.mode == "off" and cfg["pr1019"].model.xsa_last_n == 11
+    assert cfg["pr1019"].quant.gptq_calib == "self_gen" and cfg["pr1019"].quant.gptq_reserve_seconds == 0
     q = cfg["pr1218"].quant
     assert cfg["pr1218"].model.vocab_size == 4096 and cfg["pr1218"].model.ve_layers == [9, 10]
     assert (q.gptq, q.gptq_reserve_seconds, q.compressor, q.compress_level, q.byte_shuffle) == (True, 10.0, "brotli", 11, True)
