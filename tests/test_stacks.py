@@ -68,6 +68,9 @@ def test_stack_loads_resolves_and_counts(name):
     cfg = exp.resolved(None, exp.meta.seeds[0])
     with torch.device("meta"):
         assert count_parameters(GPT(cfg.model)) == count
+    if name in LINEAGE_ONLY:  # no smoke run of its own: its shrunk config must still validate
+        small = load_experiment(_path(name), smoke=True)
+        assert small.resolved(None, 1).model.num_layers == smoke.smoke_layers(cfg.model.num_layers)
     with open(_path(name), encoding="utf-8") as fh:
         lines = [ln.strip() for ln in fh if ln.strip().startswith("[")]
     order = ["[experiment]", "[resources]", "[budget]", "[config.model]", "[config.optim]", "[config.schedule]",
