@@ -13,7 +13,8 @@ Definitions (docs/style-and-performance.md B3/B5):
   micro-step is what one GPU of an 8-GPU node does per step; ms/step / 8 is the node-equivalent step
   time without the gradient all-reduce. The step is the trainer's: bf16 autocast, grad clip, Adam +
   batched Muon, EMA update, the late-QAT branch armed (flag off) as in training.
-- MFU = tokens/s x (6N + 12 L d T) / peak, N = all parameters (the trainer's `flops_per_token`), peak
+- MFU = tokens/s x (6N + 12 L d T) / peak, N = all parameters, each looped block once per virtual layer
+  (the trainer's `flops_per_token`), peak
   = 989 TFLOP/s (H100 SXM dense bf16 datasheet) and the bf16 matmul rate measured in this run.
 - Sliding eval: scored tokens/s of `evaluate_sliding` (stride 64, the stack's batch); projected time
   = 62,021,632 val tokens / (8 GPUs x tokens/s).
@@ -181,7 +182,7 @@ def bench_train(cfg, device: torch.device, path: Path, steps: int, warmup: int, 
         sync(device)
         times.append(time.perf_counter() - t0)
     n_params = count_parameters(base)
-    fpt = flops_per_token(cfg.model, n_params, seq)
+    fpt = flops_per_token(cfg.model, n_params, seq, base.blocks)
     ms = 1000 * sorted(times)[len(times) // 2]  # median: robust to a stray slow step
     out = {"ms_per_step": ms, "ms_per_step_mean": 1000 * sum(times) / len(times), "warmup_s": warm_s,
            "recompiles_timed": graphs_compiled() - g0,

@@ -128,3 +128,20 @@ def test_step_and_wallclock_warmdown_and_min_lr_floor():
     assert lr_scale(5500, 550_000, w, cap_seconds=580) == pytest.approx(0.3)  # a reserve shortens the cap
     wf = ScheduleConfig(warmdown_frac=0.5, max_wallclock_seconds=600, min_lr=0.1)
     assert lr_scale(10, 450_000, wf) == pytest.approx(0.5) and lr_scale(10, 599_000, wf) == pytest.approx(0.1)
+
+
+def test_muon_wd_taper_follows_the_1729_rule_and_reaches_the_optimizer():
+    from pgolf.trainers.optim import wd_taper
+    cfg = OptimConfig(muon_wd=0.1, wd_taper_start_frac=0.7, wd_taper_final_mult=0.5)
+    assert [wd_taper(f, cfg) for f in (0.0, 0.7, 0.85, 1.0, 1.2)] == pytest.approx([1.0, 1.0, 0.75, 0.5, 0.5])
+    assert wd_taper(0.99, OptimConfig(muon_wd=0.1)) == 1.0  # default: off
+    p = torch.nn.Parameter(torch.ones(4, 4))
+    opt = Muon([p], lr=0.04, momentum=0.95, weight_decay=0.1)
+    for g in opt.param_groups:
+        g["base_lr"] = 0.04
+    apply_schedules([opt], scale=1.0, momentum=0.95, wd_mult=wd_taper(0.85, cfg))
+    assert opt.param_groups[0]["weight_decay"] == pytest.approx(0.075)
+    apply_schedules([opt], scale=1.0, momentum=0.95)  # the base WD is kept, not the tapered one
+    assert opt.param_groups[0]["weight_decay"] == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="wd_taper_start_frac"):
+        OptimConfig(wd_taper_start_frac=1.5).validate()

@@ -213,3 +213,20 @@ def test_one_sort_quantiles_equal_torch_quantile():
         fracs = [0.999, 0.9995, 0.9999, 0.99999, 0.9999984, 0.5]
         for f, q in zip(fracs, quantile_rows(a, fracs)):
             assert torch.equal(q, torch.quantile(a, f, dim=1)), (n, f)
+
+
+def test_gptq_clip_pick_by_weight_mse_as_1019_and_1218():
+    g = torch.Generator().manual_seed(11)  # a draw where the two rules pick different clips
+    cols = 64
+    x = torch.randn(512, cols, generator=g) @ (torch.eye(cols) + torch.randn(cols, cols, generator=g) / cols**0.5)
+    w = torch.randn(32, cols, generator=g) * 0.02
+    h = x.t() @ x
+    got = {}
+    for pick in ("hessian", "mse"):
+        cfg = QuantConfig(scale_floor=0.0, gptq_block_size=32, clip_search="per_matrix", gptq_pick=pick,
+                          clip_percentiles=[0.8, 0.9, 0.99, 1.0])
+        got[pick] = gptq_quantize(w, h, INT_FORMATS["int4"], "mlp", cfg)
+    w_err = lambda q, s: float((w - _deq(q, s)).pow(2).sum())  # noqa: E731
+    out_err = lambda q, s: float((x @ (w - _deq(q, s)).t()).pow(2).sum())  # noqa: E731
+    assert not torch.equal(got["hessian"][1], got["mse"][1])  # different candidates won
+    assert w_err(*got["mse"]) < w_err(*got["hessian"]) and out_err(*got["hessian"]) < out_err(*got["mse"])

@@ -159,3 +159,17 @@ def test_brotli_and_byte_shuffle_round_trip_bit_exact():
             a, b = (x.view(torch.uint8) if x.dtype == torch.bfloat16 else x for x in (back[k], t))
             assert back[k].dtype == t.dtype and torch.equal(a, b), (shuffle, k)
     assert serialize.pack(tensors, {}, byte_shuffle=True) != serialize.pack(tensors, {})
+
+
+def test_brotli_blob_over_many_decoder_blocks_round_trips_bit_exact():
+    # brotli's Python decoder hands output out in 32 KB-doubling blocks; a loader that stopped on
+    # can_accept_more_data() rejected every blob above ~32 KB, so the small blobs above never saw it.
+    g = torch.Generator().manual_seed(1)
+    tensors = {"w.q": torch.randint(-31, 32, (256, 640), generator=g, dtype=torch.int8),
+               "w.scale": torch.rand(512, generator=g).half(), "emb": torch.randn(256, 128, generator=g).half()}
+    packed = serialize.pack(tensors, {"m": 1}, byte_shuffle=True)
+    assert len(packed) > 6 * 32 * 1024
+    blob = serialize.compress(packed, "brotli", 11)
+    assert serialize.decompress(blob) == packed
+    back, _ = serialize.unpack(packed)
+    assert all(back[k].dtype == t.dtype and torch.equal(back[k], t) for k, t in tensors.items())

@@ -39,6 +39,7 @@ PHASE_POLICY: dict[str, str] = {
     "ema_apply": "train",
     "swa_apply": "train",
     "gptq_calibration": "train",
+    "gptq_selfgen": "report_only",  # #1019: tokens sampled from the model itself, no data read
     "prequant_eval": "report_only",  # diagnostic, not part of the scored pipeline
     "prune": "report_only",  # weights only, no data: like quantization
     "quantize": "report_only",

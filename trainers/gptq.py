@@ -171,6 +171,8 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, fmt: IntFormat, category: st
     codes, err = gptq_solve(rows, scales.float(), h.to(rows.device), fmt, block_size=cfg.gptq_block_size,
                             damp=cfg.gptq_damp, act_order=cfg.gptq_act_order)
     pairs = [(codes[i], scales[i]) for i in range(len(cands))]
+    if cfg.gptq_pick == "mse":  # #1019/#1218: plain weight reconstruction error
+        err = [((rows - q.float() * s.float()[:, None]) ** 2).sum(dim=1) for q, s in pairs]
     q, scale = pick_best(rows, pairs, list(err), cfg.clip_search == "per_row")
     return q.reshape(w.shape), scale.to(torch.float16)
 

@@ -329,9 +329,18 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def flops_per_token(cfg: ModelConfig, n_params: int, seq_len: int) -> float:
-    """Training FLOPs per token by the 6N + 12*L*d*T convention (PaLM appendix B / nanoGPT)."""
-    return 6.0 * n_params + 12.0 * cfg.num_layers * cfg.model_dim * seq_len
+def flops_per_token(cfg: ModelConfig, n_params: int, seq_len: int, blocks: nn.ModuleList | None = None) -> float:
+    """Training FLOPs per token by the 6N + 12*L*d*T convention (PaLM appendix B / nanoGPT). With depth
+    recurrence the looped plan's virtual layers count (the steady state after the loop switch): every
+    repeat of a block adds its parameters to N and one layer to L, so `blocks` (GPT.blocks) is needed."""
+    enc, dec = layer_plan(cfg, looping=True)
+    plan = enc + dec
+    extra = 0
+    if len(plan) != cfg.num_layers:
+        if blocks is None:
+            raise ValueError("flops_per_token: a looped model needs its blocks to count the repeated layers")
+        extra = sum(count_parameters(blocks[i]) for i in plan) - sum(count_parameters(b) for b in blocks)
+    return 6.0 * (n_params + extra) + 12.0 * len(plan) * cfg.model_dim * seq_len
 
 
 def prepare_for_device(model: GPT, device: torch.device) -> GPT:

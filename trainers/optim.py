@@ -102,9 +102,21 @@ def muon_momentum(step: int, cfg: OptimConfig) -> float:
     return (1.0 - frac) * cfg.muon_momentum_warmup_start + frac * cfg.muon_momentum
 
 
-def apply_schedules(optimizers: list[torch.optim.Optimizer], scale: float, momentum: float) -> None:
+def wd_taper(frac: float, cfg: OptimConfig) -> float:
+    """Multiplier on the Muon WD (#1729): 1 up to wd_taper_start_frac of training, then linear to
+    wd_taper_final_mult at the end."""
+    start = cfg.wd_taper_start_frac
+    if start >= 1.0 or frac <= start:
+        return 1.0
+    return 1.0 + (cfg.wd_taper_final_mult - 1.0) * min((frac - start) / (1.0 - start), 1.0)
+
+
+def apply_schedules(optimizers: list[torch.optim.Optimizer], scale: float, momentum: float,
+                    wd_mult: float = 1.0) -> None:
     for opt in optimizers:
         for group in opt.param_groups:
             group["lr"] = group["base_lr"] * scale
             if isinstance(opt, Muon):
                 group["momentum"] = momentum
+                # the eager optimizer step reads it each step: no compiled graph to fold it into
+                group["weight_decay"] = group.setdefault("base_wd", group["weight_decay"]) * wd_mult

@@ -86,6 +86,14 @@ def calibrate_gptq(ctx: RunContext) -> dict:
 
     cfg, ddp = ctx.cfg, ctx.ddp
     targets = gptq_targets(ctx.model, cfg.quant)
+    q = cfg.quant
+    if q.gptq_calib == "self_gen":  # generated before the Hessian hooks go on; this rank's share
+        from .selfgen import self_generated_tokens
+        mine = len(range(ddp.rank, q.gptq_selfgen_seqs, ddp.world_size))
+        seqs = self_generated_tokens(ctx.model, mine, cfg.data.train_seq_len, cfg.model.vocab_size,
+                                     q.gptq_selfgen_temp, q.gptq_selfgen_batch, cfg.run.seed + ddp.rank, ctx.device)
+        hessians, used = collect_hessians(ctx.model, targets, iter(seqs), ctx.device, len(seqs), None, 0.0)
+        return {"hessians": hessians, "batches": used, "layers": len(targets)}
     loader = ctx.train_loader or DistributedTokenLoader(ctx.train_files, ddp.rank, ddp.world_size, ctx.device)
     accum = cfg.data.grad_accum(ddp.world_size)
 
@@ -190,14 +198,15 @@ def finish_run(ctx: RunContext) -> dict:
     gptq_codes = None
     if cfg.quant.gptq:
         from .gptq import solve_all
-        with timed(phases, "gptq_calibration", is_cuda):
+        calib_phase = "gptq_selfgen" if cfg.quant.gptq_calib == "self_gen" else "gptq_calibration"
+        with timed(phases, calib_phase, is_cuda):
             calib = calibrate_gptq(ctx)
         with timed(phases, "quantize", is_cuda):
             gptq_codes = solve_all(ctx.model, calib["hessians"], cfg.quant)
         result["gptq/calib_batches"] = calib["batches"]
         result["gptq/layers"] = calib["layers"]
         log.log(f"gptq: {calib['layers']} layers calibrated on {calib['batches']} batches "
-                f"in {phases['gptq_calibration']:.2f}s")
+                f"({cfg.quant.gptq_calib}) in {phases[calib_phase]:.2f}s")
         del calib
 
     blob_path, qreport = write_artifact(ctx, gptq_codes)

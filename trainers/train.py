@@ -32,8 +32,8 @@ from . import attention, qat
 from .averaging import WeightAverager
 from .model import GPT, count_parameters, flops_per_token, prepare_for_device
 from .prune import magnitude_prune
-from .optim import apply_schedules, build_optimizers, lr_scale, muon_momentum
-from .recurrence import LoopSwitch
+from .optim import apply_schedules, build_optimizers, lr_scale, muon_momentum, wd_taper
+from .recurrence import LoopSwitch, training_frac
 from .faults import after_step
 from .posttrain import RunContext, finish_run, train_schedule
 
@@ -180,7 +180,7 @@ def run_training(cfg: TrainConfig) -> dict:
     # ---- model ------------------------------------------------------------------------------
     base_model = prepare_for_device(GPT(cfg.model), device)
     n_params = count_parameters(base_model)
-    fpt = flops_per_token(cfg.model, n_params, cfg.data.train_seq_len)
+    fpt = flops_per_token(cfg.model, n_params, cfg.data.train_seq_len, base_model.blocks)
     log.log(f"model_params: {n_params}  flops_per_token: {fpt:.4g}  world_size: {ddp.world_size}  grad_accum: {accum}")
     loops = LoopSwitch(base_model, cfg.model, loop_schedule)  # before compiling: starts unlooped
     late_qat = cfg.avg.late_qat_threshold > 0
@@ -205,7 +205,8 @@ def run_training(cfg: TrainConfig) -> dict:
 
     def scheduled_step(loader, step: int, elapsed_ms: float) -> tuple[float, float]:
         scale = lr_scale(step, elapsed_ms, loop_schedule)
-        apply_schedules(optimizers, scale, muon_momentum(step, cfg.optim))
+        apply_schedules(optimizers, scale, muon_momentum(step, cfg.optim),
+                        wd_taper(training_frac(step, elapsed_ms, loop_schedule), cfg.optim))
         return float(train_step(model, optimizers, trainable, _batches(loader), accum, cfg.optim.grad_clip_norm).item()), scale
 
     def _batches(loader):

@@ -18,6 +18,9 @@ class OptimConfig:
             need(0 <= getattr(self, key) < 1, f"optim.{key} must be in [0, 1), got {getattr(self, key)}")
         need(self.muon_backend_steps >= 1 and self.muon_momentum_warmup_steps >= 0,
              "optim.muon_backend_steps must be >= 1 and optim.muon_momentum_warmup_steps >= 0")
+        need(0 <= self.wd_taper_start_frac <= 1 and self.wd_taper_final_mult >= 0,
+             f"optim.wd_taper_start_frac must be in [0, 1] (1 = off) and optim.wd_taper_final_mult >= 0, got "
+             f"{self.wd_taper_start_frac} / {self.wd_taper_final_mult}")
 
     matrix_lr: float = 0.04  # Muon group (2-D block weights + BigramHash/VE proj); 0.02 #162/#180, 0.025 #198..#691
     scalar_lr: float = 0.04  # Adam group: vectors, scalars, control tensors, skip weights; 0.02 #162, 0.025 #198..#691
@@ -37,4 +40,8 @@ class OptimConfig:
     adam_wd: float = 0.0  # AdamW decoupled WD of the token and scalar groups; 0 baseline, 0.01 #162, 0.04 #180..#691
     token_wd: float = -1.0  # token-group WD override (tok_emb, BigramHash/VE tables); < 0 = adam_wd; 0.085 at SP4096+ (#1218)
     scalar_wd: float = -1.0  # scalar-group WD override; < 0 = adam_wd; 0.02 at SP4096+
+    # Muon WD taper (#1729): past this training fraction the Muon WD falls linearly to
+    # wd_taper_final_mult x muon_wd at the end of training; 1 = off. 0.70 / 0.50 in #1729.
+    wd_taper_start_frac: float = 1.0
+    wd_taper_final_mult: float = 1.0
     grad_clip_norm: float = 0.0  # global norm clip; 0 = off (baseline); 0.3 from #135/#162 on

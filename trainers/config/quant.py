@@ -31,6 +31,9 @@ class QuantConfig:
              f"quant.int8_clip_percentile must be in (0, 100], got {self.int8_clip_percentile}")
         need(self.gptq_reserve_seconds >= 0 and self.gptq_calib_batches >= 0 and self.gptq_block_size >= 1,
              "quant.gptq_reserve_seconds / gptq_calib_batches must be >= 0 and gptq_block_size >= 1")
+        need(self.gptq_selfgen_seqs >= 1 and self.gptq_selfgen_batch >= 1 and self.gptq_selfgen_temp > 0,
+             f"quant.gptq_selfgen_seqs / gptq_selfgen_batch must be >= 1 and gptq_selfgen_temp > 0, got "
+             f"{self.gptq_selfgen_seqs} / {self.gptq_selfgen_batch} / {self.gptq_selfgen_temp}")
 
     scheme: str = "int8"  # label only: the blob is final_model.<scheme>.<compressor>.ptz
     embed_format: Format = "int8"
@@ -73,9 +76,19 @@ class QuantConfig:
     gptq_categories: list[Category] = field(default_factory=lambda: ["mlp", "attn"])
     gptq_calib_batches: int = 16  # per-rank training micro-batches
     gptq_reserve_seconds: float = 0.0
+    # Calibration inputs: "train" batches (inside the training budget, above) or "self_gen" (#1019):
+    # gptq_selfgen_seqs sequences of train_seq_len tokens sampled from the trained model at temperature
+    # gptq_selfgen_temp, split over the ranks; no data is read, so no reserve is needed.
+    gptq_calib: Literal["train", "self_gen"] = "train"
+    gptq_selfgen_seqs: int = 64
+    gptq_selfgen_temp: float = 0.8
+    gptq_selfgen_batch: int = 8
     gptq_block_size: int = 128
     gptq_damp: float = 0.01  # H += damp * mean(diag H) * I
     gptq_act_order: bool = True
+    # With several clip candidates (clip_search): pick by the Hessian-weighted output error (default) or
+    # by the plain weight MSE, as #1019 and #1218 do.
+    gptq_pick: Literal["hessian", "mse"] = "hessian"
     compressor: Literal["zlib", "zstd", "lzma", "brotli"] = "zlib"  # brotli quality = compress_level (0..11)
     compress_level: int = 9
     # Blob layout. "state" is the records' torch.save order (state_dict order, codes then scales),

@@ -20,7 +20,8 @@ def describe(exp, variant=None) -> dict:
     cfg = exp.resolved(variant)
     import torch
     with torch.device("meta"):
-        n = count_parameters(GPT(cfg.model))
+        model = GPT(cfg.model)
+        n = count_parameters(model)
     return {
         "experiment": exp.meta.name,
         "file": exp.path,
@@ -28,7 +29,7 @@ def describe(exp, variant=None) -> dict:
         "variant": variant or exp.meta.name,
         "config_hash": config_hash(cfg, code_version()),
         "params": n,
-        "flops_per_token": flops_per_token(cfg.model, n, cfg.data.train_seq_len),
+        "flops_per_token": flops_per_token(cfg.model, n, cfg.data.train_seq_len, model.blocks),
         "seeds": exp.meta.seeds,
         "resources": vars(exp.resources),
         "budget": vars(exp.budget),
