@@ -52,7 +52,4 @@ def test_same_seed_identical_results_with_every_technique(overrides, monkeypatch
     with open(tmp_path / "a" / "metrics.jsonl") as fa, open(tmp_path / "b" / "metrics.jsonl") as fb:
         la = [e.get("train/loss") for e in map(json.loads, fa) if e["event"] == "train"]
         lb = [e.get("train/loss") for e in map(json.loads, fb) if e["event"] == "train"]
-    assert la == lb and len(la) > 2
-    if overrides is EVERYTHING_EMA:
-        c, _ = _run(overrides, 8, data_root, tmp_path / "c")
-        assert c["final/val_loss"] != a["final/val_loss"]  # the seed matters
+    assert la == lb and len(la) > 2  # that another seed gives other results: test_train

@@ -110,8 +110,8 @@ def test_trainer_module_entry_point(demo_data, tmp_path):
     assert bad.returncode == 2 and "unknown key config.model.num_layer" in bad.stderr
 
 
-def test_cli_train_and_inspect(demo_data, tmp_path):
-    env = dict(os.environ, PGOLF_DATA_DIR=str(tmp_path / "data"))
+def test_cli_train_and_inspect(data_root, tmp_path):
+    env = dict(os.environ, PGOLF_DATA_DIR=str(data_root))  # the session's demo corpus: no second build
     out = subprocess.run([sys.executable, "-m", "pgolf.cli", "inspect", os.path.join(ROOT, "experiments", "baseline.toml")],
                          capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr
@@ -119,12 +119,12 @@ def test_cli_train_and_inspect(demo_data, tmp_path):
     run_dir = tmp_path / "run"
     out = subprocess.run([sys.executable, "-m", "pgolf.cli", "train", os.path.join(ROOT, "experiments", "smoke.toml"),
                           "--seed", "5", "--run-dir", str(run_dir), "--set", "config.schedule.iterations=3",
-                          "--set", "config.eval.val_loss_every=0"],
+                          "--set", "config.eval.val_loss_every=0", "--set", "config.data.val_tokens_limit=4096"],
                          capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr
     assert "final/val_bpb" in out.stdout and "artifact/bytes" in out.stdout and "data/tokens_per_byte" in out.stdout
     resolved = json.loads((run_dir / "resolved_config.json").read_text())
-    assert resolved["run"]["seed"] == 5 and resolved["data"]["data_path"].startswith(str(tmp_path / "data"))
+    assert resolved["run"]["seed"] == 5 and resolved["data"]["data_path"].startswith(str(data_root))
 
 
 def test_wallclock_cap_costs_one_clock_all_reduce_per_step(demo_data, tmp_path, monkeypatch):

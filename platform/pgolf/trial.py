@@ -281,7 +281,8 @@ def execute_trial(spec: TrialSpec, ctx: TrialContext, *, trial_id: str = "local"
         except Exception as exc:  # noqa: BLE001 - any setup failure is this trial's failure, not the sweep's
             reason = f"trial setup failed: {type(exc).__name__}: {exc}"
             raise _SetupFailed() from exc
-        cmd = trainer_command(cfg_path, ctx.gpus)
+        from pgolf import watchdog
+        cmd = watchdog.command(os.getpid(), trainer_command(cfg_path, ctx.gpus))  # ends with this process
         with open(out_path, "ab") as out:
             proc = subprocess.Popen(cmd, cwd=run_dir, env=_trainer_env(threads), stdout=out,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
