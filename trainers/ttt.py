@@ -30,30 +30,7 @@ from .evaluate import _all_reduce_sums, autocast_for
 from .sliding import WindowPlan, plan_windows, rank_slice, score_windows
 from .ttt_trace import GLOBAL, TraceWriter, verify_trace
 
-MODES = ("off", "score_first", "pre_eval_full", "lora_doc")
 TRACE_NAME = "ttt_trace.jsonl"
-
-
-def validate_ttt_config(cfg: TrainConfig) -> None:
-    t = cfg.ttt
-    if t.mode not in MODES:
-        raise ConfigError(f"ttt.mode = {t.mode!r}: expected one of {', '.join(MODES)}")
-    if t.mode == "off":
-        if t.fake_quant:
-            raise ConfigError("ttt.fake_quant = true but ttt.mode = off: set ttt.fake_quant = false too")
-        return
-    if t.lr_schedule not in ("cosine", "constant"):
-        raise ConfigError(f"ttt.lr_schedule = {t.lr_schedule!r}: expected cosine or constant")
-    if t.epochs < 0 or t.batch_seqs < 1 or t.freeze_blocks < 0 or t.grad_clip < 0:
-        raise ConfigError("ttt.epochs, ttt.freeze_blocks and ttt.grad_clip must be >= 0 and ttt.batch_seqs >= 1")
-    if t.mode == "score_first" and t.chunk_tokens < cfg.data.train_seq_len:
-        raise ConfigError(f"ttt.chunk_tokens = {t.chunk_tokens} is shorter than one training sequence "
-                          f"(data.train_seq_len = {cfg.data.train_seq_len}): no chunk could be trained on")
-    if t.chunk_tokens < 1:
-        raise ConfigError("ttt.chunk_tokens must be >= 1")
-    if t.mode == "lora_doc" and (t.lora_rank < 1 or t.lora_chunk_tokens < 1 or t.lora_batch_docs < 1
-                                 or not t.lora_targets):
-        raise ConfigError("ttt.lora_rank, lora_chunk_tokens, lora_batch_docs must be >= 1 and lora_targets non-empty")
 
 
 @dataclass
@@ -425,7 +402,7 @@ def run_ttt(model: nn.Module, val_tokens: torch.Tensor, luts: ByteLUTs, cfg: Tra
             rank: int, world_size: int, run_dir: str, bos_id: int = 1) -> TTTResult:
     """Run the configured TTT mode on `model` (modified in place), write the trace (rank 0) and
     verify it. The result's info carries the trace file name and the verdict."""
-    validate_ttt_config(cfg)
+    cfg.validate(world_size)
     mode = cfg.ttt.mode
     arm_fake_quant(model, cfg)
     path = os.path.join(run_dir, TRACE_NAME)
