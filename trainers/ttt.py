@@ -26,6 +26,7 @@ from torch import nn
 from . import qat
 from .bpb import ByteLUTs, bpb_from_sums, token_bytes
 from .config import ConfigError, TrainConfig
+from .distributed import all_reduce_sum, is_distributed
 from .evaluate import _all_reduce_sums, autocast_for
 from .sliding import WindowPlan, plan_windows, rank_slice, score_windows
 from .ttt_trace import GLOBAL, TraceWriter, verify_trace
@@ -40,10 +41,6 @@ class TTTResult:
     tokens: float
     bytes: float
     info: dict = field(default_factory=dict)
-
-
-def _dist_on() -> bool:
-    return dist.is_available() and dist.is_initialized()
 
 
 def clear_caches(model: nn.Module) -> None:
@@ -86,11 +83,10 @@ def set_trainable(model: nn.Module, freeze_blocks: int) -> list[nn.Parameter]:
 def all_reduce_grads(params: list[nn.Parameter], world_size: int) -> None:
     """Sum gradients over ranks in one flat buffer (the loss is already normalised by the global
     token count, so the sum is the average gradient). Ranks without a batch contribute zeros."""
-    if world_size <= 1 or not _dist_on():
+    if world_size <= 1 or not is_distributed():
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1).float() for g in grads])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat = all_reduce_sum(torch.cat([g.reshape(-1).float() for g in grads]))
     off = 0
     for p, g in zip(params, grads):
         n = g.numel()
@@ -228,7 +224,7 @@ def run_pre_eval_full(model, val_tokens, luts, cfg: TrainConfig, device, rank, w
         steps = sgd_epochs(model, opt, params, val_tokens, starts, seq_len=L, epochs=t.epochs, batch_seqs=t.batch_seqs,
                            grad_clip=t.grad_clip, lr_at=lr_at, device=device, rank=rank, world_size=workers,
                            trace=trace)
-    if t.rank0_only and world_size > 1 and _dist_on():
+    if t.rank0_only and world_size > 1 and is_distributed():
         for p in model.parameters():
             dist.broadcast(p.data, src=0)
     t1 = time.perf_counter()
@@ -371,7 +367,7 @@ def run_lora_doc(model, val_tokens, luts, cfg: TrainConfig, device, rank, world_
         for p in model.parameters():
             p.requires_grad_(True)
     gathered = [events]
-    if world_size > 1 and _dist_on():
+    if world_size > 1 and is_distributed():
         gathered = [None] * world_size
         dist.all_gather_object(gathered, events)
     for rank_events in gathered:
