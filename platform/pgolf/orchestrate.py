@@ -107,9 +107,6 @@ def prepare(args, kind: str) -> Invocation:
     if power_below and not (stop_futile and 0 < power_below < 1 and std > 0):
         raise ExperimentError(f"--stop-power-below {power_below:g}: needs --stop-futile, a value in (0, 1) and "
                               f"--seed-std-nats > 0 (got {std:g})")
-    if ledger.capped and kind == "sweep" and exp.sweep.search == "optuna":
-        raise ExperimentError(f"{exp.path}: --max-gpu-hours / --max-usd are not supported with search = 'optuna' "
-                              f"(its points are not known in advance); use search = 'grid' or 'random'")
     from pgolf.datasets import default_data_dir
 
     data_root = os.path.abspath(args.data_dir) if args.data_dir else str(default_data_dir())

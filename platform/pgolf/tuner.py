@@ -137,6 +137,11 @@ def run_tuner(inv: Any, *, max_concurrent: int, storage_path: str, run_name: str
 
         search_alg = Repeater(OptunaSearch(metric=exp.meta.metric, mode="min", seed=exp.sweep.seed),
                               repeat=len(inv.seeds), set_index=True)
+        if inv.gate is not None:  # budget caps around the points Optuna picks
+            from pgolf.gate import make_budget_searcher
+
+            search_alg = make_budget_searcher(inv, search_alg, **inv.gate)
+            inv.gate_state = search_alg.state
     if inv.kind == "sweep" and exp.sweep.scheduler == "asha":
         from ray.tune.schedulers import ASHAScheduler
 
