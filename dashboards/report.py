@@ -13,6 +13,7 @@ import pandas as pd
 from pgolf import compliance
 from pgolf.dashboards import plots as P
 from pgolf.dashboards import query as Q
+from pgolf.trainers.contract import ARTIFACT_BYTES, EVAL_SECONDS, FINAL_BPB, TRAIN_SECONDS
 
 __all__ = ["Report", "build_report", "format_runs", "format_text", "log_to_parent", "write_report"]
 
@@ -184,8 +185,8 @@ def format_runs(runs: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     rows = []
     for r in runs.to_dict("records"):
         rows.append([str(r["run_name"]), "-" if pd.isna(r["seed"]) else str(int(r["seed"])), str(r["config_hash"])[:12],
-                     str(r["status"]), str(r["counted"]), _f(r.get("final/val_bpb")), _i(r.get("artifact/bytes")),
-                     _f(r.get("time/train_s"), ".1f"), _f(r.get("time/eval_s"), ".1f"),
+                     str(r["status"]), str(r["counted"]), _f(r.get(FINAL_BPB)), _i(r.get(ARTIFACT_BYTES)),
+                     _f(r.get(TRAIN_SECONDS), ".1f"), _f(r.get(EVAL_SECONDS), ".1f"),
                      str(r["status_reason"] or "")[:80]])
     return head, rows
 

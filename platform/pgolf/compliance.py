@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pgolf.formatting import json_safe as _plain
 from pgolf.trainers.config import finite
-from pgolf.trainers.contract import PHASE_POLICY
+from pgolf.trainers.contract import ARTIFACT_BYTES, EVAL_SECONDS, PHASE_POLICY, TRAIN_SECONDS
 
 __all__ = [
     "BUDGETS",
@@ -245,7 +245,7 @@ def _int_or_none(x: Any) -> int | None:
 
 
 def _artifact_check(result: Mapping[str, Any], caps: Caps) -> tuple[Check, int | None]:
-    total = result.get("artifact/bytes")
+    total = result.get(ARTIFACT_BYTES)
     if not (finite(total) is not None and float(total).is_integer() and total >= 0):
         return Check("artifact_under_cap", False, f"artifact/bytes missing or not a byte count: {total!r}"), None
     total = int(total)
@@ -273,7 +273,7 @@ def _timing(result: Mapping[str, Any], policy: PhasePolicy) -> tuple[PhaseTotals
             return policy.totals(phases), None, "phases"
         except ValueError as e:
             return None, str(e), "phases"
-    tr, ev = result.get("time/train_s"), result.get("time/eval_s")
+    tr, ev = result.get(TRAIN_SECONDS), result.get(EVAL_SECONDS)
     if finite(tr) is not None and finite(ev) is not None:
         return PhaseTotals(train=float(tr), eval=float(ev), report_only=0.0, unknown=[]), None, "time/*_s"
     return None, "no phase timings recorded", "none"

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pgolf import cost, futility, tracking
+from pgolf.trainers.contract import FINAL_LOSS, TOKENS_PER_BYTE
 
 OUTCOME = "pgolf.outcome"
 NOT_STARTED = "NOT STARTED (budget)"
@@ -50,7 +51,7 @@ def make_searcher(inv: Any, ledger: cost.Ledger, *, stop_futile: bool, prices: c
                    variant_of={s.key: s.variant for s in inv.plan.specs}, seed_of={s.key: s.seed for s in inv.plan.specs},
                    stop_futile=stop_futile, power_below=power_below, seed_std_nats=seed_std_nats)
     for key, run in inv.plan.resumed.items():  # seeds finished earlier count for futility
-        v = run.data.metrics.get("final/val_loss")
+        v = run.data.metrics.get(FINAL_LOSS)
         if v is not None:
             state.done.setdefault(state.variant_of[key], {})[state.seed_of[key]] = float(v)
     hashes = {s.variant: s.config_hash for s in inv.plan.specs}
@@ -91,11 +92,11 @@ def make_searcher(inv: Any, ledger: cost.Ledger, *, stop_futile: bool, prices: c
                 return
             r = result or {}
             variant, seed = st.variant_of[key], st.seed_of[key]
-            loss = r.get("final/val_loss") if r.get("ok") else None
+            loss = r.get(FINAL_LOSS) if r.get("ok") else None
             if isinstance(loss, (int, float)):
                 st.done.setdefault(variant, {})[seed] = float(loss)
-                if isinstance(r.get("data/tokens_per_byte"), (int, float)):
-                    st.tokens_per_byte.append(float(r["data/tokens_per_byte"]))
+                if isinstance(r.get(TOKENS_PER_BYTE), (int, float)):
+                    st.tokens_per_byte.append(float(r[TOKENS_PER_BYTE]))
             else:
                 st.failed.setdefault(variant, set()).add(seed)
             if st.stop_futile:

@@ -19,6 +19,7 @@ from typing import Any
 
 from pgolf.experiment import flatten  # one flattening for params, tags and variants
 from pgolf.trainers.config import ConfigError
+from pgolf.trainers.contract import ARTIFACT_BYTES, HEADROOM_BYTES
 
 ENV_TRACKING_URI = "PGOLF_TRACKING_URI"
 DB_NAME = "mlflow.db"
@@ -388,16 +389,16 @@ def write_byte_report(run_dir: str, result: Mapping[str, Any]) -> str:
     for name in ("train_gpt.py", blob):
         if name and os.path.isfile(os.path.join(run_dir, name)):
             files[name] = os.path.getsize(os.path.join(run_dir, name))
-    total, headroom = _num(result.get("artifact/bytes")), _num(result.get("artifact/headroom_bytes"))
+    total, headroom = _num(result.get(ARTIFACT_BYTES)), _num(result.get(HEADROOM_BYTES))
     cap = int(total + headroom) if total is not None and headroom is not None else None
     report = {
         "files": files,
         "total_bytes_on_disk": sum(files.values()),
-        "artifact/bytes": result.get("artifact/bytes"),
+        ARTIFACT_BYTES: result.get(ARTIFACT_BYTES),
         "artifact/model_bytes": result.get("artifact/model_bytes"),
         "artifact/code_bytes": result.get("artifact/code_bytes"),
         "artifact/code_raw_bytes": result.get("artifact/code_raw_bytes"),
-        "artifact/headroom_bytes": result.get("artifact/headroom_bytes"),
+        HEADROOM_BYTES: result.get(HEADROOM_BYTES),
         "cap_bytes": cap,
         "under_cap": headroom >= 0 if headroom is not None else None,
     }
