@@ -83,8 +83,8 @@ def seed_numbers(rows: Sequence[Mapping[str, Any]], confidence: float = 0.95) ->
 
     bpb, loss = vals(FINAL_BPB), vals(FINAL_LOSS)
     return {
-        FINAL_BPB: stats.summarize(bpb, confidence) if bpb else None,
-        FINAL_LOSS: stats.summarize(loss, confidence) if loss else None,
+        FINAL_BPB: stats.describe(bpb, confidence) if bpb else None,
+        FINAL_LOSS: stats.describe(loss, confidence) if loss else None,
         "artifact_bytes_max": max(vals(ARTIFACT_BYTES), default=None),
         "model_bytes_max": max(vals("artifact/model_bytes"), default=None),
         "code_bytes_max": max(vals("artifact/code_bytes"), default=None),
