@@ -207,7 +207,7 @@ def execute(inv: Any, args) -> Any:
             # Actors first (their trial threads must not close runs half-way), then the trainers they
             # started in their own process groups, then the runs, with what the trainers left on disk.
             ray.shutdown()
-            from pgolf.trial import stop_trainers_below
+            from pgolf.trainer_process import stop_trainers_below
 
             stop_trainers_below(inv.ctx.runs_dir)
         from pgolf.interrupts import reason
