@@ -123,9 +123,7 @@ def test_report_shows_cost_per_variant_and_per_accepted_improvement(tmp_path):
     from pgolf.dashboards import html
     from pgolf.dashboards.report import build_report, format_text
 
-    uri, root = S.new_store(S.template_db(), tmp_path)
-    exp_id = S.experiment(uri, root, "costs")
-    pid = S.parent(uri, exp_id)
+    uri, exp_id, pid = S.store_with_parent(tmp_path, "costs")
     spend = {"base": (1.1300, 3600.0, 9.0), "better": (1.1200, 7200.0, 18.0), "worse": (1.1400, 3600.0, 9.0)}
     for variant, (bpb, gpu_s, usd) in spend.items():
         h = {"base": "aaaaaaaaaaaa", "better": "bbbbbbbbbbbb", "worse": "cccccccccccc"}[variant]
