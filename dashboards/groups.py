@@ -15,6 +15,7 @@ from pgolf import compliance, stats
 from pgolf.formatting import finite
 from pgolf.records import RECORD_PRESETS
 from pgolf.summary import seed_numbers
+from pgolf.trainers.contract import FINAL_BPB, FINAL_LOSS
 
 
 # --------------------------------------------------------------------------------------------------
@@ -83,7 +84,7 @@ def baseline_from_spec(spec: str, runs: pd.DataFrame) -> ReportBaseline:
         raise ValueError(f"--baseline {spec!r} {what}; give a number (BPB, or '<x> nats'), a record preset "
                          f"({known}), a config hash or a variant name")
     g = ok[ok["config_hash"] == hashes[0]]
-    by_seed = {int(s): float(v) for s, v in zip(g["seed"], g["final/val_loss"]) if pd.notna(s) and pd.notna(v)}
+    by_seed = {int(s): float(v) for s, v in zip(g["seed"], g[FINAL_LOSS]) if pd.notna(s) and pd.notna(v)}
     if not by_seed:
         raise ValueError(f"--baseline {spec!r}: config {hashes[0]} has no finished seed with final/val_loss")
     name = g["variant"].iloc[0]
@@ -143,7 +144,7 @@ def group_table(runs: pd.DataFrame, results: Mapping[str, dict] | None = None, *
         ok = counted[counted["status"] == "FINISHED"]
         bad = counted[counted["status"] != "FINISHED"]
         nums = seed_numbers(ok.to_dict("records"), confidence)
-        sb, sl = nums["final/val_bpb"], nums["final/val_loss"]
+        sb, sl = nums[FINAL_BPB], nums[FINAL_LOSS]
         ok_results = []
         for r in ok.itertuples():
             res = dict(results.get(r.run_id) or {})
@@ -179,7 +180,7 @@ def group_table(runs: pd.DataFrame, results: Mapping[str, dict] | None = None, *
             "hardware": ", ".join(verdict.hardware_classes) if verdict else "",
             "overrides": _overrides(g), "pass_fractions": verdict.pass_fractions() if verdict else {},
             **_costs(g),
-            "_loss_by_seed": {int(s): float(v) for s, v in zip(ok["seed"], ok["final/val_loss"]) if pd.notna(s) and pd.notna(v)},
+            "_loss_by_seed": {int(s): float(v) for s, v in zip(ok["seed"], ok[FINAL_LOSS]) if pd.notna(s) and pd.notna(v)},
         })
     _add_tests(rows, baseline, _summary_tests(data), margin_nats, alpha)
     df = pd.DataFrame(rows).drop(columns=["_loss_by_seed"])

@@ -14,6 +14,7 @@ from markupsafe import Markup
 
 from pgolf.dashboards import query as Q
 from pgolf.formatting import finite, integer, num, pvalue
+from pgolf.trainers.contract import ARTIFACT_BYTES, EVAL_SECONDS, FINAL_BPB, FINAL_LOSS, TRAIN_SECONDS
 
 TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
 DASH = "–"
@@ -127,8 +128,8 @@ def _runs(runs: pd.DataFrame) -> dict:
     for r in Q.records(runs):
         rows.append([r["run_name"], r["variant"], "–" if _missing(r["seed"]) else int(r["seed"]),
                      _code(r["config_hash"]), r["status"], r["counted"], r["status_reason"],
-                     fmt(r.get("final/val_bpb"), ".5f"), fmt(r.get("final/val_loss"), ".5f"), fint(r.get("artifact/bytes")),
-                     fmt(r.get("steps"), ".0f"), fmt(r.get("time/train_s"), ".1f"), fmt(r.get("time/eval_s"), ".1f"),
+                     fmt(r.get(FINAL_BPB), ".5f"), fmt(r.get(FINAL_LOSS), ".5f"), fint(r.get(ARTIFACT_BYTES)),
+                     fmt(r.get("steps"), ".0f"), fmt(r.get(TRAIN_SECONDS), ".1f"), fmt(r.get(EVAL_SECONDS), ".1f"),
                      r.get("node_class") or "–", _code(r["run_id"])])
         cls.append("bad" if r["status"] != "FINISHED" else ("muted" if r["counted"] != "yes" else ""))
     return table(head, rows, numeric={2, 7, 8, 9, 10, 11, 12}, row_class=cls)

@@ -20,6 +20,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from pgolf import compliance
+from pgolf.trainers.contract import ARTIFACT_BYTES, EVAL_SECONDS, FINAL_BPB, TRAIN_LOSS, VAL_BPB
 
 __all__ = [
     "PlotFile",
@@ -118,11 +119,11 @@ def seed_scatter(runs: pd.DataFrame, groups: pd.DataFrame, out_dir: str, *, thre
 
     for i, row in enumerate(groups.to_dict("records")):
         g = ok[ok["config_hash"] == row["config_hash"]]
-        y = g["final/val_bpb"].dropna().to_numpy()
+        y = g[FINAL_BPB].dropna().to_numpy()
         x = i + rng.uniform(-0.12, 0.12, size=len(y))
         ax.scatter(x, y, s=36, color=colors[row["config_hash"]], edgecolor="black", linewidth=0.5, zorder=3,
                    label=once("seeds") if len(y) else None)
-        for xi, yi, s in zip(x, y, g.loc[g["final/val_bpb"].notna(), "seed"]):
+        for xi, yi, s in zip(x, y, g.loc[g[FINAL_BPB].notna(), "seed"]):
             ax.annotate(str(s), (xi, yi), xytext=(5, 0), textcoords="offset points", fontsize=7, va="center", color="#444")
         if row["bpb_mean"] is not None and not pd.isna(row["bpb_mean"]):
             lo, hi = row["bpb_ci_low"], row["bpb_ci_high"]
@@ -164,7 +165,7 @@ def seed_scatter(runs: pd.DataFrame, groups: pd.DataFrame, out_dir: str, *, thre
 
 def bpb_vs_bytes(runs: pd.DataFrame, groups: pd.DataFrame, out_dir: str, *, cap: int = ARTIFACT_CAP) -> PlotFile | None:
     """Score against artifact size for every finished seed, with the decimal 16,000,000-byte cap."""
-    ok = _counted_ok(runs).dropna(subset=["final/val_bpb", "artifact/bytes"])
+    ok = _counted_ok(runs).dropna(subset=[FINAL_BPB, ARTIFACT_BYTES])
     if ok.empty:
         return None
     fig = _figure(7.5, 4.6)
@@ -174,13 +175,13 @@ def bpb_vs_bytes(runs: pd.DataFrame, groups: pd.DataFrame, out_dir: str, *, cap:
         g = ok[ok["config_hash"] == row["config_hash"]]
         if g.empty:
             continue
-        over = g["artifact/bytes"] > cap
-        ax.scatter(g["artifact/bytes"] / 1e6, g["final/val_bpb"], s=36, color=colors[row["config_hash"]],
+        over = g[ARTIFACT_BYTES] > cap
+        ax.scatter(g[ARTIFACT_BYTES] / 1e6, g[FINAL_BPB], s=36, color=colors[row["config_hash"]],
                    edgecolor=np.where(over, "crimson", "black"), linewidth=np.where(over, 1.8, 0.5),
                    label=_short(_label(row), 40), zorder=3)
     # Zoomed to the data: at smoke scale the artifacts are a few percent of the cap, and a 0..16 MB axis
     # would squeeze every seed into one column. The cap is a line when it is near, else a note.
-    lo, hi = float(ok["artifact/bytes"].min()), float(ok["artifact/bytes"].max())
+    lo, hi = float(ok[ARTIFACT_BYTES].min()), float(ok[ARTIFACT_BYTES].max())
     pad = max((hi - lo) * 0.15, hi * 0.01)
     x0, x1 = (lo - pad) / 1e6, (hi + pad) / 1e6
     if cap / 1e6 <= x1 + (x1 - x0):
@@ -191,11 +192,11 @@ def bpb_vs_bytes(runs: pd.DataFrame, groups: pd.DataFrame, out_dir: str, *, cap:
                 transform=ax.transAxes, ha="right", color="crimson", fontsize=8)
     ax.set_xlim(x0, x1)
     ax.set_xlabel("artifact bytes (code + compressed model), millions (decimal)")
-    ax.set_ylabel("final/val_bpb")
+    ax.set_ylabel(FINAL_BPB)
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
     ax.legend(handles[:MAX_LEGEND + 1], labels[:MAX_LEGEND + 1], fontsize=7, loc="best")
-    n_over = int((ok["artifact/bytes"] > cap).sum())
+    n_over = int((ok[ARTIFACT_BYTES] > cap).sum())
     caption = (f"Every finished seed; dashed line: the {cap:,}-byte cap (decimal, not MiB)."
                + (f" {n_over} seed(s) over the cap (red edge)." if n_over else ""))
     return _save(fig, out_dir, "bpb_vs_bytes", "Score vs artifact bytes", caption)
@@ -215,7 +216,7 @@ def _band(sub: pd.DataFrame) -> pd.DataFrame:
 
 
 def curves(curve_data: pd.DataFrame, runs: pd.DataFrame, groups: pd.DataFrame, out_dir: str,
-           keys: Sequence[str] = ("train/loss", "val/bpb")) -> PlotFile | None:
+           keys: Sequence[str] = (TRAIN_LOSS, VAL_BPB)) -> PlotFile | None:
     """Training loss and periodic validation BPB against step: one line per variant (mean over its
     seeds) with a band from the lowest to the highest seed."""
     if curve_data is None or curve_data.empty:
@@ -262,7 +263,7 @@ def sweep_axes(runs: pd.DataFrame, groups: pd.DataFrame, axes: Mapping[str, pd.S
     if not axes:
         return None
     ok = _counted_ok(runs)
-    if ok["final/val_bpb"].notna().sum() == 0:
+    if ok[FINAL_BPB].notna().sum() == 0:
         return None
     names = list(axes)[:max_axes]
     cols = min(3, len(names))
@@ -272,7 +273,7 @@ def sweep_axes(runs: pd.DataFrame, groups: pd.DataFrame, axes: Mapping[str, pd.S
     for k, name in enumerate(names):
         ax = grid[k // cols][k % cols]
         values = axes[name].loc[ok.index]
-        y = ok["final/val_bpb"]
+        y = ok[FINAL_BPB]
         mask = y.notna() & values.notna()
         numeric = pd.api.types.is_numeric_dtype(values)
         if numeric:
@@ -294,7 +295,7 @@ def sweep_axes(runs: pd.DataFrame, groups: pd.DataFrame, axes: Mapping[str, pd.S
                 ax.plot([xi - 0.25, xi + 0.25], [m, m], color="black", lw=2, label="mean" if xi == means.index[0] else None)
             ax.set_xticks(range(len(cats)), [_short(c, 14) for c in cats], fontsize=8, rotation=20)
         ax.set_xlabel(name)
-        ax.set_ylabel("final/val_bpb")
+        ax.set_ylabel(FINAL_BPB)
         ax.grid(alpha=0.3)
         if k == 0:
             _legend(ax, fontsize=7)
@@ -317,7 +318,7 @@ def _phases_of(run_id: str, row: pd.Series, results: Mapping[str, dict]) -> dict
     out = {}
     for col in row.index:
         m = re.fullmatch(r"time/(.+)_s", str(col))
-        if m and col not in ("time/eval_s",) and pd.notna(row[col]):
+        if m and col not in (EVAL_SECONDS,) and pd.notna(row[col]):
             out[m.group(1)] = float(row[col])
     return out
 

@@ -23,6 +23,8 @@ import numpy as np
 import pandas as pd
 
 from pgolf.tracking import KIND, KIND_TRIAL
+from pgolf.trainers.contract import (ARTIFACT_BYTES, EVAL_SECONDS, FINAL_BPB, FINAL_LOSS, HEADROOM_BYTES,
+                                     TOKENS_PER_BYTE, TRAIN_LOSS, TRAIN_SECONDS, VAL_BPB)
 
 from pgolf.dashboards.groups import (GROUP_COLUMNS, ReportBaseline, baseline_from_spec, cost_summary,  # noqa: F401
                                      group_table)  # the report's API
@@ -54,9 +56,9 @@ NON_AXIS_PARAMS = re.compile(r"^(run\.(seed|run_dir|threads|device|compile)|data
 
 # Metric columns the tables read; a missing one is NaN, never an error (older or failed runs lack some).
 RUN_METRICS = (
-    "final/val_bpb", "final/val_loss", "prequant/val_bpb", "quant/val_bpb", "sliding/val_bpb", "ttt/val_bpb",
-    "artifact/bytes", "artifact/model_bytes", "artifact/code_bytes", "artifact/headroom_bytes",
-    "time/train_s", "time/eval_s", "steps", "train/step_ms", "data/tokens_per_byte",
+    FINAL_BPB, FINAL_LOSS, "prequant/val_bpb", "quant/val_bpb", "sliding/val_bpb", "ttt/val_bpb",
+    ARTIFACT_BYTES, "artifact/model_bytes", "artifact/code_bytes", HEADROOM_BYTES,
+    TRAIN_SECONDS, EVAL_SECONDS, "steps", "train/step_ms", TOKENS_PER_BYTE,
     "cost/gpu_seconds", "cost/cpu_seconds", "cost/usd",
 )
 
@@ -290,7 +292,7 @@ def _tag_value(v: str) -> Any:
 
 
 def load_curves(tracking_uri: str, run_ids: Iterable[str],
-                keys: Sequence[str] = ("train/loss", "val/bpb")) -> pd.DataFrame:
+                keys: Sequence[str] = (TRAIN_LOSS, VAL_BPB)) -> pd.DataFrame:
     """Long table (run_id, key, step, value) of metric histories, for the training/validation plots."""
     c = client(tracking_uri)
     rows = []

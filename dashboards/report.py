@@ -2,7 +2,6 @@
 attach it to the newest validate/tune (parent) run so it also shows in the MLflow UI."""
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +12,8 @@ import pandas as pd
 from pgolf import compliance
 from pgolf.dashboards import plots as P
 from pgolf.dashboards import query as Q
+from pgolf.formatting import integer, num, pvalue, text_table
+from pgolf.trainers.contract import ARTIFACT_BYTES, EVAL_SECONDS, FINAL_BPB, TRAIN_SECONDS
 
 __all__ = ["Report", "build_report", "format_runs", "format_text", "log_to_parent", "write_report"]
 
@@ -100,32 +101,6 @@ def _threshold(rep: Report) -> tuple[float | None, str]:
 # text
 
 
-def _f(x: Any, fmt: str = ".4f") -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)) or (not isinstance(x, str) and pd.isna(x)):
-        return "-"
-    return format(x, fmt)
-
-
-def _i(x: Any) -> str:
-    return "-" if x is None or pd.isna(x) else f"{int(x):,}"
-
-
-def _p(x: Any) -> str:
-    if x is None or pd.isna(x):
-        return "-"
-    return f"{x:.2g}" if x >= 1e-4 else f"{x:.1e}"
-
-
-def _table(head: list[str], rows: list[list[str]], right: set[int] | None = None) -> str:
-    right = right or set()
-    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
-
-    def fmt(r):
-        return "  ".join(str(c).rjust(w) if i in right else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
-
-    return "\n".join([fmt(head), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows])
-
-
 def score_rows(groups: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     head = ["variant", "config", "seeds", "val_bpb mean ± std", "95% CI", "val_loss mean ± std",
             "Δ nats", "Δ bpb", "p", "test"]
@@ -134,16 +109,16 @@ def score_rows(groups: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
         ok = f"{r['n_ok']}/{r['n_ok'] + r['n_failed']}"
         test = r["test"] or r["test_source"] or "-"
         if r["holm_p"] is not None:
-            test += f", Holm p={_p(r['holm_p'])}"
+            test += f", Holm p={pvalue(r['holm_p'])}"
         if r["significant"] is True:
             test += " *"
         scored = r["bpb_mean"] is not None
         rows.append([
             str(r["variant"]), r["config_hash"][:12], ok,
-            f"{_f(r['bpb_mean'])} ± {_f(r['bpb_std'])}" if scored else "-",
-            f"[{_f(r['bpb_ci_low'])}, {_f(r['bpb_ci_high'])}]" if r["bpb_ci_low"] is not None else "-",
-            f"{_f(r['loss_mean'])} ± {_f(r['loss_std'])}" if scored else "-", _f(r["delta_nats"], "+.4f"), _f(r["delta_bpb"], "+.4f"),
-            _p(r["p"]), test,
+            f"{num(r['bpb_mean'])} ± {num(r['bpb_std'])}" if scored else "-",
+            f"[{num(r['bpb_ci_low'])}, {num(r['bpb_ci_high'])}]" if r["bpb_ci_low"] is not None else "-",
+            f"{num(r['loss_mean'])} ± {num(r['loss_std'])}" if scored else "-", num(r["delta_nats"], "+.4f"), num(r["delta_bpb"], "+.4f"),
+            pvalue(r["p"]), test,
         ])
     return head, rows
 
@@ -154,10 +129,10 @@ def budget_rows(groups: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     rows = []
     for r in Q.records(groups):
         rows.append([
-            str(r["variant"]), r["config_hash"][:12], _i(r["artifact_bytes_max"]), _i(r["headroom_min"]),
-            _f(r["steps_mean"], ".0f"), _f(r["step_ms_mean"], ".1f"),
-            f"{_f(r['train_s_max'], '.1f')} ({r['train_cap']:g})", f"{_f(r['eval_s_max'], '.1f')} ({r['eval_cap']:g})",
-            f"{_f(r['gpu_hours'], '.3f')} ({_f(r['gpu_hours_failed'], '.3f')})", _f(r["usd"], ",.2f"),
+            str(r["variant"]), r["config_hash"][:12], integer(r["artifact_bytes_max"]), integer(r["headroom_min"]),
+            num(r["steps_mean"], ".0f"), num(r["step_ms_mean"], ".1f"),
+            f"{num(r['train_s_max'], '.1f')} ({r['train_cap']:g})", f"{num(r['eval_s_max'], '.1f')} ({r['eval_cap']:g})",
+            f"{num(r['gpu_hours'], '.3f')} ({num(r['gpu_hours_failed'], '.3f')})", num(r["usd"], ",.2f"),
             r["hardware"] or "-", "yes" if r["compliant"] else "NO",
         ])
     return head, rows
@@ -184,8 +159,8 @@ def format_runs(runs: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     rows = []
     for r in runs.to_dict("records"):
         rows.append([str(r["run_name"]), "-" if pd.isna(r["seed"]) else str(int(r["seed"])), str(r["config_hash"])[:12],
-                     str(r["status"]), str(r["counted"]), _f(r.get("final/val_bpb")), _i(r.get("artifact/bytes")),
-                     _f(r.get("time/train_s"), ".1f"), _f(r.get("time/eval_s"), ".1f"),
+                     str(r["status"]), str(r["counted"]), num(r.get(FINAL_BPB)), integer(r.get(ARTIFACT_BYTES)),
+                     num(r.get(TRAIN_SECONDS), ".1f"), num(r.get(EVAL_SECONDS), ".1f"),
                      str(r["status_reason"] or "")[:80]])
     return head, rows
 
@@ -198,10 +173,10 @@ def format_text(rep: Report, *, all_runs: bool = False) -> str:
         lines.append("no trial runs in this experiment yet")
         return "\n".join(lines)
     lines += ["", "scores (final/val_bpb in bits per byte, final/val_loss in nats per token; std ddof=1)",
-              _table(*score_rows(rep.groups), right=set()),
+              text_table(*score_rows(rep.groups), rule=True),
               "", f"budgets and compliance (caps: {rep.caps.artifact_bytes:,} bytes, train {rep.caps.train_seconds:g} s, "
                   f"eval {rep.caps.eval_seconds:g} s; >= {rep.min_seeds} seeds)",
-              _table(*budget_rows(rep.groups), right={2, 3, 4, 5, 8, 9}), cost_line(rep.groups)]
+              text_table(*budget_rows(rep.groups), right=(2, 3, 4, 5, 8, 9), rule=True), cost_line(rep.groups)]
     base = rep.baseline.label if rep.baseline else None
     sources = sorted({str(s) for s in rep.groups["test_source"] if s and not pd.isna(s)})
     if base:
@@ -218,10 +193,10 @@ def format_text(rep: Report, *, all_runs: bool = False) -> str:
             lines.append(f"  {r['variant']} ({r['config_hash'][:12]}) not compliant: " + "; ".join(r["compliance_reasons"]))
     bad = d.runs[(d.runs["status"] != "FINISHED") | (d.runs["counted"] != "yes")]
     if all_runs:
-        lines += ["", "runs", _table(*format_runs(d.runs))]
+        lines += ["", "runs", text_table(*format_runs(d.runs), rule=True)]
     elif not bad.empty:
         lines += ["", f"runs not counted or not finished ({len(bad)} of {len(d.runs)}; all runs: --all-runs)",
-                  _table(*format_runs(bad))]
+                  text_table(*format_runs(bad), rule=True)]
     return "\n".join(lines)
 
 

@@ -45,6 +45,14 @@ def new_store(template: str, where) -> tuple[str, str]:
     return f"sqlite:///{db}", os.path.join(str(where), "mlartifacts")
 
 
+def store_with_parent(where, name: str, *, kind: str = "validation") -> tuple[str, str, str]:
+    """(tracking URI, experiment id, parent run id) of a fresh store in `where` with one experiment
+    `name` and one parent run."""
+    uri, root = new_store(template_db(), where)
+    exp = experiment(uri, root, name)
+    return uri, exp, parent(uri, exp, kind=kind)
+
+
 def client(uri: str):
     from mlflow.tracking import MlflowClient
 

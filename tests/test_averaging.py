@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from pgolf.trainers.averaging import WeightAverager, check_avg_config
+from pgolf.trainers.averaging import WeightAverager
 from pgolf.trainers.config import AvgConfig
 from pgolf.trainers.prune import magnitude_prune
 
@@ -96,8 +96,8 @@ def test_swa_needs_two_checkpoints():
 
 def test_ema_and_applied_swa_are_exclusive():
     with pytest.raises(ValueError, match="pick one"):
-        check_avg_config(AvgConfig(ema_decay=0.997, swa_every=50, swa_apply=True))
-    check_avg_config(AvgConfig(ema_decay=0.997, swa_every=50, swa_apply=False))  # #414: collect + EMA
+        AvgConfig(ema_decay=0.997, swa_every=50, swa_apply=True).validate()
+    AvgConfig(ema_decay=0.997, swa_every=50, swa_apply=False).validate()  # #414: collect + EMA
 
 
 def test_magnitude_pruning_fraction():
@@ -161,4 +161,4 @@ def test_swa_native_sum_matches_the_record_rule():
     assert not torch.equal(m32.tok_emb.weight, m.tok_emb.weight)
     assert torch.equal(m32.fc, m.fc)  # fp32 tensors sum in fp32 either way
     with pytest.raises(ValueError, match="swa_sum_dtype"):
-        check_avg_config(AvgConfig(swa_sum_dtype="bf16"))
+        AvgConfig(swa_sum_dtype="bf16").validate()

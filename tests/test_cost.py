@@ -123,9 +123,7 @@ def test_report_shows_cost_per_variant_and_per_accepted_improvement(tmp_path):
     from pgolf.dashboards import html
     from pgolf.dashboards.report import build_report, format_text
 
-    uri, root = S.new_store(S.template_db(), tmp_path)
-    exp_id = S.experiment(uri, root, "costs")
-    pid = S.parent(uri, exp_id)
+    uri, exp_id, pid = S.store_with_parent(tmp_path, "costs")
     spend = {"base": (1.1300, 3600.0, 9.0), "better": (1.1200, 7200.0, 18.0), "worse": (1.1400, 3600.0, 9.0)}
     for variant, (bpb, gpu_s, usd) in spend.items():
         h = {"base": "aaaaaaaaaaaa", "better": "bbbbbbbbbbbb", "worse": "cccccccccccc"}[variant]
@@ -212,3 +210,38 @@ def test_gate_futility_and_the_labelled_power_rule_without_ray(tmp_path, monkeyp
     power.on_trial_complete("t1", {"ok": True, "final/val_loss": 2.01})
     assert power.suggest("t2") == Searcher.FINISHED and len(recorded) == 9
     assert "an assumption, not a bound" in recorded[0][2]
+
+
+def test_budget_caps_wrap_the_optuna_searcher_without_ray(tmp_path):
+    """tune --max-usd with search = "optuna": the gate wraps the real Repeater(OptunaSearch) and starts a
+    sample only while its worst case fits; the samples it never starts are counted, never launched."""
+    from types import SimpleNamespace
+
+    from ray.tune.search import Repeater, Searcher
+    from ray.tune.search.optuna import OptunaSearch
+
+    from pgolf import gate
+    from pgolf.experiment import load_experiment
+    from pgolf.specs import optuna_space
+    from pgolf.trial import deadline_for
+
+    path = tmp_path / "opt.toml"
+    path.write_text(f'extends = "{SMOKE}"\n[sweep]\nsearch = "optuna"\nnum_samples = 3\nseed = 3\n'
+                    '[sweep.axes]\n"optim.matrix_lr" = {type = "uniform", low = 0.01, high = 0.08}\n')
+    exp = load_experiment(str(path))
+    inv = SimpleNamespace(exp=exp, seeds=[1, 2], ctx=SimpleNamespace(deadline_seconds=deadline_for(exp.budget)))
+    prices = cost.Prices(cpu_hour_usd=1.0)
+    worst = cost.TrialCost.of(0, 1, cost.worst_seconds(deadline_for(exp.budget)), prices).usd
+    inner = Repeater(OptunaSearch(metric="final/val_bpb", mode="min", seed=3), repeat=2, set_index=True)
+    s = gate.make_budget_searcher(inv, inner, cost.Ledger(max_usd=2 * worst * (1 + 1e-6)), prices=prices,
+                                  stop_futile=False)
+    s.set_search_properties(None, None, {"axes": optuna_space(exp)})
+    a, b = s.suggest("t1"), s.suggest("t2")
+    assert 0.01 <= a["axes"]["optim.matrix_lr"] <= 0.08 and a["axes"] == b["axes"]  # one sample, two seeds
+    assert s.suggest("t3") is None  # the two running ones hold the whole cap: wait, never kill
+    s.on_trial_complete("t1", {"final/val_bpb": 2.0, "cost/gpu_seconds": 0.0, "cost/usd": worst})
+    assert s.suggest("t3") is None
+    s.on_trial_complete("t2", {"final/val_bpb": 2.1, "cost/gpu_seconds": 0.0, "cost/usd": worst})
+    assert s.suggest("t3") == Searcher.FINISHED
+    assert gate.saved_metrics(s.state)["budget/not_started"] == 4  # 3 samples x 2 seeds, 2 ran
+    assert all("exceeds what is left" in r for _, r in s.state.outcomes.values())

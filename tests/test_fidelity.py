@@ -11,8 +11,7 @@ import torch
 from pgolf.experiment import load_experiment
 from pgolf.trainers.config import ConfigError, QuantConfig
 from pgolf.trainers.model import GPT, is_control
-from pgolf.trainers.quant import (dequantize_state_dict, plan_state_dict, quantize_state_dict,
-                                  validate_quant_config)
+from pgolf.trainers.quant import dequantize_state_dict, plan_state_dict, quantize_state_dict
 from pgolf.trainers.sliding import plan_windows
 
 STACKS = os.path.join(os.path.dirname(__file__), "..", "experiments", "stacks")
@@ -136,7 +135,7 @@ def test_int8_fp16_rounding_option_moves_codes_by_one():
     assert torch.equal(out["tok_emb.weight.scale"], s_ref)
     assert diff.abs().max() == 1 and 0 < int(diff.ne(0).sum()) < w.numel() // 100
     with pytest.raises(ConfigError, match="int8_round_scale"):
-        validate_quant_config(QuantConfig(int8_round_scale="bf16"))
+        QuantConfig(int8_round_scale="bf16").validate()
 
 
 @pytest.mark.parametrize("stack,stored", [("baseline", torch.float32), ("pr264", torch.float16),

@@ -18,9 +18,7 @@ def data(tmp_path_factory):
     from pgolf.dashboards import query as Q
 
     where = tmp_path_factory.mktemp("plots_store")
-    uri, root = S.new_store(S.template_db(), where / "s")
-    exp = S.experiment(uri, root, "plots")
-    pid = S.parent(uri, exp, kind="sweep")
+    uri, exp, pid = S.store_with_parent(where / "s", "plots", kind="sweep")
     for seed, bpb in ((1, 1.1230), (2, 1.1236), (3, 1.1233)):
         S.trial(uri, exp, pid, variant="base", seed=seed, config_hash=H["base"], params={"optim.muon_wd": 0.0},
                 result=S.synthetic_result(seed=seed, config_hash=H["base"], bpb=bpb))
@@ -180,9 +178,7 @@ def test_score_vs_bytes_zooms_to_small_artifacts(tmp_path, monkeypatch):
     from pgolf.dashboards import plots
     from pgolf.dashboards import query as Q
 
-    uri, root = S.new_store(S.template_db(), tmp_path / "s")
-    exp = S.experiment(uri, root, "small")
-    pid = S.parent(uri, exp)
+    uri, exp, pid = S.store_with_parent(tmp_path / "s", "small")
     for seed in (1, 2, 3):
         S.trial(uri, exp, pid, variant="smoke", seed=seed, config_hash=H["base"],
                 result=S.synthetic_result(seed=seed, config_hash=H["base"], bpb=1.97 + seed / 1000,

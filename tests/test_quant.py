@@ -7,7 +7,7 @@ from pgolf.trainers.config import ConfigError, ModelConfig, QuantConfig
 from pgolf.trainers.gptq import gptq_quantize
 from pgolf.trainers.model import GPT
 from pgolf.trainers.quant import (INT_FORMATS, category_of, dequantize_state_dict, plan_state_dict,
-                                  quantize_rows_rtn, quantize_state_dict, validate_quant_config)
+                                  quantize_rows_rtn, quantize_state_dict)
 
 
 def _w(rows=64, cols=256, seed=0, scale=1.0):
@@ -158,11 +158,11 @@ def test_state_dict_round_trip_restores_shapes_and_dtypes():
 
 def test_bad_quant_config_is_a_config_error():
     with pytest.raises(ConfigError, match="mlp_format"):
-        validate_quant_config(QuantConfig(mlp_format="int3"))
+        QuantConfig(mlp_format="int3").validate()
     with pytest.raises(ConfigError, match="clip_search"):
-        validate_quant_config(QuantConfig(clip_search="rows"))
+        QuantConfig(clip_search="rows").validate()
     with pytest.raises(ConfigError, match="compressor"):
-        validate_quant_config(QuantConfig(compressor="bzip2"))
+        QuantConfig(compressor="bzip2").validate()
 
 
 def test_gptq_calibration_respects_the_training_deadline():

@@ -97,7 +97,7 @@ def test_one_variant_table_matches_the_statistics_and_html_is_logged(template, t
     out_dir = tmp_path / "reports"
     rc, out, err = run_cli("report", "--tracking-uri", uri, "--out", str(out_dir))
     assert rc == 0, err
-    s = stats.summarize(list(bpbs.values()))
+    s = stats.describe(list(bpbs.values()))
     assert f"{s.mean:.4f} ± {s.std:.4f}" in out
     assert f"[{s.ci_low:.4f}, {s.ci_high:.4f}]" in out
     assert "3/3" in out and "15,000,000" in out and "1,000,000" in out  # bytes max and headroom

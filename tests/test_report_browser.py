@@ -63,9 +63,7 @@ def report_html(tmp_path_factory):
     from pgolf.dashboards import report as R
 
     where = tmp_path_factory.mktemp("browser_store")
-    uri, root = S.new_store(S.template_db(), where / "s")
-    exp = S.experiment(uri, root, "browser")
-    pid = S.parent(uri, exp, kind="sweep")
+    uri, exp, pid = S.store_with_parent(where / "s", "browser", kind="sweep")
     for h, lr, base in (("aaaaaaaaaaaa", 0.02, 1.2230), ("bbbbbbbbbbbb", 0.04, 1.2200)):
         for seed in (1, 2, 3):
             S.trial(uri, exp, pid, variant=f"lr={lr}", seed=seed, config_hash=h, params={"optim.matrix_lr": lr},

@@ -50,7 +50,7 @@ def test_unit_conversion_rejects_bad_ratio(tpb):
 
 
 def test_summarize_hand_computed():
-    s = S.summarize([1.0, 2.0, 3.0, 4.0])
+    s = S.describe([1.0, 2.0, 3.0, 4.0])
     sd = math.sqrt(5.0 / 3.0)  # sum of squared deviations 5, n-1 = 3
     assert (s.n, s.mean, s.min, s.max) == (4, 2.5, 1.0, 4.0)
     assert s.std == pytest.approx(sd, rel=1e-12)
@@ -60,7 +60,7 @@ def test_summarize_hand_computed():
 
 
 def test_summarize_single_value_has_nan_spread_and_json_nulls():
-    s = S.summarize([1.2])
+    s = S.describe([1.2])
     assert s.n == 1 and s.mean == 1.2 and math.isnan(s.std) and math.isnan(s.ci_low)
     d = s.to_dict()
     assert d["std"] is None and d["sem"] is None
@@ -69,14 +69,14 @@ def test_summarize_single_value_has_nan_spread_and_json_nulls():
 
 def test_summarize_rejects_empty_and_non_finite():
     with pytest.raises(ValueError, match="no values"):
-        S.summarize([])
+        S.describe([])
     with pytest.raises(ValueError, match="non-finite"):
-        S.summarize([1.0, math.nan])
+        S.describe([1.0, math.nan])
 
 
 def test_std_convention_record_180():
     # #180 README printed 0.00016 (population std); the t-test needs the sample std, 0.00020.
-    s = S.summarize(R.RECORD_PRESETS["#180"].per_seed_bpb)
+    s = S.describe(R.RECORD_PRESETS["#180"].per_seed_bpb)
     assert round(s.std, 5) == 0.00020
     assert round(float(np.std(R.RECORD_PRESETS["#180"].per_seed_bpb, ddof=0)), 5) == 0.00016
     assert round(s.mean, 5) == 1.14276
@@ -85,7 +85,7 @@ def test_std_convention_record_180():
 @pytest.mark.parametrize("name, mean, std", [("#414", 1.1233, 0.00046), ("#549", 1.1194, 0.00057),
                                              ("long_context_seq2048", 1.20637, 0.00072)])
 def test_record_presets_match_techniques_table(name, mean, std):
-    s = S.summarize(R.RECORD_PRESETS[name].per_seed_bpb)
+    s = S.describe(R.RECORD_PRESETS[name].per_seed_bpb)
     assert s.mean == pytest.approx(mean, abs=5e-5)
     assert s.std == pytest.approx(std, abs=5e-6)
 

@@ -80,7 +80,7 @@ def test_submission_json_keys_values_and_schema(store, built):
     results = {r["seed"]: r for _, r, _ in store["runs"]}
     assert doc["seeds"] == [1, 2, 3] and doc["track"] == "10min_16mb" and doc["date"] == "2026-01-01"
     assert doc["author"] == "A. Golfer" and doc["github_id"] == "agolfer" and doc["name"] == "tiny"
-    s = stats.summarize([r["final/val_bpb"] for r in results.values()])
+    s = stats.describe([r["final/val_bpb"] for r in results.values()])
     assert doc["val_bpb"] == pytest.approx(s.mean) and doc["val_bpb_std"] == pytest.approx(s.std)
     assert doc["bytes_code"] == os.path.getsize(out / "train_gpt.py")
     assert doc["bytes_total"] == max(r["artifact/bytes"] for r in results.values())

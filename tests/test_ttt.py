@@ -9,7 +9,7 @@ from pgolf.trainers.bpb import ByteLUTs
 from pgolf.trainers.config import ConfigError, ModelConfig, TrainConfig
 from pgolf.trainers.model import GPT
 from pgolf.trainers.sliding import evaluate_sliding
-from pgolf.trainers.ttt import document_spans, run_ttt, validate_ttt_config
+from pgolf.trainers.ttt import document_spans, run_ttt
 from pgolf.trainers.ttt_trace import TraceWriter, read_trace, verify_trace
 
 VOCAB = 96
@@ -199,14 +199,14 @@ def test_ttt_config_checks():
     cfg = TrainConfig()
     cfg.ttt.mode = "nope"
     with pytest.raises(ConfigError, match="ttt.mode"):
-        validate_ttt_config(cfg)
+        cfg.validate()
     cfg.ttt.mode = "score_first"
     cfg.ttt.chunk_tokens = 100
     with pytest.raises(ConfigError, match="chunk_tokens"):
-        validate_ttt_config(cfg)
+        cfg.validate()
     cfg.ttt.mode, cfg.ttt.fake_quant = "off", True
     with pytest.raises(ConfigError, match="fake_quant"):
-        validate_ttt_config(cfg)
+        cfg.validate()
 
 
 def test_training_after_inference_mode_scoring_and_loading(tmp_path):

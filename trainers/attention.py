@@ -14,12 +14,14 @@ from __future__ import annotations
 import importlib
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, get_args
 
 import torch
 import torch.nn.functional as F
 
-CHOICES = ("auto", "fa3", "fa2", "sdpa")
+from .config.run import AttentionChoice
+
+CHOICES = get_args(AttentionChoice)
 AUTO_ORDER = ("fa3", "fa2", "sdpa")
 FA_DTYPES = (torch.bfloat16, torch.float16)
 # module, minimum and maximum compute capability (major) of the build: the FA3 kernels are Hopper

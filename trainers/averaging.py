@@ -15,25 +15,11 @@ from torch import nn
 from .config import AvgConfig
 
 
-def check_avg_config(cfg: AvgConfig) -> None:
-    if not 0.0 <= cfg.ema_decay < 1.0:
-        raise ValueError(f"avg.ema_decay must be in [0, 1), got {cfg.ema_decay}")
-    if cfg.ema_decay > 0 and cfg.swa_apply and cfg.swa_every > 0:
-        raise ValueError("avg.ema_decay > 0 and avg.swa_apply = true both replace the final weights; pick one "
-                         "(to collect SWA next to EMA as #414 does, leave swa_apply = false)")
-    if cfg.swa_every < 0 or cfg.ema_start_step < 0:
-        raise ValueError("avg.swa_every and avg.ema_start_step must be >= 0")
-    if cfg.swa_sum_dtype not in ("fp32", "native"):
-        raise ValueError(f"avg.swa_sum_dtype = {cfg.swa_sum_dtype!r}: expected fp32 or native")
-    if not 0.0 <= cfg.prune_frac < 1.0:
-        raise ValueError(f"avg.prune_frac must be in [0, 1), got {cfg.prune_frac}")
-
-
 class WeightAverager:
     """Tracks EMA and SWA state for one model; `apply` writes the configured average into it."""
 
     def __init__(self, model: nn.Module, cfg: AvgConfig):
-        check_avg_config(cfg)
+        cfg.validate()
         self.cfg = cfg
         self.model = model
         self.ema: dict[str, torch.Tensor] | None = None

@@ -53,12 +53,10 @@ PHASE_POLICY: dict[str, str] = {
 UNKNOWN_PHASE_CAP = "eval"  # over-reporting beats hiding time from the eval cap
 
 
-def cap_of(phase: str) -> str:
-    return PHASE_POLICY.get(phase, UNKNOWN_PHASE_CAP)
-
-
-def seconds_by_cap(phases: dict[str, float]) -> dict[str, float]:
+def seconds_by_cap(phases: dict[str, float], policy: dict[str, str] = PHASE_POLICY,
+                   unknown: str = UNKNOWN_PHASE_CAP) -> dict[str, float]:
+    """Seconds per cap; the one phase -> cap sum (the trainer's and compliance's)."""
     totals = dict.fromkeys(CAPS, 0.0)
     for name, seconds in phases.items():
-        totals[cap_of(name)] += seconds
+        totals[policy.get(name, unknown)] += seconds
     return totals

@@ -16,11 +16,11 @@ from __future__ import annotations
 import time
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from .config import QuantConfig
 from .evaluate import autocast_for
+from .distributed import all_reduce_max, all_reduce_sum
 from .quant import INT_FORMATS, IntFormat, candidate_scales, pick_best, plan_state_dict
 
 
@@ -42,10 +42,6 @@ def gptq_targets(model: nn.Module, cfg: QuantConfig) -> dict[str, nn.Module]:
     if head_input is not None and getattr(model, "lm_head", 0) is None and wanted("tok_emb.weight"):
         out["tok_emb.weight"] = head_input
     return out
-
-
-def _dist_on() -> bool:
-    return dist.is_available() and dist.is_initialized()
 
 
 @torch.no_grad()
@@ -75,13 +71,9 @@ def collect_hessians(model: nn.Module, targets: dict[str, nn.Linear], batches, d
     used, slowest = 0, 0.0
     try:
         for _ in range(max_batches):
-            if deadline_s is not None:
-                elapsed = torch.tensor([time.perf_counter() - clock_start_s + slowest], dtype=torch.float64,
-                                       device=device)
-                if _dist_on():
-                    dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
-                if float(elapsed) > deadline_s:
-                    break
+            if deadline_s is not None and all_reduce_max(time.perf_counter() - clock_start_s + slowest,
+                                                         device) > deadline_s:
+                break
             t0 = time.perf_counter()
             x = next(batches)
             with autocast_for(device):
@@ -100,8 +92,7 @@ def collect_hessians(model: nn.Module, targets: dict[str, nn.Linear], batches, d
         if name not in hess:
             n = state[name].size(1)
             hess[name] = torch.zeros(n, n, dtype=torch.float32, device=state[name].device)
-        if _dist_on():
-            dist.all_reduce(hess[name], op=dist.ReduceOp.SUM)
+        all_reduce_sum(hess[name])
     return hess, used
 
 

@@ -19,7 +19,7 @@ from .layers import (BigramHash, CastedLinear, Rotary, SmearGate, ValueEmbedding
                      exclusive_self_attention, ortho_proj_factor, rms_norm)
 
 __all__ = ["GPT", "CastedLinear", "CONTROL_PATTERNS", "TOKEN_TABLES", "is_control", "rms_norm",
-           "count_parameters", "flops_per_token", "prepare_for_device", "validate_model_config",
+           "count_parameters", "flops_per_token", "prepare_for_device",
            "layer_plan", "set_looping"]
 
 # Name fragments of small control tensors: fp32, scalar Adam group, passthrough in the quantizer.
@@ -35,50 +35,6 @@ TOKEN_TABLES: tuple[str, ...] = ("tok_emb.weight", "bigram.table.weight", "ve.ta
 
 def is_control(name: str) -> bool:
     return any(p in name for p in CONTROL_PATTERNS)
-
-
-def validate_model_config(cfg: ModelConfig) -> None:
-    """Cross-field checks; ValueError names the field (train.py turns it into a bad-config exit)."""
-    if cfg.logit_softcap <= 0:
-        raise ValueError(f"model.logit_softcap must be > 0, got {cfg.logit_softcap}")
-    if cfg.model_dim % cfg.num_heads:
-        raise ValueError(f"model.model_dim {cfg.model_dim} is not divisible by num_heads {cfg.num_heads}")
-    if cfg.num_heads % cfg.num_kv_heads:
-        raise ValueError(f"model.num_heads {cfg.num_heads} is not a multiple of num_kv_heads {cfg.num_kv_heads}")
-    head_dim = cfg.model_dim // cfg.num_heads
-    if head_dim % 2:
-        raise ValueError(f"head_dim {head_dim} must be even for RoPE")
-    if cfg.rope_dims and (cfg.rope_dims % 2 or not 0 < cfg.rope_dims <= head_dim):
-        raise ValueError(f"model.rope_dims must be even and in 2..{head_dim} (0 = whole head), got {cfg.rope_dims}")
-    if cfg.activation not in ("relu2", "leaky_relu2"):
-        raise ValueError(f"model.activation must be relu2 or leaky_relu2, got {cfg.activation!r}")
-    if cfg.smear_gate not in ("off", "v1", "v2", "v3"):
-        raise ValueError(f"model.smear_gate must be off|v1|v2|v3, got {cfg.smear_gate!r}")
-    if cfg.bigram_hash not in ("off", "v1", "v2"):
-        raise ValueError(f"model.bigram_hash must be off|v1|v2, got {cfg.bigram_hash!r}")
-    if not 0 <= cfg.xsa_last_n <= cfg.num_layers:
-        raise ValueError(f"model.xsa_last_n must be in 0..{cfg.num_layers}, got {cfg.xsa_last_n}")
-    if cfg.ve_dim > 0:
-        bad = [i for i in cfg.ve_layers if not 0 <= i < cfg.num_layers]
-        if bad or not cfg.ve_layers or len(set(cfg.ve_layers)) != len(cfg.ve_layers):
-            raise ValueError(f"model.ve_layers must be distinct layer indices in 0..{cfg.num_layers - 1}, got {cfg.ve_layers}")
-    if cfg.backout and not -1 <= cfg.backout_layer < cfg.num_layers:
-        raise ValueError(f"model.backout_layer must be -1 or in 0..{cfg.num_layers - 1}, got {cfg.backout_layer}")
-    if cfg.num_loops < 0:
-        raise ValueError(f"model.num_loops must be >= 0 (0 = no depth recurrence), got {cfg.num_loops}")
-    if cfg.num_loops and not 0 <= cfg.loop_start <= cfg.loop_end < cfg.num_layers:
-        raise ValueError(f"model.loop_start..loop_end must satisfy 0 <= start <= end < {cfg.num_layers}, "
-                         f"got {cfg.loop_start}..{cfg.loop_end}")
-    if not 0.0 <= cfg.loop_enable_frac < 1.0:
-        raise ValueError(f"model.loop_enable_frac must be in [0, 1), got {cfg.loop_enable_frac}")
-    if cfg.parallel_start >= cfg.num_layers:
-        raise ValueError(f"model.parallel_start must be -1 (off) or < {cfg.num_layers}, got {cfg.parallel_start}")
-    if cfg.parallel_lanes and cfg.parallel_start < 0:
-        raise ValueError("model.parallel_lanes needs model.parallel_start >= 0 (the first two-lane layer)")
-    if cfg.attn_gate not in ("off", "dense", "sparse"):
-        raise ValueError(f"model.attn_gate must be off|dense|sparse, got {cfg.attn_gate!r}")
-    if cfg.attn_gate == "sparse" and not 0 < cfg.attn_gate_window <= cfg.model_dim:
-        raise ValueError(f"model.attn_gate_window must be in 1..{cfg.model_dim}, got {cfg.attn_gate_window}")
 
 
 def layer_plan(cfg: ModelConfig, looping: bool) -> tuple[list[int], list[int]]:
@@ -210,7 +166,7 @@ class Block(nn.Module):
 class GPT(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        validate_model_config(cfg)
+        cfg.validate()
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.model_dim)
         self.bigram = (BigramHash(cfg.bigram_hash, cfg.bigram_buckets, cfg.bigram_dim, cfg.model_dim,

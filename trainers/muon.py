@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from .distributed import is_distributed
+
 # Quintic coefficients (a, b, c) tuned so the iteration drives singular values towards ~1 fast.
 NS_QUINTIC = ((3.4445, -4.7750, 2.0315),)
 # Polar Express (#1344 -> #1787): one tuple per iteration, aggressive first, converging last. Values
@@ -107,7 +109,7 @@ class Muon(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        distributed = dist.is_available() and dist.is_initialized()
+        distributed = is_distributed()
         world = dist.get_world_size() if distributed else 1
         rank = dist.get_rank() if distributed else 0
         for group in self.param_groups:

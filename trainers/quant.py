@@ -17,10 +17,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import ConfigError, QuantConfig
-from .config.quant import CATEGORIES, FORMATS
+from .config import QuantConfig
 from . import lqer
-from .serialize import COMPRESSORS, dtype_from_name
+from .serialize import dtype_from_name
 
 
 @dataclass(frozen=True)
@@ -57,38 +56,6 @@ def category_of(name: str) -> str:
     if ".attn." in name:
         return "attn"
     return "other"
-
-
-def validate_quant_config(cfg: QuantConfig) -> None:
-    for cat in CATEGORIES:
-        fmt = getattr(cfg, f"{cat}_format")
-        if fmt not in FORMATS:
-            raise ConfigError(f"quant.{cat}_format = {fmt!r}: expected one of {', '.join(FORMATS)}")
-    if not re.fullmatch(r"[A-Za-z0-9_\-]+", cfg.scheme):
-        raise ConfigError(f"quant.scheme = {cfg.scheme!r}: a file-name label of letters, digits, '_' or '-'")
-    if cfg.clip_search not in ("off", "per_matrix", "per_row"):
-        raise ConfigError(f"quant.clip_search = {cfg.clip_search!r}: expected off, per_matrix or per_row")
-    if not cfg.clip_percentiles or any(not 0.0 < p <= 1.0 for p in cfg.clip_percentiles):
-        raise ConfigError(f"quant.clip_percentiles must be fractions in (0, 1], got {cfg.clip_percentiles}")
-    if not 0.0 < cfg.int8_clip_percentile <= 100.0:
-        raise ConfigError(f"quant.int8_clip_percentile must be in (0, 100], got {cfg.int8_clip_percentile}")
-    for cat in cfg.gptq_categories:
-        if cat not in CATEGORIES:
-            raise ConfigError(f"quant.gptq_categories: unknown category {cat!r} (expected {', '.join(CATEGORIES)})")
-    for f in INT_FORMATS:
-        v = getattr(cfg, f"scale_floor_{f}")
-        if v is not None and v != v:
-            raise ConfigError(f"quant.scale_floor_{f} is NaN: use a number (<0 = 1/Q, 0 = none, >0 absolute)")
-    if cfg.int8_round_scale not in ("fp32", "fp16"):
-        raise ConfigError(f"quant.int8_round_scale = {cfg.int8_round_scale!r}: expected fp32 or fp16")
-    if cfg.compressor not in COMPRESSORS:
-        raise ConfigError(f"quant.compressor = {cfg.compressor!r}: expected one of {', '.join(COMPRESSORS)}")
-    if cfg.gptq_reserve_seconds < 0 or cfg.gptq_calib_batches < 0 or cfg.gptq_block_size < 1:
-        raise ConfigError("quant.gptq_reserve_seconds / gptq_calib_batches must be >= 0 and gptq_block_size >= 1")
-    if cfg.lqer_rank < 0 or (cfg.lqer_rank and (cfg.lqer_top_k < 1 or cfg.lqer_group < 1
-                                                or not 2 <= cfg.lqer_factor_bits <= 8)):
-        raise ConfigError(f"quant.lqer_*: rank >= 0 (0 = off), top_k >= 1, group >= 1, factor_bits in 2..8; got "
-                          f"rank {cfg.lqer_rank}, top_k {cfg.lqer_top_k}, group {cfg.lqer_group}, bits {cfg.lqer_factor_bits}")
 
 
 def _late_k_names(cfg: QuantConfig, num_layers: int) -> set[str]:
@@ -245,7 +212,7 @@ def quantize_state_dict(state: dict[str, torch.Tensor], cfg: QuantConfig,
                         ) -> tuple[dict[str, torch.Tensor], dict]:
     """Codes/scales/passthrough tensors plus metadata. `gptq_codes` maps a tensor name to (codes, scales)
     already solved by GPTQ; those tensors skip round-to-nearest."""
-    validate_quant_config(cfg)
+    cfg.validate()
     gptq_codes = gptq_codes or {}
     out: dict[str, torch.Tensor] = {}
     meta: dict[str, dict] = {}

@@ -22,6 +22,8 @@ import zlib
 import numpy as np
 import torch
 
+from .config.quant import COMPRESSORS
+
 MAGIC = b"PGOLFQ\x01\x00"  # version 1: header first
 MAGIC2 = b"PGOLFQ\x02\x00"  # version 2: header last
 _V2 = struct.Struct("<QI")
@@ -31,7 +33,6 @@ _DTYPES = {
     "int8": torch.int8, "int16": torch.int16, "int32": torch.int32, "int64": torch.int64,
     "uint8": torch.uint8, "bool": torch.bool,
 }
-COMPRESSORS = ("zlib", "zstd", "lzma", "brotli")
 MAX_HEADER = 1 << 24
 MAX_PAYLOAD = 1 << 31  # 2 GiB: far above any blob under the 16 MB cap, far below a bomb's reach
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"

@@ -26,34 +26,12 @@ from torch import nn
 from . import qat
 from .bpb import ByteLUTs, bpb_from_sums, token_bytes
 from .config import ConfigError, TrainConfig
+from .distributed import all_reduce_sum, is_distributed
 from .evaluate import _all_reduce_sums, autocast_for
 from .sliding import WindowPlan, plan_windows, rank_slice, score_windows
 from .ttt_trace import GLOBAL, TraceWriter, verify_trace
 
-MODES = ("off", "score_first", "pre_eval_full", "lora_doc")
 TRACE_NAME = "ttt_trace.jsonl"
-
-
-def validate_ttt_config(cfg: TrainConfig) -> None:
-    t = cfg.ttt
-    if t.mode not in MODES:
-        raise ConfigError(f"ttt.mode = {t.mode!r}: expected one of {', '.join(MODES)}")
-    if t.mode == "off":
-        if t.fake_quant:
-            raise ConfigError("ttt.fake_quant = true but ttt.mode = off: set ttt.fake_quant = false too")
-        return
-    if t.lr_schedule not in ("cosine", "constant"):
-        raise ConfigError(f"ttt.lr_schedule = {t.lr_schedule!r}: expected cosine or constant")
-    if t.epochs < 0 or t.batch_seqs < 1 or t.freeze_blocks < 0 or t.grad_clip < 0:
-        raise ConfigError("ttt.epochs, ttt.freeze_blocks and ttt.grad_clip must be >= 0 and ttt.batch_seqs >= 1")
-    if t.mode == "score_first" and t.chunk_tokens < cfg.data.train_seq_len:
-        raise ConfigError(f"ttt.chunk_tokens = {t.chunk_tokens} is shorter than one training sequence "
-                          f"(data.train_seq_len = {cfg.data.train_seq_len}): no chunk could be trained on")
-    if t.chunk_tokens < 1:
-        raise ConfigError("ttt.chunk_tokens must be >= 1")
-    if t.mode == "lora_doc" and (t.lora_rank < 1 or t.lora_chunk_tokens < 1 or t.lora_batch_docs < 1
-                                 or not t.lora_targets):
-        raise ConfigError("ttt.lora_rank, lora_chunk_tokens, lora_batch_docs must be >= 1 and lora_targets non-empty")
 
 
 @dataclass
@@ -63,10 +41,6 @@ class TTTResult:
     tokens: float
     bytes: float
     info: dict = field(default_factory=dict)
-
-
-def _dist_on() -> bool:
-    return dist.is_available() and dist.is_initialized()
 
 
 def clear_caches(model: nn.Module) -> None:
@@ -109,11 +83,10 @@ def set_trainable(model: nn.Module, freeze_blocks: int) -> list[nn.Parameter]:
 def all_reduce_grads(params: list[nn.Parameter], world_size: int) -> None:
     """Sum gradients over ranks in one flat buffer (the loss is already normalised by the global
     token count, so the sum is the average gradient). Ranks without a batch contribute zeros."""
-    if world_size <= 1 or not _dist_on():
+    if world_size <= 1 or not is_distributed():
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1).float() for g in grads])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat = all_reduce_sum(torch.cat([g.reshape(-1).float() for g in grads]))
     off = 0
     for p, g in zip(params, grads):
         n = g.numel()
@@ -251,7 +224,7 @@ def run_pre_eval_full(model, val_tokens, luts, cfg: TrainConfig, device, rank, w
         steps = sgd_epochs(model, opt, params, val_tokens, starts, seq_len=L, epochs=t.epochs, batch_seqs=t.batch_seqs,
                            grad_clip=t.grad_clip, lr_at=lr_at, device=device, rank=rank, world_size=workers,
                            trace=trace)
-    if t.rank0_only and world_size > 1 and _dist_on():
+    if t.rank0_only and world_size > 1 and is_distributed():
         for p in model.parameters():
             dist.broadcast(p.data, src=0)
     t1 = time.perf_counter()
@@ -396,7 +369,7 @@ def run_lora_doc(model, val_tokens, luts, cfg: TrainConfig, device, rank, world_
         for p in model.parameters():
             p.requires_grad_(True)
     gathered = [events]
-    if world_size > 1 and _dist_on():
+    if world_size > 1 and is_distributed():
         gathered = [None] * world_size
         dist.all_gather_object(gathered, events)
     for rank_events in gathered:
@@ -427,7 +400,7 @@ def run_ttt(model: nn.Module, val_tokens: torch.Tensor, luts: ByteLUTs, cfg: Tra
             rank: int, world_size: int, run_dir: str, bos_id: int = 1) -> TTTResult:
     """Run the configured TTT mode on `model` (modified in place), write the trace (rank 0) and
     verify it. The result's info carries the trace file name and the verdict."""
-    validate_ttt_config(cfg)
+    cfg.validate(world_size)
     mode = cfg.ttt.mode
     arm_fake_quant(model, cfg)
     path = os.path.join(run_dir, TRACE_NAME)

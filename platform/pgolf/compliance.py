@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from pgolf.formatting import json_safe as _plain
 from pgolf.trainers.config import finite
-from pgolf.trainers.contract import PHASE_POLICY
+from pgolf.trainers.contract import (ARTIFACT_BYTES, CAPS, EVAL_SECONDS, PHASE_POLICY, TRAIN_SECONDS,
+                                     UNKNOWN_PHASE_CAP, seconds_by_cap)
 
 __all__ = [
     "BUDGETS",
@@ -38,8 +39,7 @@ __all__ = [
     "train_seconds",
 ]
 
-CapName = Literal["train", "eval", "report_only"]
-BUDGETS: tuple[str, ...] = ("train", "eval", "report_only")
+BUDGETS: tuple[str, ...] = CAPS
 
 # One policy for trainer and platform: the trainer writes time/train_s and time/eval_s with it, and
 # compliance re-derives them from the per-phase timings with the same table.
@@ -71,7 +71,7 @@ class PhasePolicy:
     nobody classified should make a run look slower, never faster."""
 
     phases: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_PHASE_MAP))
-    unknown: str = "eval"
+    unknown: str = UNKNOWN_PHASE_CAP
 
     def __post_init__(self) -> None:
         for name, budget in self.phases.items():
@@ -88,7 +88,7 @@ class PhasePolicy:
         if extra:
             raise ValueError(f"PhasePolicy: unknown keys {sorted(extra)}; expected 'phases' and 'unknown'")
         return cls(phases={**DEFAULT_PHASE_MAP, **dict(d.get("phases", {}))},
-                   unknown=d.get("unknown", "eval"))
+                   unknown=d.get("unknown", UNKNOWN_PHASE_CAP))
 
     def with_overrides(self, **phases: str) -> PhasePolicy:
         return PhasePolicy(phases={**self.phases, **phases}, unknown=self.unknown)
@@ -97,14 +97,11 @@ class PhasePolicy:
         return self.phases.get(phase, self.unknown)
 
     def totals(self, phases: Mapping[str, float]) -> PhaseTotals:
-        sums = {b: 0.0 for b in BUDGETS}
-        unknown: list[str] = []
         for name, seconds in phases.items():
             if finite(seconds) is None or seconds < 0:
                 raise ValueError(f"phase {name!r}: seconds must be a finite number >= 0, got {seconds!r}")
-            if name not in self.phases:
-                unknown.append(name)
-            sums[self.budget_of(name)] += float(seconds)
+        sums = seconds_by_cap({k: float(v) for k, v in phases.items()}, self.phases, self.unknown)
+        unknown = [name for name in phases if name not in self.phases]
         return PhaseTotals(train=sums["train"], eval=sums["eval"], report_only=sums["report_only"],
                            unknown=sorted(unknown))
 
@@ -245,7 +242,7 @@ def _int_or_none(x: Any) -> int | None:
 
 
 def _artifact_check(result: Mapping[str, Any], caps: Caps) -> tuple[Check, int | None]:
-    total = result.get("artifact/bytes")
+    total = result.get(ARTIFACT_BYTES)
     if not (finite(total) is not None and float(total).is_integer() and total >= 0):
         return Check("artifact_under_cap", False, f"artifact/bytes missing or not a byte count: {total!r}"), None
     total = int(total)
@@ -273,7 +270,7 @@ def _timing(result: Mapping[str, Any], policy: PhasePolicy) -> tuple[PhaseTotals
             return policy.totals(phases), None, "phases"
         except ValueError as e:
             return None, str(e), "phases"
-    tr, ev = result.get("time/train_s"), result.get("time/eval_s")
+    tr, ev = result.get(TRAIN_SECONDS), result.get(EVAL_SECONDS)
     if finite(tr) is not None and finite(ev) is not None:
         return PhaseTotals(train=float(tr), eval=float(ev), report_only=0.0, unknown=[]), None, "time/*_s"
     return None, "no phase timings recorded", "none"

@@ -95,7 +95,7 @@ def trial_metrics(gpus: float, cpus: float, wall_seconds: float, prices: Prices)
 
 
 def worst_seconds(deadline_seconds: float) -> float:
-    from pgolf.trial import TERM_GRACE_SECONDS
+    from pgolf.trainer_process import TERM_GRACE_SECONDS
     return float(deadline_seconds) + TERM_GRACE_SECONDS
 
 

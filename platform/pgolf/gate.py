@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pgolf import cost, futility, tracking
+from pgolf.trainers.contract import FINAL_LOSS, TOKENS_PER_BYTE
 
 OUTCOME = "pgolf.outcome"
 NOT_STARTED = "NOT STARTED (budget)"
@@ -46,15 +47,11 @@ def make_searcher(inv: Any, ledger: cost.Ledger, *, stop_futile: bool, prices: c
     from ray.tune.search import Searcher
 
     exp = inv.exp
-    g, c = exp.resources.gpus, max(exp.resources.cpus, 1)
-    state = GateState(
-        pending=[s.key for s in inv.plan.to_run], variant_of={s.key: s.variant for s in inv.plan.specs},
-        seed_of={s.key: s.seed for s in inv.plan.specs},
-        worst=cost.TrialCost.of(g, c, cost.worst_seconds(inv.ctx.deadline_seconds), prices),
-        expected=cost.TrialCost.of(g, c, cost.expected_seconds(exp.budget), prices), ledger=ledger,
-        stop_futile=stop_futile, power_below=power_below, seed_std_nats=seed_std_nats)
+    state = _state(inv, ledger, prices, pending=[s.key for s in inv.plan.to_run],
+                   variant_of={s.key: s.variant for s in inv.plan.specs}, seed_of={s.key: s.seed for s in inv.plan.specs},
+                   stop_futile=stop_futile, power_below=power_below, seed_std_nats=seed_std_nats)
     for key, run in inv.plan.resumed.items():  # seeds finished earlier count for futility
-        v = run.data.metrics.get("final/val_loss")
+        v = run.data.metrics.get(FINAL_LOSS)
         if v is not None:
             state.done.setdefault(state.variant_of[key], {})[state.seed_of[key]] = float(v)
     hashes = {s.variant: s.config_hash for s in inv.plan.specs}
@@ -77,9 +74,7 @@ def make_searcher(inv: Any, ledger: cost.Ledger, *, stop_futile: bool, prices: c
                 if verdict == "wait":
                     return None
                 if verdict == "never":
-                    reason = (f"budget: its worst case ({cost.fmt_hours(st.worst.gpu_seconds)} GPU-hours"
-                              f"{', ' + cost.fmt_usd(st.worst.usd) if st.worst.usd is not None else ''}) exceeds "
-                              f"what is left ({st.ledger.left_text()}); run --resume with a larger cap")
+                    reason = _over_budget(st)
                     for k in list(st.pending):
                         self._record(k, NOT_STARTED, reason)
                     st.pending.clear()
@@ -92,20 +87,16 @@ def make_searcher(inv: Any, ledger: cost.Ledger, *, stop_futile: bool, prices: c
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
             st = self.state
-            key = st.running.pop(trial_id, None)
+            key = _charge(st, trial_id, result)
             if key is None:
                 return
             r = result or {}
-            if "cost/gpu_seconds" in r:
-                st.ledger.finish(key, float(r["cost/gpu_seconds"]), r.get("cost/usd"))
-            else:  # no report (platform error): charge the worst case, the only safe figure
-                st.ledger.finish(key, st.worst.gpu_seconds, st.worst.usd)
             variant, seed = st.variant_of[key], st.seed_of[key]
-            loss = r.get("final/val_loss") if r.get("ok") else None
+            loss = r.get(FINAL_LOSS) if r.get("ok") else None
             if isinstance(loss, (int, float)):
                 st.done.setdefault(variant, {})[seed] = float(loss)
-                if isinstance(r.get("data/tokens_per_byte"), (int, float)):
-                    st.tokens_per_byte.append(float(r["data/tokens_per_byte"]))
+                if isinstance(r.get(TOKENS_PER_BYTE), (int, float)):
+                    st.tokens_per_byte.append(float(r[TOKENS_PER_BYTE]))
             else:
                 st.failed.setdefault(variant, set()).add(seed)
             if st.stop_futile:
@@ -179,6 +170,84 @@ def make_searcher(inv: Any, ledger: cost.Ledger, *, stop_futile: bool, prices: c
             pass
 
     return Gate()
+
+
+def make_budget_searcher(inv: Any, inner: Any, ledger: cost.Ledger, *, prices: cost.Prices, **_futility):
+    """Budget caps around a searcher that picks its own points (tune with search = "optuna"): the same
+    rule as for fixed specs (start only when the worst case fits), the points left to `inner`. Samples
+    never started have no config yet, so they are counted on the parent run, not recorded as child runs."""
+    from ray.tune.search import Searcher
+
+    state = _state(inv, ledger, prices, pending=[], variant_of={}, seed_of={})
+    total = inv.exp.sweep.num_samples * len(inv.seeds)
+
+    class BudgetGate(Searcher):
+        def __init__(self):
+            super().__init__(metric=inner.metric, mode=inner.mode)
+            self.state, self.handed = state, 0
+
+        def set_search_properties(self, metric, mode, config, **spec) -> bool:
+            return inner.set_search_properties(metric, mode, config, **spec)
+
+        def suggest(self, trial_id: str):
+            st = self.state
+            verdict = st.ledger.check(st.worst) if self.handed < total else "start"
+            if verdict == "wait":
+                return None
+            if verdict == "never":
+                reason = _over_budget(st)
+                for i in range(self.handed, total):
+                    st.outcomes[f"sample-{i + 1}"] = (NOT_STARTED, reason)
+                print(f"  {total - self.handed} of {total} trial(s) NOT STARTED (budget): {reason}", flush=True)
+                self.handed = total
+                return Searcher.FINISHED
+            config = inner.suggest(trial_id)
+            if config is not None and config != Searcher.FINISHED:
+                self.handed += 1
+                st.ledger.start(trial_id, st.worst)
+                st.running[trial_id] = trial_id
+            return config
+
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            inner.on_trial_result(trial_id, result)
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            _charge(self.state, trial_id, result)
+            inner.on_trial_complete(trial_id, result=result, error=error)
+
+        def save(self, checkpoint_path: str) -> None:
+            inner.save(checkpoint_path)
+
+        def restore(self, checkpoint_path: str) -> None:
+            inner.restore(checkpoint_path)
+
+    return BudgetGate()
+
+
+def _state(inv: Any, ledger: cost.Ledger, prices: cost.Prices, **kw) -> GateState:
+    g, c = inv.exp.resources.gpus, max(inv.exp.resources.cpus, 1)
+    return GateState(worst=cost.TrialCost.of(g, c, cost.worst_seconds(inv.ctx.deadline_seconds), prices),
+                     expected=cost.TrialCost.of(g, c, cost.expected_seconds(inv.exp.budget), prices),
+                     ledger=ledger, **kw)
+
+
+def _over_budget(st: GateState) -> str:
+    return (f"budget: its worst case ({cost.fmt_hours(st.worst.gpu_seconds)} GPU-hours"
+            f"{', ' + cost.fmt_usd(st.worst.usd) if st.worst.usd is not None else ''}) exceeds "
+            f"what is left ({st.ledger.left_text()}); run --resume with a larger cap")
+
+
+def _charge(st: GateState, trial_id: str, result: dict | None) -> str | None:
+    """Move a finished trial's reservation to its actual spend; the key it ran, or None if not ours."""
+    key = st.running.pop(trial_id, None)
+    if key is None:
+        return None
+    r = result or {}
+    if "cost/gpu_seconds" in r:
+        st.ledger.finish(key, float(r["cost/gpu_seconds"]), r.get("cost/usd"))
+    else:  # no report (platform error): charge the worst case, the only safe figure
+        st.ledger.finish(key, st.worst.gpu_seconds, st.worst.usd)
+    return key
 
 
 def _saved_text(expected: cost.TrialCost, worst: cost.TrialCost, n: int) -> str:

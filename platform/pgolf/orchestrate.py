@@ -107,9 +107,6 @@ def prepare(args, kind: str) -> Invocation:
     if power_below and not (stop_futile and 0 < power_below < 1 and std > 0):
         raise ExperimentError(f"--stop-power-below {power_below:g}: needs --stop-futile, a value in (0, 1) and "
                               f"--seed-std-nats > 0 (got {std:g})")
-    if ledger.capped and kind == "sweep" and exp.sweep.search == "optuna":
-        raise ExperimentError(f"{exp.path}: --max-gpu-hours / --max-usd are not supported with search = 'optuna' "
-                              f"(its points are not known in advance); use search = 'grid' or 'random'")
     from pgolf.datasets import default_data_dir
 
     data_root = os.path.abspath(args.data_dir) if args.data_dir else str(default_data_dir())
@@ -205,7 +202,10 @@ def summarize_invocation(inv: Invocation, grid: Any, wall: float, platform_error
     early_ok = inv.early_stop_ok
     summary = aggregate(exp, records, inv.uri, inv.experiment_id, kind=kind,
                         overrides={s.variant: s.overrides for s in inv.plan.specs + extra_specs})
-    n_bad = sum(not r.ok and not (early_ok and r.early_stopped) for r in records)
+    # optuna samples the budget gate never started have no child run: they still count as requested
+    unrun = len(inv.gate_state.outcomes) if inv.searcher and inv.gate_state is not None else 0
+    n_bad = sum(not r.ok and not (early_ok and r.early_stopped) for r in records) + unrun
+    n_req = len(records) + unrun
     all_ok = n_bad == 0 and not errors and bool(records)
     summary.update({"experiment": exp.meta.name, "experiment_file": exp.path, "kind": kind, "seeds": inv.seeds,
                     "parent_run_id": inv.parent_id, "tracking_uri": inv.uri, "all_ok": all_ok,
@@ -235,7 +235,7 @@ def summarize_invocation(inv: Invocation, grid: Any, wall: float, platform_error
 
     stored = _store_summary(inv, summary, table + "\n" + details + "\n", spend)
     end_reason = "ok" if all_ok else "; ".join(
-        ([f"{n_bad} of {len(records)} requested seed(s) did not finish OK"] if n_bad or not records else [])
+        ([f"{n_bad} of {n_req} requested seed(s) did not finish OK"] if n_bad or not records else [])
         + ([platform_error] if platform_error else [])) or "trial errors (see trial_errors)"
     if stored is not True:
         all_ok = False
@@ -243,7 +243,7 @@ def summarize_invocation(inv: Invocation, grid: Any, wall: float, platform_error
     _end_parent(inv, "FINISHED" if all_ok else "FAILED", end_reason)
     n_early = sum(r.early_stopped for r in records) if early_ok else 0
     early = f" ({n_early} stopped early by ASHA)" if n_early else ""
-    print(f"{'all' if all_ok else 'NOT all'} {len(records)} requested seed(s) finished OK{early}; "
+    print(f"{'all' if all_ok else 'NOT all'} {n_req} requested seed(s) finished OK{early}; "
           f"parent run {inv.parent_id} ({wall:.0f} s)", flush=True)
     return 0 if all_ok else 1
 
@@ -282,7 +282,8 @@ def _costs(inv: Invocation, summary: dict[str, Any]) -> dict[str, float]:
                  f"{cost.fmt_hours(out['cost/saved_gpu_seconds_expected'])} GPU-hours{saved_usd} expected "
                  f"({cost.fmt_hours(out['cost/saved_gpu_seconds_worst'])} worst case)")
     if out.get("budget/not_started"):
-        line += f"; {int(out['budget/not_started'])} seed(s) NOT STARTED (budget): --resume runs them"
+        line += (f"; {int(out['budget/not_started'])} seed(s) NOT STARTED (budget): "
+                 + ("a larger cap samples them" if inv.searcher else "--resume runs them"))
     if out["cost/gpu_seconds"] > 0 or "cost/usd" in out or state is not None:  # CPU runs without a price: nothing to say
         print(line, flush=True)
     return out

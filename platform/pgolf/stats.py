@@ -34,7 +34,7 @@ __all__ = [
     "nats_to_bpb",
     "one_sample_vs_record",
     "paired_vs_baseline",
-    "summarize",
+    "describe",
     "t_critical",
     "welch_df",
     "welch_vs_baseline",
@@ -157,11 +157,11 @@ class Summary:
         return _clean(asdict(self))
 
 
-def summarize(values: Any, confidence: float = 0.95) -> Summary:
+def describe(values: Any, confidence: float = 0.95) -> Summary:
     """n, mean, sample std, standard error, t-based confidence interval, min and max of seed scores."""
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    arr = _as_array(values, "summarize")
+    arr = _as_array(values, "describe")
     n = int(arr.size)
     mean = float(arr.mean())
     std = _sample_std(arr)

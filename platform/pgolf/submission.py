@@ -33,7 +33,7 @@ from pgolf.submission_runs import Group, SubmissionRefused, resolve_group, store
 from pgolf.submission_readme import write_readme
 from pgolf.summary import seed_numbers
 from pgolf.trainers.config import finite
-from pgolf.trainers.contract import FINAL_BPB, FINAL_LOSS
+from pgolf.trainers.contract import ARTIFACT_BYTES, FINAL_BPB, FINAL_LOSS
 
 __all__ = [
     "DEFAULT_SELF_CHECK_SETS",
@@ -140,7 +140,7 @@ def _significance(group: Group, baseline: str | None, margin: float, alpha: floa
     logged for this hash against the experiment's [baseline]."""
     from pgolf.dashboards import query
 
-    loss = {s.seed: finite((s.result or {}).get("final/val_loss")) for s in group.seeds}
+    loss = {s.seed: finite((s.result or {}).get(FINAL_LOSS)) for s in group.seeds}
     loss = {k: v for k, v in loss.items() if k is not None and v is not None}
     if baseline:
         trials = query.load_trials(group.tracking_uri, [group.experiment_id])
@@ -267,9 +267,9 @@ def build_submission(tracking_uri: str, ref: str, out_dir: str, *, experiment: s
         seed_results = {}
         for s, r, v in zip(group.seeds, results, verdict.seeds):
             seed_results[str(s.seed)] = {
-                "val_bpb": _round(r.get("final/val_bpb")), "val_loss": _round(r.get("final/val_loss")),
+                "val_bpb": _round(r.get(FINAL_BPB)), "val_loss": _round(r.get(FINAL_LOSS)),
                 "steps": _int(r.get("steps")), "step_avg_ms": _round(r.get("train/step_ms"), 3),
-                "artifact_bytes": _int(r.get("artifact/bytes")), "model_bytes": _int(r.get("artifact/model_bytes")),
+                "artifact_bytes": _int(r.get(ARTIFACT_BYTES)), "model_bytes": _int(r.get("artifact/model_bytes")),
                 "code_bytes": _int(r.get("artifact/code_bytes")),
                 "train_time_s": _round(v.train_seconds, 3), "eval_time_s": _round(v.eval_seconds, 3),
                 "prequant_val_bpb": _round(r.get("prequant/val_bpb")), "compliant": v.compliant,
@@ -289,7 +289,7 @@ def build_submission(tracking_uri: str, ref: str, out_dir: str, *, experiment: s
                                f"(std {sb.std if sb.n > 1 else 0:.5f}), config {group.config_hash}, built with pgolf."),
             "date": today or _dt.date.today().isoformat(),
             "val_loss": round(sl.mean, 8), "val_bpb": round(sb.mean, 8),
-            "bytes_total": max(int(r["artifact/bytes"]) for r in results),
+            "bytes_total": max(int(r[ARTIFACT_BYTES]) for r in results),
             "bytes_code": os.path.getsize(code_src),
             "seeds": seeds,
             "seed_results": seed_results,
@@ -318,7 +318,7 @@ def build_submission(tracking_uri: str, ref: str, out_dir: str, *, experiment: s
                 k: test.get(k) for k in ("test", "n", "n_baseline", "df", "t", "p", "alpha", "margin_nats", "delta_nats", "delta_bpb",
                           "threshold_nats", "required_improvement_nats", "significant", "seeds_needed")},
             "val_bpb_ci95": [_round(sb.ci_low), _round(sb.ci_high)],
-            "artifact_bytes_max": max(int(r["artifact/bytes"]) for r in results),
+            "artifact_bytes_max": max(int(r[ARTIFACT_BYTES]) for r in results),
             "step_avg_ms_mean": _round(nums["step_ms_mean"], 3),
             "config_hash": group.config_hash,
             "code_version": results[0].get("code_version"),

@@ -83,8 +83,8 @@ def seed_numbers(rows: Sequence[Mapping[str, Any]], confidence: float = 0.95) ->
 
     bpb, loss = vals(FINAL_BPB), vals(FINAL_LOSS)
     return {
-        FINAL_BPB: stats.summarize(bpb, confidence) if bpb else None,
-        FINAL_LOSS: stats.summarize(loss, confidence) if loss else None,
+        FINAL_BPB: stats.describe(bpb, confidence) if bpb else None,
+        FINAL_LOSS: stats.describe(loss, confidence) if loss else None,
         "artifact_bytes_max": max(vals(ARTIFACT_BYTES), default=None),
         "model_bytes_max": max(vals("artifact/model_bytes"), default=None),
         "code_bytes_max": max(vals("artifact/code_bytes"), default=None),
@@ -150,7 +150,7 @@ def _baseline_nats(exp: Experiment, tpb: float | None, uri: str, experiment_id: 
         runs = tracking.runs_of_hash(uri, exp_id, b.config_hash)
         by_seed = {}
         for r in sorted(runs, key=lambda r: r.info.start_time or 0):
-            v = r.data.metrics.get("final/val_loss")
+            v = r.data.metrics.get(FINAL_LOSS)
             if v is not None:
                 by_seed[int(r.data.tags.get("seed", len(by_seed)))] = float(v)
         if not by_seed:
@@ -197,7 +197,7 @@ def significance(exp: Experiment, variants: dict[str, Any], records: list[SeedRe
     for name, v in variants.items():
         if base_hash and v["config_hash"] == base_hash:
             continue
-        new = {int(s): d["final/val_loss"] for s, d in v["seeds"].items() if d["final/val_loss"] is not None}
+        new = {int(s): d[FINAL_LOSS] for s, d in v["seeds"].items() if d[FINAL_LOSS] is not None}
         if not new:
             out["tests"][name] = {"error": "no finished seeds"}
             continue
@@ -223,7 +223,7 @@ def format_table(summary: dict[str, Any], order: list[str] | None = None) -> str
     rows = []
     for n in names:
         v = variants[n]
-        bpb, loss = v["final/val_bpb"], v["final/val_loss"]
+        bpb, loss = v[FINAL_BPB], v[FINAL_LOSS]
         rows.append([
             n, v["config_hash"], f"{v['n_ok']}/{v['n_requested']}",
             f"{num(bpb['mean'])} ± {num(bpb['std'])}" if bpb else "-",
@@ -292,7 +292,7 @@ def parent_metrics(summary: dict[str, Any]) -> dict[str, float]:
         vals = {"n_ok": v["n_ok"], "n_requested": v["n_requested"], "compliant": float(v["compliant"]),
                 "artifact_bytes_max": v["artifact_bytes_max"], "headroom_bytes_min": v["headroom_bytes_min"],
                 "train_s_max": v["train_seconds_max"], "eval_s_max": v["eval_seconds_max"]}
-        for metric in ("final/val_bpb", "final/val_loss"):
+        for metric in (FINAL_BPB, FINAL_LOSS):
             s = v[metric]
             if s:
                 for stat in ("mean", "std", "sem", "ci_low", "ci_high", "min", "max"):

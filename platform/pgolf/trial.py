@@ -13,7 +13,6 @@ import copy
 import dataclasses
 import json
 import os
-import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -23,14 +22,13 @@ from typing import Any
 from pgolf import tracking
 from pgolf.specs import TrialSpec, spec_from_sample
 from pgolf.trainers import contract as C
-from pgolf.trainers.contract import EXIT_OVER_BUDGET, EXIT_REASONS
+from pgolf.trainer_process import (TERM_GRACE_SECONDS, MetricsTail, classify, fingerprints_from_log, kill_group,
+                                   load_json, log_tail)
 
 POLL_SECONDS = 0.5
-TERM_GRACE_SECONDS = 5.0
 # Startup (imports, data, compile warm-up), quantization and compression on top of the two caps when
 # budget.trial_timeout_seconds is 0.
 DEADLINE_SLACK_SECONDS = 300.0
-LOG_TAIL_LINES = 60
 
 
 
@@ -64,163 +62,6 @@ def deadline_for(budget) -> float:
     if budget.trial_timeout_seconds > 0:
         return float(budget.trial_timeout_seconds)
     return float(budget.train_seconds + budget.eval_seconds + DEADLINE_SLACK_SECONDS)
-
-
-# --------------------------------------------------------------------------------------------------
-# following the trainer
-
-
-class MetricsTail:
-    """Reads the complete lines appended to metrics.jsonl since the last call (the trainer flushes
-    after every event; a half-written last line waits for the next call)."""
-
-    def __init__(self, path: str):
-        self.path = path
-        self.offset = 0
-        self.buffer = b""
-
-    def read(self) -> list[dict]:
-        try:
-            with open(self.path, "rb") as fh:
-                fh.seek(self.offset)
-                chunk = fh.read()
-        except FileNotFoundError:
-            return []
-        self.offset += len(chunk)
-        data = self.buffer + chunk
-        lines = data.split(b"\n")
-        self.buffer = lines.pop()  # incomplete (or empty) tail
-        events = []
-        for line in lines:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                ev = json.loads(line)
-            except ValueError:
-                continue  # a corrupt line must not kill the trial; the raw file is kept as an artifact
-            if isinstance(ev, dict):
-                events.append(ev)
-        return events
-
-
-def kill_group(proc: subprocess.Popen, grace: float = TERM_GRACE_SECONDS) -> None:
-    """SIGTERM the trainer's whole process group (torchrun and its ranks), SIGKILL what is left after
-    `grace` seconds. Safe to call on a finished process: it also reaps stragglers of the group."""
-    try:
-        pgid = os.getpgid(proc.pid) if proc.poll() is None else proc.pid
-    except ProcessLookupError:
-        pgid = proc.pid
-    if proc.poll() is None:
-        _signal_group(pgid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
-    _signal_group(pgid, signal.SIGKILL)
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        pass
-
-
-def stop_trainers_below(root: str, grace: float = 2.0) -> list[int]:
-    """Trainer process groups recorded in `root/*/trainer.pid` that still run (their trial actor is gone,
-    e.g. after Ctrl-C): SIGTERM, then SIGKILL after `grace` s. Returns the groups signalled."""
-    groups = []
-    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
-        try:
-            with open(os.path.join(root, name, "trainer.pid"), encoding="ascii") as fh:
-                pid = int(fh.read().strip())
-            if os.getpgid(pid) == pid:  # still the leader of its own group: our trainer, not a reused pid
-                groups.append(pid)
-        except (OSError, ValueError):
-            continue
-    for pgid in groups:
-        _signal_group(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while groups and time.monotonic() < deadline and any(_group_alive(g) for g in groups):
-        time.sleep(0.1)
-    for pgid in groups:
-        _signal_group(pgid, signal.SIGKILL)
-    return groups
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except OSError:
-        return False
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _tail(path: str, n: int = LOG_TAIL_LINES) -> list[str]:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            return fh.read().splitlines()[-n:]
-    except OSError:
-        return []
-
-
-def _fingerprints_from_log(path: str) -> tuple[dict | None, dict | None]:
-    """The trainer writes its environment and data fingerprints near the top of train.log; a run that
-    died before result.json still gets them this way."""
-    env = data = None
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            for _, line in zip(range(400), fh):
-                if line.startswith("environment: "):
-                    env = json.loads(line[len("environment: "):])
-                elif line.startswith("data: "):
-                    data = json.loads(line[len("data: "):])
-    except (OSError, ValueError):
-        pass
-    return env, data
-
-
-def _load_json(path: str) -> dict | None:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            out = json.load(fh)
-        return out if isinstance(out, dict) else None
-    except (OSError, ValueError):
-        return None
-
-
-def classify(returncode: int | None, result: dict | None, *, timed_out: bool, stopped: bool,
-             deadline: float, output_tail: list[str], last_step: int | None) -> tuple[str, str]:
-    """(MLflow status, status_reason). KILLED: the platform ended the run (deadline, scheduler, Ctrl-C);
-    FAILED: the trainer failed or finished outside the rules."""
-    at = f" after step {last_step}" if last_step is not None else ""
-    if stopped:
-        return "KILLED", f"stopped by Ray Tune (scheduler decision or shutdown){at}"
-    if timed_out:
-        return "KILLED", (f"timed out: no result within the trial deadline of {deadline:g} s{at}; the trainer's "
-                          f"process group was killed (raise budget.trial_timeout_seconds if the run is legitimately slower)")
-    last = next((line.strip() for line in reversed(output_tail) if line.strip()), "")
-    if returncode == 0:
-        if result and result.get("status") == "ok":
-            return "FINISHED", "ok"
-        if result and result.get("status") == "over_budget":
-            return "FAILED", f"over budget: {result.get('status_reason', '')}".rstrip(": ")
-        return "FAILED", "trainer exited 0 but wrote no result.json with status ok"
-    if returncode is not None and returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = f"signal {-returncode}"
-        return "FAILED", f"trainer killed by {name}{at} (out of memory, or killed from outside)"
-    if returncode == EXIT_OVER_BUDGET and result and result.get("status_reason"):
-        return "FAILED", f"over budget: {result['status_reason']}"
-    label = EXIT_REASONS.get(returncode or 0, "trainer failed")
-    return "FAILED", f"{label} (exit {returncode}){at}: {last}" if last else f"{label} (exit {returncode}){at}"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -309,9 +150,9 @@ def execute_trial(spec: TrialSpec, ctx: TrialContext, *, trial_id: str = "local"
         events = tail.read()
         if events:
             _follow(events, rec, run_dir, last, report=None)
-        result = _load_json(os.path.join(run_dir, C.RESULT_FILE))
+        result = load_json(os.path.join(run_dir, C.RESULT_FILE))
         status, reason = classify(proc.returncode, result, timed_out=timed_out, stopped=stopped,
-                                  deadline=ctx.deadline_seconds, output_tail=_tail(out_path),
+                                  deadline=ctx.deadline_seconds, output_tail=log_tail(out_path),
                                   last_step=last.get("step"))
     except _SetupFailed:
         pass
@@ -351,7 +192,7 @@ def _follow(events: list[dict], rec: tracking.TrialRecorder, run_dir: str, last:
     for ev in events:
         kind = ev.get("event")
         if kind == C.EVENT_START:
-            env, data = _fingerprints_from_log(os.path.join(run_dir, C.TRAIN_LOG))
+            env, data = fingerprints_from_log(os.path.join(run_dir, C.TRAIN_LOG))
             try:
                 rec.fingerprint(env, data)
             except Exception:  # noqa: BLE001 - retried from result.json at the end
@@ -374,11 +215,11 @@ def _close(rec: tracking.TrialRecorder, status: str, reason: str, run_dir: str, 
     # trial/wall_s against time/train_s + time/eval_s is the platform's overhead per trial.
     extra = {"trial/ok": 1.0 if status == "FINISHED" else 0.0, "trial/wall_s": wall, **(spend or {})}
     if status != "FINISHED":
-        tail = _tail(out_path)
+        tail = log_tail(out_path)
         if tail and os.path.isdir(run_dir):
             with open(os.path.join(run_dir, "log_tail.txt"), "w", encoding="utf-8") as fh:
                 fh.write("\n".join(tail) + "\n")
-        env, data = _fingerprints_from_log(os.path.join(run_dir, C.TRAIN_LOG))
+        env, data = fingerprints_from_log(os.path.join(run_dir, C.TRAIN_LOG))
         try:
             rec.fingerprint(env, data)
         except Exception:  # noqa: BLE001 - fingerprints are best effort; closing the run is not

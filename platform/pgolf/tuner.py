@@ -137,6 +137,11 @@ def run_tuner(inv: Any, *, max_concurrent: int, storage_path: str, run_name: str
 
         search_alg = Repeater(OptunaSearch(metric=exp.meta.metric, mode="min", seed=exp.sweep.seed),
                               repeat=len(inv.seeds), set_index=True)
+        if inv.gate is not None:  # budget caps around the points Optuna picks
+            from pgolf.gate import make_budget_searcher
+
+            search_alg = make_budget_searcher(inv, search_alg, **inv.gate)
+            inv.gate_state = search_alg.state
     if inv.kind == "sweep" and exp.sweep.scheduler == "asha":
         from ray.tune.schedulers import ASHAScheduler
 
@@ -202,7 +207,7 @@ def execute(inv: Any, args) -> Any:
             # Actors first (their trial threads must not close runs half-way), then the trainers they
             # started in their own process groups, then the runs, with what the trainers left on disk.
             ray.shutdown()
-            from pgolf.trial import stop_trainers_below
+            from pgolf.trainer_process import stop_trainers_below
 
             stop_trainers_below(inv.ctx.runs_dir)
         from pgolf.interrupts import reason

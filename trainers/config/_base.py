@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import typing
 from typing import Any, Iterable
 
 
@@ -31,3 +32,19 @@ def closest(name: str, options: Iterable[str]) -> str:
 def need(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
+
+
+def choices(sec: Any, section: str) -> None:
+    """Literal fields (and lists of them) hold one of their choices, also when set in code, which
+    the coercer never sees."""
+    for key, tp in typing.get_type_hints(type(sec)).items():
+        vals = getattr(sec, key)
+        if typing.get_origin(tp) is list:
+            tp = typing.get_args(tp)[0]
+        else:
+            vals = [vals]
+        if typing.get_origin(tp) is typing.Literal:
+            ok = typing.get_args(tp)
+            for v in vals:
+                need(v in ok, f"{section}.{key} = {v!r} must be one of {', '.join(map(str, ok))}"
+                     f"{closest(str(v), map(str, ok))}")

@@ -6,12 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ._base import need
+from ._base import choices, need
 
 
 @dataclass(kw_only=True)
 class ModelConfig:
     def validate(self) -> None:
+        choices(self, "model")
         need(self.num_layers >= 1 and self.model_dim >= 1 and self.num_heads >= 1 and self.num_kv_heads >= 1,
              "model.num_layers, model_dim, num_heads and num_kv_heads must be >= 1")
         need(1 <= self.vocab_size <= 65536, f"model.vocab_size = {self.vocab_size}: shards store uint16 tokens (1..65536)")
@@ -33,6 +34,17 @@ class ModelConfig:
                  f"model.ve_layers must be distinct layer indices in 0..{self.num_layers - 1}, got {self.ve_layers}")
         need(not self.backout or -1 <= self.backout_layer < self.num_layers,
              f"model.backout_layer must be -1 or in 0..{self.num_layers - 1}, got {self.backout_layer}")
+        need(self.num_loops >= 0, f"model.num_loops must be >= 0 (0 = no depth recurrence), got {self.num_loops}")
+        need(not self.num_loops or 0 <= self.loop_start <= self.loop_end < self.num_layers,
+             f"model.loop_start..loop_end must satisfy 0 <= start <= end < {self.num_layers}, "
+             f"got {self.loop_start}..{self.loop_end}")
+        need(0.0 <= self.loop_enable_frac < 1.0, f"model.loop_enable_frac must be in [0, 1), got {self.loop_enable_frac}")
+        need(self.parallel_start < self.num_layers,
+             f"model.parallel_start must be -1 (off) or < {self.num_layers}, got {self.parallel_start}")
+        need(not self.parallel_lanes or self.parallel_start >= 0,
+             "model.parallel_lanes needs model.parallel_start >= 0 (the first two-lane layer)")
+        need(self.attn_gate != "sparse" or 0 < self.attn_gate_window <= self.model_dim,
+             f"model.attn_gate_window must be in 1..{self.model_dim}, got {self.attn_gate_window}")
 
     vocab_size: int = 1024  # sp1024 tokenizer
     num_layers: int = 9  # 9 baseline; 10 in #180/#366; 11 in #198 onward
@@ -74,7 +86,7 @@ class ModelConfig:
     loop_enable_frac: float = 0.0  # looping switches on at this fraction of training (of the cap minus the GPTQ reserve, else of iterations); 0.5 #1394, 0.35 #1493
     parallel_start: int = -1  # GPT-J parallel residual from this layer on: attention and MLP both read the mixed input, outputs summed; -1 = off; 7 #1493
     parallel_lanes: bool = False  # with parallel_start: the two-lane form (#1530/#1855): attention reads lane 0 (+ x0 mix), MLP reads lane 1, both outputs go to both lanes via learned 2x2 post-weights, lane residual scales init 1.1, final hidden = mean of the lanes
-    attn_gate: str = "off"  # per-head sigmoid gate on the attention output before the out projection: off | dense (#1736: gate from the whole normed input, W (H, d)) | sparse (#1787/#1855: from its first attn_gate_window dims, W (H, window))
+    attn_gate: Literal["off", "dense", "sparse"] = "off"  # per-head sigmoid gate on the attention output before the out projection: off | dense (#1736: gate from the whole normed input, W (H, d)) | sparse (#1787/#1855: from its first attn_gate_window dims, W (H, window))
     attn_gate_window: int = 12  # sparse gate input width; 12 in #1787/#1855 (GATE_WINDOW)
     attn_gate_scale: float = 1.0  # g = sigmoid(scale * W x); 0.5 in #1855 (SPARSE_ATTN_GATE_SCALE)
     attn_gate_init_std: float = 0.0  # W ~ N(0, std^2); 0 = zeros (sparse, #1787/#1855); 0.01 for dense in #1736

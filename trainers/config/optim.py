@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from ._base import need
+from ._base import choices, need
 
 
 @dataclass(kw_only=True)
 class OptimConfig:
     def validate(self) -> None:
+        choices(self, "optim")
         for key in ("matrix_lr", "scalar_lr", "tied_embed_lr", "embed_lr", "head_lr", "muon_wd", "adam_wd",
                     "grad_clip_norm", "adam_eps"):
             need(getattr(self, key) >= 0, f"optim.{key} must be >= 0, got {getattr(self, key)}")

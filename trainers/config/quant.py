@@ -12,17 +12,19 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
-from ._base import need
+from ._base import choices, need
 
 # Formats a category may use. "int6" is the records' [-32,31] grid, "int6_sym" GPTQ-lite's [-31,31].
 Format = Literal["int8", "int7", "int6", "int6_sym", "int5", "int4", "fp16"]
 Category = Literal["embed", "mlp", "attn", "bigram", "other"]
-FORMATS, CATEGORIES = get_args(Format), get_args(Category)
+Compressor = Literal["zlib", "zstd", "lzma", "brotli"]
+FORMATS, CATEGORIES, COMPRESSORS = get_args(Format), get_args(Category), get_args(Compressor)
 
 
 @dataclass(kw_only=True)
 class QuantConfig:
     def validate(self) -> None:
+        choices(self, "quant")
         need(re.fullmatch(r"[A-Za-z0-9_\-]+", self.scheme) is not None,
              f"quant.scheme = {self.scheme!r}: a file-name label of letters, digits, '_' or '-'")
         need(bool(self.clip_percentiles) and all(0.0 < p <= 1.0 for p in self.clip_percentiles),
@@ -34,6 +36,12 @@ class QuantConfig:
         need(self.gptq_selfgen_seqs >= 1 and self.gptq_selfgen_batch >= 1 and self.gptq_selfgen_temp > 0,
              f"quant.gptq_selfgen_seqs / gptq_selfgen_batch must be >= 1 and gptq_selfgen_temp > 0, got "
              f"{self.gptq_selfgen_seqs} / {self.gptq_selfgen_batch} / {self.gptq_selfgen_temp}")
+        for k, v in vars(self).items():
+            need(not (k.startswith("scale_floor") and v != v), f"quant.{k} is NaN: use a number (<0 = 1/Q, 0 = none, >0 absolute)")
+        need(self.lqer_rank >= 0 and (not self.lqer_rank or (self.lqer_top_k >= 1 and self.lqer_group >= 1
+                                                              and 2 <= self.lqer_factor_bits <= 8)),
+             f"quant.lqer_*: rank >= 0 (0 = off), top_k >= 1, group >= 1, factor_bits in 2..8; got rank "
+             f"{self.lqer_rank}, top_k {self.lqer_top_k}, group {self.lqer_group}, bits {self.lqer_factor_bits}")
 
     scheme: str = "int8"  # label only: the blob is final_model.<scheme>.<compressor>.ptz
     embed_format: Format = "int8"
@@ -58,7 +66,7 @@ class QuantConfig:
     scale_floor_int4: float | None = None
     # int8 percentile rule: round w / s with the fp32 scale, then store s fp16 (baseline and records);
     # "fp16" rounds with the stored fp16 scale (pgolf before #18: up to ~0.5% of codes move by one).
-    int8_round_scale: str = "fp32"
+    int8_round_scale: Literal["fp32", "fp16"] = "fp32"
     # Small control tensors: the baseline keeps them fp32 (control patterns checked first); every
     # record's mixed quantizer checks size first, so they ship fp16 (#162..#691).
     control_size_first: bool = False
@@ -89,7 +97,7 @@ class QuantConfig:
     # With several clip candidates (clip_search): pick by the Hessian-weighted output error (default) or
     # by the plain weight MSE, as #1019 and #1218 do.
     gptq_pick: Literal["hessian", "mse"] = "hessian"
-    compressor: Literal["zlib", "zstd", "lzma", "brotli"] = "zlib"  # brotli quality = compress_level (0..11)
+    compressor: Compressor = "zlib"  # brotli quality = compress_level (0..11)
     compress_level: int = 9
     # Blob layout. "state" is the records' torch.save order (state_dict order, codes then scales),
     # "sorted" by name (pgolf's old order; about the same size, RESULTS.md), "grouped" codes of one

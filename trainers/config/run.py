@@ -5,12 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from ._base import need
+from ._base import choices, need
+
+AttentionChoice = Literal["auto", "fa3", "fa2", "sdpa"]
 
 
 @dataclass(kw_only=True)
 class RunConfig:
     def validate(self) -> None:
+        choices(self, "run")
         need(self.threads >= 0, f"run.threads must be >= 0 (0 = torch default), got {self.threads}")
         need(self.artifact_cap_bytes > 0, f"run.artifact_cap_bytes must be > 0, got {self.artifact_cap_bytes}")
         need(self.eval_cap_seconds > 0, f"run.eval_cap_seconds must be > 0, got {self.eval_cap_seconds}")
@@ -24,7 +27,7 @@ class RunConfig:
     compile_backend: Literal["inductor", "eager", "aot_eager"] = "inductor"
     # auto = the first of fa3 (flash_attn_interface, Hopper) -> fa2 (flash_attn) -> sdpa that runs here;
     # an explicit choice that cannot run is a bad config. The chosen one is logged (it moves ms/step).
-    attention_backend: Literal["auto", "fa3", "fa2", "sdpa"] = "auto"
+    attention_backend: AttentionChoice = "auto"
     threads: int = 0  # torch CPU threads; 0 = torch default
     artifact_cap_bytes: int = 16_000_000  # decimal cap on code + compressed model bytes
     eval_cap_seconds: float = 600.0  # eval-side phases (see phases.py) must fit in this

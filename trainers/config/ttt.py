@@ -9,12 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ._base import need
+from ._base import choices, need
 
 
 @dataclass(kw_only=True)
 class TTTConfig:
     def validate(self) -> None:
+        choices(self, "ttt")
         if self.mode == "off":
             need(not self.fake_quant, "ttt.fake_quant = true but ttt.mode = off: set ttt.fake_quant = false too")
             return

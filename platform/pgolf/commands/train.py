@@ -4,6 +4,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from pgolf.trainers.contract import (ARTIFACT_BYTES, EVAL_SECONDS, FINAL_BPB, FINAL_LOSS, HEADROOM_BYTES,
+                                     TOKENS_PER_BYTE, TRAIN_SECONDS)
+
 
 def add_arguments(p) -> None:
     p.add_argument("experiment", help="experiment TOML file")
@@ -36,9 +39,9 @@ def run(args) -> int:
         print(f"pgolf train: {exc}", file=sys.stderr)
         return exc.code
     print("\nfinal metrics:")
-    for key in ("final/val_loss", "final/val_bpb", "prequant/val_bpb", "quant/val_bpb", "artifact/bytes",
-                "artifact/model_bytes", "artifact/code_bytes", "artifact/headroom_bytes", "data/tokens_per_byte",
-                "steps", "time/train_s", "time/eval_s", "train/tokens_per_s"):
+    for key in (FINAL_LOSS, FINAL_BPB, "prequant/val_bpb", "quant/val_bpb", ARTIFACT_BYTES,
+                "artifact/model_bytes", "artifact/code_bytes", HEADROOM_BYTES, TOKENS_PER_BYTE,
+                "steps", TRAIN_SECONDS, EVAL_SECONDS, "train/tokens_per_s"):
         if key in result:
             v = result[key]
             print(f"  {key:24s} {v:,}" if isinstance(v, int) else f"  {key:24s} {v:.6g}")
