@@ -69,6 +69,14 @@ def test_variant_config_checks():
     assert cfg.data.caseops
     with pytest.raises(ConfigError, match="data.variant = 'sp2048': expected one of 'sp1024', .*'sp8192_caseops'"):
         set_field(cfg, "data.variant", "sp2048")
+    # a tokenizer of one's own: any vocab, the piece count is checked against the model at load
+    cfg = TrainConfig()
+    cfg.model.vocab_size = 2048
+    with pytest.raises(ConfigError, match=r"a data.variant of that size \(custom\)"):
+        cfg.validate()
+    set_field(cfg, "data.variant", "custom")
+    cfg.validate()
+    assert not cfg.data.caseops
 
 
 def test_smoke_keeps_caseops_at_the_smoke_vocab(monkeypatch):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pgolf.trainers.config import ModelConfig, TrainConfig
-from pgolf.trainers.contract import cap_of
+from pgolf.trainers.contract import PHASE_POLICY
 from pgolf.trainers.gptq import collect_hessians, gptq_targets
 from pgolf.trainers.model import GPT
 from pgolf.trainers.posttrain import calibrate_gptq
@@ -62,4 +62,4 @@ def test_self_gen_calibration_reads_no_data_and_counts_against_no_cap():
     seqs = self_generated_tokens(model, 3, 16, 64, 0.8, 2, seed=cfg.run.seed, device=CPU)
     want, _ = collect_hessians(model, targets, iter(seqs), CPU, len(seqs), None, 0.0)
     assert all(torch.equal(got["hessians"][k], want[k]) for k in targets)
-    assert cap_of("gptq_selfgen") == "report_only" and cap_of("gptq_calibration") == "train"
+    assert PHASE_POLICY["gptq_selfgen"] == "report_only" and PHASE_POLICY["gptq_calibration"] == "train"

@@ -112,6 +112,7 @@ def setup(mode, tmp_path, **ttt):
     cfg = TrainConfig()
     cfg.model = ModelConfig(num_layers=2, model_dim=32, num_heads=2, num_kv_heads=1, vocab_size=VOCAB)
     cfg.data.train_seq_len = 32
+    cfg.data.variant = "custom"  # a synthetic vocab
     cfg.eval.sliding_stride = 16
     cfg.eval.sliding_batch_seqs = 8
     cfg.ttt.mode = mode

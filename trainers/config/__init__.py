@@ -53,11 +53,11 @@ class TrainConfig:
         for f in dataclasses.fields(self):
             getattr(self, f.name).validate()
         d, seq = self.data, self.data.train_seq_len
-        want = VARIANTS[d.variant][0]
+        want = VARIANTS.get(d.variant, (self.model.vocab_size,))[0]
         need(self.model.vocab_size == want,
              f"model.vocab_size = {self.model.vocab_size} conflicts with data.variant = {d.variant!r} ({want} "
              f"pieces); set model.vocab_size = {want} or a data.variant of that size "
-             f"({', '.join(n for n, v in VARIANTS.items() if v[0] == self.model.vocab_size) or 'none exists'})")
+             f"({', '.join(n for n, v in VARIANTS.items() if v[0] == self.model.vocab_size) or 'custom'})")
         accum = d.grad_accum(world_size)
         need(d.train_batch_tokens % (world_size * accum * seq) == 0,
              f"data.train_batch_tokens={d.train_batch_tokens} must be a multiple of "

@@ -9,7 +9,8 @@ from ._base import need
 # The tokenizations pgolf knows: name -> (vocab size, CaseOps). CaseOps (#1729) data carries a per-token
 # byte sidecar for val (fineweb_val_bytes_*.bin) and BPB is counted from it; sp1024_caseops exists for
 # the demo corpus only (smoke runs of CaseOps stacks at a small vocab), the other four as FineWeb exports.
-Variant = Literal["sp1024", "sp4096", "sp8192", "sp1024_caseops", "sp8192_caseops"]
+# "custom": a tokenizer of your own at any vocab size (its piece count is checked against the model at load).
+Variant = Literal["sp1024", "sp4096", "sp8192", "sp1024_caseops", "sp8192_caseops", "custom"]
 VARIANTS: dict[str, tuple[int, bool]] = {"sp1024": (1024, False), "sp4096": (4096, False), "sp8192": (8192, False),
                                         "sp1024_caseops": (1024, True), "sp8192_caseops": (8192, True)}
 CASEOPS_SUFFIX = "lossless_caps_caseops_v1_reserved"  # the export's own names (#1729)
@@ -30,7 +31,8 @@ def variant_for(vocab: int, caseops: bool) -> str | None:
 @dataclass(kw_only=True)
 class DataConfig:
     def validate(self) -> None:
-        need(self.variant in VARIANTS, f"data.variant = {self.variant!r}: expected one of {', '.join(VARIANTS)}")
+        need(self.variant in VARIANTS or self.variant == "custom",
+             f"data.variant = {self.variant!r}: expected one of {', '.join(VARIANTS)}, custom")
         need(self.train_seq_len >= 1, f"data.train_seq_len must be >= 1, got {self.train_seq_len}")
         need(self.train_batch_tokens >= 1, f"data.train_batch_tokens must be >= 1, got {self.train_batch_tokens}")
         need(self.grad_accum_steps >= 0, f"data.grad_accum_steps must be >= 0 (0 = 8 // world_size), got {self.grad_accum_steps}")
@@ -43,7 +45,7 @@ class DataConfig:
     @property
     def caseops(self) -> bool:
         """CaseOps data: val BPB comes from the byte sidecar, not the byte tables."""
-        return VARIANTS[self.variant][1]
+        return VARIANTS.get(self.variant, (0, False))[1]
 
     # The tokenizer/shard family; model.vocab_size must be its vocab (TrainConfig.validate).
     variant: Variant = "sp1024"
