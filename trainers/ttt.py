@@ -9,6 +9,7 @@ pre_eval_full (flagged, #264/#317/#366): several epochs of SGD over all validati
   verifier because every token is trained on before it is scored.
 lora_doc (legal, #77/#1530): per document, rank-r adapters on chosen linear layers; each chunk of the
   document is scored, then one Adam step on it; adapters reset per document.
+phased (legal, #1610/#1626/#1855): per-document LoRA plus global SGD on scored documents (ttt_phased.py).
 
 All scoring sums are float64 and all-reduced; the verdict comes from ttt_trace.verify_trace.
 """
@@ -30,7 +31,7 @@ from .evaluate import _all_reduce_sums, autocast_for
 from .sliding import WindowPlan, plan_windows, rank_slice, score_windows
 from .ttt_trace import GLOBAL, TraceWriter, verify_trace
 
-MODES = ("off", "score_first", "pre_eval_full", "lora_doc")
+MODES = ("off", "score_first", "pre_eval_full", "lora_doc", "phased")
 TRACE_NAME = "ttt_trace.jsonl"
 
 
@@ -44,15 +45,13 @@ def validate_ttt_config(cfg: TrainConfig) -> None:
         return
     if t.lr_schedule not in ("cosine", "constant"):
         raise ConfigError(f"ttt.lr_schedule = {t.lr_schedule!r}: expected cosine or constant")
-    if t.epochs < 0 or t.batch_seqs < 1 or t.freeze_blocks < 0 or t.grad_clip < 0:
-        raise ConfigError("ttt.epochs, ttt.freeze_blocks and ttt.grad_clip must be >= 0 and ttt.batch_seqs >= 1")
+    if t.epochs < 0 or t.batch_seqs < 1 or t.freeze_blocks < 0 or t.grad_clip < 0 or t.chunk_tokens < 1:
+        raise ConfigError("ttt.epochs, ttt.freeze_blocks and ttt.grad_clip must be >= 0, ttt.batch_seqs and "
+                          "ttt.chunk_tokens >= 1")
     if t.mode == "score_first" and t.chunk_tokens < cfg.data.train_seq_len:
         raise ConfigError(f"ttt.chunk_tokens = {t.chunk_tokens} is shorter than one training sequence "
                           f"(data.train_seq_len = {cfg.data.train_seq_len}): no chunk could be trained on")
-    if t.chunk_tokens < 1:
-        raise ConfigError("ttt.chunk_tokens must be >= 1")
-    if t.mode == "lora_doc" and (t.lora_rank < 1 or t.lora_chunk_tokens < 1 or t.lora_batch_docs < 1
-                                 or not t.lora_targets):
+    if t.mode in ("lora_doc", "phased") and (min(t.lora_rank, t.lora_chunk_tokens, t.lora_batch_docs) < 1 or not t.lora_targets):
         raise ConfigError("ttt.lora_rank, lora_chunk_tokens, lora_batch_docs must be >= 1 and lora_targets non-empty")
 
 
@@ -437,6 +436,9 @@ def run_ttt(model: nn.Module, val_tokens: torch.Tensor, luts: ByteLUTs, cfg: Tra
             res = run_pre_eval_full(model, val_tokens, luts, cfg, device, rank, world_size, trace)
         elif mode == "lora_doc":
             res = run_lora_doc(model, val_tokens, luts, cfg, device, rank, world_size, trace, bos_id)
+        elif mode == "phased":
+            from .ttt_phased import run_phased
+            res = run_phased(model, val_tokens, luts, cfg, device, rank, world_size, trace, bos_id)
         else:
             raise ConfigError(f"ttt.mode = {mode!r} does not run TTT")
     finally:
@@ -444,5 +446,5 @@ def run_ttt(model: nn.Module, val_tokens: torch.Tensor, luts: ByteLUTs, cfg: Tra
     res.info["trace"] = TRACE_NAME
     res.info["trace_events"] = trace.events
     if rank == 0:
-        res.info["trace_verdict"] = verify_trace(path)
+        res.info["trace_verdict"] = verify_trace(path, doc_starts=[a for a, _ in document_spans(val_tokens, bos_id)])
     return res
