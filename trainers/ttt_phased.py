@@ -145,6 +145,7 @@ def score_and_adapt(model, ad, batch, docs, val_tokens, luts, t, window, device,
         y = torch.zeros(n, width, dtype=torch.int64)
         mask = torch.zeros(n, width, dtype=torch.bool)
         scored, trained = [], []
+        train_rows = [j for j in range(n) if c < n_ch[j] - 1]  # a document's last chunk is never trained on
         for j, d in enumerate(batch):
             if c >= n_ch[j]:
                 continue  # this row runs on padding, masked out of score and loss (as the record does)
@@ -156,7 +157,7 @@ def score_and_adapt(model, ad, batch, docs, val_tokens, luts, t, window, device,
             mask[j, c0 - w0:c1 - w0] = True
             scored.append((states[j], s + c0 + 1, s + c1 + 1))
             if c < n_ch[j] - 1:
-                trained.append((j, (states[j], s + w0, s + c1 + 1)))
+                trained.append((states[j], s + w0, s + c1 + 1))
         x, y, mask = x.to(device), y.to(device), mask.to(device)
         with autocast_for(device):
             loss = nll(model, ad, x, y).float()
@@ -165,13 +166,13 @@ def score_and_adapt(model, ad, batch, docs, val_tokens, luts, t, window, device,
             sums[1] += mask.sum()
             sums[2] += torch.where(mask, token_bytes(x, y, luts).double(), zero).sum()
         events.append(("score", {"items": scored, "chunk": c}))
-        if trained:
-            rows = torch.tensor([j for j, _ in trained], device=device)
+        if train_rows:  # (not `if trained`: the packer would read a list bound to [] as always empty)
+            rows = torch.tensor(train_rows, device=device)
             ((loss * mask).sum(dim=1)[rows] / ch).sum().backward()  # per-document mean over the chunk
             opt.step()
             opt.zero_grad(set_to_none=True)
             steps += 1
-            events.append(("update", {"items": [it for _, it in trained], "chunk": c}))
+            events.append(("update", {"items": trained, "chunk": c}))
     return steps
 
 
