@@ -162,3 +162,28 @@ def test_phased_config_checks():
     cfg.ttt.phased_phases = 0
     with pytest.raises(ConfigError, match="phased_phases"):
         cfg.ttt.validate()
+
+
+def _hand_trace(order, events, last):
+    head = {"event": "header", "version": 1, "mode": "m", "scored": [1, 21], "last_chunk": last, "doc_order": order}
+    return [head, *events, {"event": "final", "tokens": 20}]
+
+
+def test_verifier_reads_score_before_update_in_the_declared_order():
+    x, y = [0, 10], [10, 20]  # doc X: targets 1..10, doc Y: targets 11..20 (Y's BOS is token 10)
+    # Y first: score it, train the base model on it (its BOS is an input only), then score X
+    ev = [{"event": "score", "items": [["global", 11, 21]]}, {"event": "update", "items": [["global", 10, 21]]},
+          {"event": "score", "items": [["global", 1, 11]]}]
+    assert verify_trace(_hand_trace([y, x], ev, [1, 11]), doc_starts=[0, 10])["compliant"]
+    v = verify_trace(_hand_trace([x, y], ev, [11, 21]))
+    assert not v["compliant"] and any("train-before-score" in r for r in v["reasons"])
+    # a state forked from several parents inherits the latest token any of them was trained on
+    ev = [{"event": "fork", "parent": "global", "states": ["a"]}, {"event": "score", "items": [["a", 1, 6]]},
+          {"event": "update", "items": [["a", 0, 6]]}, {"event": "score", "items": [["a", 6, 11]]},
+          {"event": "fork", "parent": ["global", "a"], "states": ["b"]}, {"event": "score", "items": [["b", 11, 21]]}]
+    assert verify_trace(_hand_trace([x, y], ev, [11, 21]))["compliant"]
+    v = verify_trace(_hand_trace([y, x], ev, [1, 11]))  # b scores Y, which now comes before what a saw
+    assert not v["compliant"] and any("state 'b'" in r for r in v["reasons"])
+    v = verify_trace(_hand_trace([x, [10, 15], [15, 20]], ev, [16, 21]), doc_starts=[0, 10])
+    assert not v["compliant"] and any("document boundary" in r for r in v["reasons"])
+    assert not verify_trace(_hand_trace([x, [12, 20]], ev, [13, 21]))["compliant"]  # does not tile
