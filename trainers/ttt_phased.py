@@ -255,7 +255,7 @@ def run_phased(model, val_tokens, luts, cfg: TrainConfig, device, rank, world_si
     info = {"documents": len(docs), "batches": len(queue), "boundaries": bounds, "updates": 0, "global_steps": 0,
             "phases_run": 0, "score_train_s": 0.0, "global_s": 0.0}
     phase, done, prev = 0, 0, [GLOBAL]
-    model.train()
+    model.eval()  # the LoRA forward scores and trains in eval mode as #1855's; the global SGD runs in train mode
     try:
         for r0 in range(0, len(queue), world_size):
             t0 = time.perf_counter()
@@ -275,9 +275,9 @@ def run_phased(model, val_tokens, luts, cfg: TrainConfig, device, rank, world_si
             info["score_train_s"] += t1 - t0
             if phase < len(bounds) and done >= bounds[phase]:
                 if done < len(docs) and bounds[phase] > 0:  # a phase after the last score could only help a rescore
-                    model.train()
                     info["global_steps"] += global_phase(model, val_tokens, docs, phase_docs(queue, bounds[phase]),
                                                          cfg, device, rank, world_size, events, phase)
+                    model.eval()
                     info["phases_run"] += 1
                     _flush(events, trace, 1)
                     prev = [GLOBAL]  # fresh adapters after a phase (#1626)
