@@ -41,10 +41,14 @@ def _doc_of(docs, a, b):
 @pytest.fixture(scope="module")
 def phased_run(tmp_path_factory):
     d = tmp_path_factory.mktemp("phased")
+    n = torch.get_num_threads()
     torch.set_num_threads(1)
-    cfg, model, val = setup("phased", d, **PHASED)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    res = _run(cfg, model, val)
+    try:
+        cfg, model, val = setup("phased", d, **PHASED)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        res = _run(cfg, model, val)
+    finally:
+        torch.set_num_threads(n)
     return cfg, val, before, model, res, read_trace(str(d / "ttt_trace.jsonl"))
 
 
