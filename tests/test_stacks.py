@@ -232,5 +232,16 @@ def test_stack_trains_in_smoke_mode(name, fast_smoke, data_root, tmp_path):
     if cfg.model.num_loops and cfg.model.loop_enable_frac > 0:
         (switch,) = [e for e in events if e["event"] == "layer_loop"]
         assert switch["step"] == next(s for s in range(21) if s / 20 >= cfg.model.loop_enable_frac)
-    if cfg.ttt.mode == "score_first":
+    if cfg.ttt.mode in ("score_first", "phased"):
         assert result["ttt"]["trace_verdict"]["compliant"], result["ttt"]["trace_verdict"]
+    if cfg.ttt.mode == "phased":  # the eval time (round trip + TTT) decides against the eval cap
+        from pgolf.compliance import Caps, check_seed
+        verdict = check_seed(result)
+        assert verdict.compliant, verdict.reasons
+        assert verdict.eval_seconds == pytest.approx(result["time/eval_s"], abs=1e-3)
+        assert result["time/eval_s"] >= result["time/ttt_s"] > 0 and result["time/ttt_verify_s"] > 0
+        eval_phases = ("dequantize", "roundtrip_eval", "ttt")  # the trace check is timed, but off the eval clock
+        assert result["time/eval_s"] == pytest.approx(sum(result[f"time/{p}_s"] for p in eval_phases))
+        tight = check_seed(result, caps=Caps(eval_seconds=result["time/eval_s"] / 2))
+        assert not tight.compliant and not tight.check("eval_under_cap").passed
+        assert [c.name for c in tight.checks if not c.passed and c.blocking] == ["eval_under_cap"]

@@ -1,6 +1,7 @@
 """TTT across two gloo processes on CPU equals the single-process run: windows and training sequences
 split across ranks, gradients averaged (or rank 0 trains and broadcasts), per-document LoRA spread over
-ranks, and the trace gathered on rank 0 still verifies. One spawn runs all three modes."""
+ranks, phased TTT's batches round-robin with its global SGD split like score-first's, and the trace
+gathered on rank 0 still verifies. One spawn runs all the modes."""
 import json
 import os
 import socket
@@ -15,11 +16,15 @@ from test_ttt import setup, synthetic_luts
 from pgolf.trainers.train import leave_process_group
 from pgolf.trainers.ttt import run_ttt
 
+PHASED = dict(lora_targets=["attn.c_q", "attn.c_v", "mlp", "head"], lora_chunk_tokens=32, lora_batch_docs=2,
+              lora_lr=0.01, phased_prefix_docs=4, phased_phases=1, epochs=1, chunk_tokens=64)
 CASES = {
     # mode: (single-process overrides, per-rank overrides giving the same global batch)
     "score_first": ({"batch_seqs": 4, "epochs": 2}, {"batch_seqs": 2, "epochs": 2}),
     "pre_eval_full": ({"batch_seqs": 4, "epochs": 1, "rank0_only": True}, {"batch_seqs": 4, "epochs": 1, "rank0_only": True}),
     "lora_doc": ({}, {}),
+    # one phase at 4 documents = the end of round 0 on two ranks (2 batches of 2) and of batch 1 on one
+    "phased": ({**PHASED, "batch_seqs": 4}, {**PHASED, "batch_seqs": 2}),
 }
 
 

@@ -49,6 +49,7 @@ PHASE_POLICY: dict[str, str] = {
     "roundtrip_eval": "eval",
     "sliding_eval": "eval",
     "ttt": "eval",
+    "ttt_verify": "report_only",  # the platform's check of the TTT trace, not something a submission runs
 }
 UNKNOWN_PHASE_CAP = "eval"  # over-reporting beats hiding time from the eval cap
 

@@ -236,12 +236,14 @@ def finish_run(ctx: RunContext) -> dict:
         final, final_phase = sl, "sliding"
 
     if cfg.ttt.mode != "off":
-        bos = _bos_id(cfg) if cfg.ttt.mode == "lora_doc" else 1
+        bos = _bos_id(cfg) if cfg.ttt.mode in ("lora_doc", "phased") else 1
         with timed(phases, "ttt", is_cuda):
             # LoRA TTT adds forward hooks and batches documents of every length: it runs eager.
-            ttt_model = fresh if cfg.ttt.mode == "lora_doc" else scorer
+            ttt_model = fresh if cfg.ttt.mode in ("lora_doc", "phased") else scorer
             tt = run_ttt(ttt_model, ctx.val_tokens, ctx.luts, cfg, ctx.device, ddp.rank, ddp.world_size,
                          cfg.run.run_dir, bos_id=bos)
+        phases["ttt_verify"] = tt.info.get("verify_s", 0.0)  # checking the trace is no part of the eval
+        phases["ttt"] -= phases["ttt_verify"]
         result["ttt/val_loss"], result["ttt/val_bpb"] = tt.val_loss, tt.val_bpb
         result["ttt"].update(tt.info)
         log.log(f"ttt mode:{cfg.ttt.mode} val_loss:{tt.val_loss:.8f} val_bpb:{tt.val_bpb:.8f} "

@@ -13,7 +13,8 @@ remapped into the smaller run instead of being dropped:
   32/64), BigramHash/VE tables shrink but keep dims >= 64 where the record had them, so OrthoInit
   still reaches their projections; size thresholds (pruning floor, quantizer passthrough) scale with
   width^2 so the same tensors are pruned and quantized; the TTT chunk and the sliding stride keep their
-  ratio to the sequence length (stride at least 1/8 of it, to bound the CPU cost).
+  ratio to the sequence length (stride at least 1/8 of it, to bound the CPU cost); phased TTT's LoRA
+  rank keeps its fraction of the width and its batches hold at most 4 documents.
 * steps: the records run ~7,000 steps in 600 s; warmdown, momentum warm-up, EMA horizon, EMA start,
   the SWA period and the GPTQ calibration batches keep their fraction of that run. Depth-recurrence
   and parallel-residual start layers scale like other explicit layer indices.
@@ -138,6 +139,13 @@ def shrink(cfg: TrainConfig) -> TrainConfig:
     avg.prune_min_numel = max(1, int(avg.prune_min_numel * area))
     if getattr(cfg.quant, "passthrough_max_numel", 0) > 0:
         cfg.quant.passthrough_max_numel = max(1, int(cfg.quant.passthrough_max_numel * area))
+    t = cfg.ttt
+    if t.mode == "phased":
+        # adapters keep their fraction of the width (and alpha/rank); batches of at most 4 documents, so
+        # the tens of documents of the smoke split make several rounds and the global phases run
+        rank = max(1, round(t.lora_rank * m.model_dim / old_dim))
+        t.lora_alpha, t.lora_rank = t.lora_alpha * rank / t.lora_rank, rank
+        t.lora_batch_docs = min(t.lora_batch_docs, 4)
 
     # ---- steps ----
     if old_warmdown > 0:
