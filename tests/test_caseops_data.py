@@ -243,7 +243,8 @@ def test_fineweb_caseops_export_from_standin(caseops_demo, tmp_path):
         download_fineweb("sp1024_caseops", 1, tmp_path / "out3", fetch=fetch, progress=None)
 
 
-def test_lora_ttt_counts_the_sidecar_bytes(tmp_path):
+@pytest.mark.parametrize("mode", ["lora_doc", "phased"])
+def test_lora_ttt_counts_the_sidecar_bytes(mode, tmp_path):
     """The per-document LoRA scorer builds its own rows; it scores every position once, so its byte total
     is the sidecar's (positions 1..n-1). Score-first TTT scores through the sliding scorer (tested above)."""
     import dataclasses
@@ -252,7 +253,7 @@ def test_lora_ttt_counts_the_sidecar_bytes(tmp_path):
 
     from pgolf.trainers.ttt import run_ttt
 
-    cfg, model, val = tt.setup("lora_doc", tmp_path)
+    cfg, model, val = tt.setup(mode, tmp_path, **({"phased_prefix_docs": 2, "phased_phases": 1} if mode == "phased" else {}))
     val = val[:200]  # three documents
     g = torch.Generator().manual_seed(2)
     vb = torch.randint(0, 9, (val.numel(),), generator=g, dtype=torch.int32)

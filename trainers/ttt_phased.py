@@ -25,7 +25,8 @@ from torch import nn
 from .bpb import token_bytes
 from .config import ConfigError, TrainConfig
 from .evaluate import autocast_for
-from .ttt import TTTResult, _cosine, _dist_on, _finish, document_spans, prepare_for_training, set_trainable, sgd_epochs
+from .distributed import is_distributed
+from .ttt import TTTResult, _cosine, _finish, document_spans, prepare_for_training, set_trainable, sgd_epochs
 from .ttt_trace import GLOBAL
 
 HEAD = "head"  # target name of the adapter on the output head (its input is the final hidden state)
@@ -144,6 +145,7 @@ def score_and_adapt(model, ad, batch, docs, val_tokens, luts, t, window, device,
         x = torch.zeros(n, width, dtype=torch.int64)
         y = torch.zeros(n, width, dtype=torch.int64)
         mask = torch.zeros(n, width, dtype=torch.bool)
+        pos = torch.zeros(n, width, dtype=torch.int64)  # targets' val positions (the CaseOps sidecar)
         scored, trained = [], []
         train_rows = [j for j in range(n) if c < n_ch[j] - 1]  # a document's last chunk is never trained on
         for j, d in enumerate(batch):
@@ -154,6 +156,7 @@ def score_and_adapt(model, ad, batch, docs, val_tokens, luts, t, window, device,
             w0 = max(0, c1 - window)
             seg = val_tokens[s + w0:s + c1 + 1].to(torch.int64)
             x[j, :c1 - w0], y[j, :c1 - w0] = seg[:-1], seg[1:]
+            pos[j, :c1 - w0] = torch.arange(s + w0 + 1, s + c1 + 1)
             mask[j, c0 - w0:c1 - w0] = True
             scored.append((states[j], s + c0 + 1, s + c1 + 1))
             if c < n_ch[j] - 1:
@@ -164,7 +167,7 @@ def score_and_adapt(model, ad, batch, docs, val_tokens, luts, t, window, device,
         with torch.no_grad():  # the score: these adapters have not seen this chunk yet
             sums[0] += torch.where(mask, loss.detach().double(), zero).sum()
             sums[1] += mask.sum()
-            sums[2] += torch.where(mask, token_bytes(x, y, luts).double(), zero).sum()
+            sums[2] += torch.where(mask, token_bytes(x, y, luts, pos).double(), zero).sum()
         events.append(("score", {"items": scored, "chunk": c}))
         if train_rows:  # (not `if trained`: the packer would read a list bound to [] as always empty)
             rows = torch.tensor(train_rows, device=device)
@@ -224,7 +227,7 @@ def global_phase(model, val_tokens, docs, chosen, cfg: TrainConfig, device, rank
 def _flush(events: list, trace, world_size: int) -> None:
     """Write one round's events in execution order: every rank's batch (gathered), then rank 0's phase."""
     gathered = [events]
-    if world_size > 1 and _dist_on():
+    if world_size > 1 and is_distributed():
         gathered = [None] * world_size
         dist.all_gather_object(gathered, events)
     for rank_events in gathered:
