@@ -50,6 +50,7 @@ def _starts_ray(item) -> bool:
     return bool(RAY_FIXTURES & set(getattr(item, "fixturenames", ()))) or item.get_closest_marker("ray_cluster")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the xdist_group marks set here
 def pytest_collection_modifyitems(session, config, items):
     # Two Ray clusters on one machine collide on the dashboard agent's fixed port (52365), which
     # ray.init cannot move. The `ray start` tests move every port of their own clusters, and also run
@@ -67,6 +68,17 @@ def pytest_collection_modifyitems(session, config, items):
             item.add_marker(pytest.mark.xdist_group("ray"))
         elif item.path.name in STACK_MODULES and "name" in getattr(getattr(item, "callspec", None), "params", {}):
             item.add_marker(pytest.mark.xdist_group(f"stack-{item.callspec.params['name']}"))
+
+
+def pytest_collection_finish(session):
+    """Under xdist the groups must have reached the scheduler (as a `@group` suffix of the node id): if
+    they silently did not, two workers would each start a local Ray."""
+    if os.environ.get("PYTEST_XDIST_WORKER") and session.config.getvalue("loadgroup"):
+        lost = [i.nodeid for i in session.items if i.get_closest_marker("xdist_group") and "@" not in i.nodeid]
+        if lost:
+            raise pytest.UsageError(f"xdist groups were not applied ({len(lost)} tests, e.g. {lost[0]}): this "
+                                    "pytest-xdist does not work with this pytest; install the versions in "
+                                    "pyproject.toml's [test] extra")
 
 
 @pytest.fixture(scope="session", autouse=True)

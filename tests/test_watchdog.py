@@ -50,6 +50,10 @@ def _watched(cmd):
 def test_exit_code_and_signals_are_the_trainers():
     assert _watched([sys.executable, "-c", "raise SystemExit(3)"]).wait(timeout=60) == 3
     assert _watched([sys.executable, "-c", "pass"]).wait(timeout=60) == 0
+    # a trainer killed alone (the kernel's OOM killer, a fault injected at a step): its signal, not an error
+    for sig in (signal.SIGKILL, signal.SIGTERM):
+        code = f"import os; os.kill(os.getpid(), {int(sig)})"
+        assert _watched([sys.executable, "-c", code]).wait(timeout=60) == -sig
     # the trial stops a trainer by signalling its process group: the watchdog's exit says how it ended
     for sig in (signal.SIGTERM, signal.SIGKILL):
         p = _watched(SLEEPER)

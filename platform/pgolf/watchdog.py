@@ -50,7 +50,8 @@ def watch(parent: int, cmd: list[str], poll: float = POLL_SECONDS, grace: float 
             _stop_group(grace)
             return EXIT_ORPHANED
     if rc < 0:
-        signal.signal(-rc, signal.SIG_DFL)
+        if -rc != signal.SIGKILL:  # SIGKILL has no handler to reset (and needs none)
+            signal.signal(-rc, signal.SIG_DFL)
         os.kill(os.getpid(), -rc)
     return rc
 
