@@ -25,6 +25,7 @@ _OPS = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.Lt
 _BIN = {ast.Mod: operator.mod, ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
 _ROOT = ("codebundle", "run_packed")
 _GONE = "_gone"
+_NOT_SHIPPED = ("packer.py", "packcuts.py")
 
 
 class _Unknown(Exception):
@@ -107,8 +108,8 @@ class _Pruner(ast.NodeTransformer):
         raise _Unknown
 
     def decide_value(self, node: ast.AST) -> tuple | None:
-        if isinstance(node, ast.Constant):
-            return None  # a literal is not a config switch
+        if isinstance(node, (ast.Constant, ast.List, ast.Dict, ast.Set)):
+            return None  # a literal is not a config switch; a list or dict bound once may still grow
         try:
             return (self.value(node),)
         except _Unknown:
@@ -305,12 +306,15 @@ def _drop_dead(trees: dict[str, ast.Module]) -> None:
 def ship_sources(sources: dict[str, str], config: dict) -> dict[str, str]:
     import python_minifier
 
-    trees = {_modname(rel): ast.parse(src) for rel, src in sources.items() if rel != "packer.py"}
+    from .packcuts import cut, drop_unnamed_methods
+
+    trees = {_modname(rel): ast.parse(src) for rel, src in sources.items() if rel not in _NOT_SHIPPED}
     rels = {_modname(rel): rel for rel in sources}
     types = _field_types(trees)
     for mod, tree in trees.items():
         p = _Pruner(config, types)
         p.visit(tree)
+        cut(tree, rels[mod])
         if p.sites and mod != "codebundle":
             at = 0
             while at < len(tree.body) and (isinstance(tree.body[at], ast.ImportFrom) and tree.body[at].module == "__future__"
@@ -320,6 +324,8 @@ def ship_sources(sources: dict[str, str], config: dict) -> dict[str, str]:
         elif p.sites:
             tree.body.append(ast.parse(f"{_GONE} = gone").body[0])
     _drop_dead(trees)
+    while drop_unnamed_methods(trees):
+        _drop_dead(trees)
     modules = set(trees)
     live, todo = ({""} & modules) | {_ROOT[0]}, [_ROOT[0]]
     while todo:
@@ -338,7 +344,7 @@ def ship_sources(sources: dict[str, str], config: dict) -> dict[str, str]:
         keep_doc = "__doc__" in _uses(trees[mod])  # e.g. argparse text read from the docstring
         out[rels[mod]] = _cached_minify(ast.unparse(trees[mod]), f"doc={keep_doc}", lambda code: python_minifier.minify(
             code, remove_annotations=ann, remove_literal_statements=not keep_doc, rename_locals=True, rename_globals=False,
-            hoist_literals=False, remove_asserts=False, remove_debug=False))
+            hoist_literals=False, remove_asserts=True, remove_debug=False))
     return dict(sorted(out.items()))
 
 
