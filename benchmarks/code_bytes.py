@@ -10,7 +10,6 @@ import argparse
 import glob
 import json
 import os
-import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The record's counted train_gpt.py (bytes): `git cat-file -s` in the challenge repository, records/ on
@@ -34,17 +33,12 @@ RECORD_CODE_BYTES = {
 
 
 def measure(name: str) -> dict:
+    from pgolf.commands.inspect import code_bytes
     from pgolf.experiment import load_experiment
-    from pgolf.trainers.codebundle import write_code_artifact
-    from pgolf.trainers.posttrain import embedded_config
 
     cfg = load_experiment(os.path.join(ROOT, "experiments", "stacks", f"{name}.toml")).resolved(None, 1)
-    with tempfile.TemporaryDirectory() as tmp:
-        art = write_code_artifact(tmp, embedded_config(cfg))
-        size = os.path.getsize(os.path.join(tmp, "train_gpt.py"))
     rec = RECORD_CODE_BYTES.get(name)
-    return {"stack": name, "raw_bytes": art.raw_source_bytes, "minified_bytes": art.shipped_source_bytes,
-            "packed_bytes": size, "codec": art.codec, "record_bytes": rec[0] if rec else None,
+    return {"stack": name, **code_bytes(cfg), "record_bytes": rec[0] if rec else None,
             "record": rec[1] if rec else None}
 
 

@@ -22,7 +22,7 @@ PACKED: dict | None = None  # set by the wrapper: {"files", "config", "code_vers
 _HEAD = "# -*- coding: latin-1 -*-\n"
 _BODY = '''# pgolf self-extracting trainer: [torchrun --standalone --nproc_per_node=8] train_gpt.py [--set s.k=v]; env DATA_PATH TOKENIZER_PATH RUN_DIR SEED
 import atexit,json,os,shutil,sys,tempfile%s
-p=%s.decode().split("\0");d=json.loads(p[0]);d["files"]=dict(zip(d["files"],p[1:]))
+p=%s.decode().split("\\0");d=json.loads(p[0]);d["files"]=dict(zip(d["files"],p[1:]))
 r=tempfile.mkdtemp(prefix="pgolf_code_");atexit.register(shutil.rmtree,r,True)
 for n,s in d["files"].items():
  f=os.path.join(r,"pgolf","trainers",n);os.makedirs(os.path.dirname(f),exist_ok=True);open(f,"w",encoding="utf-8").write(s)
