@@ -29,6 +29,8 @@ RECORD_CODE_BYTES = {
     "pr691": (74_001, "PR #691 head 787610b: 2026-03-25_PR414_CosineTTT30ep_1.0988"),
     "pr1394": (15_516, "2026-04-05_SP8192_GPTQ-Embeddings_SDClip_Loop45x2"),
     "pr1493": (16_594, "2026-04-09_SP8192_3LayerRecur_ParResid_QK525_LegalTTT"),
+    # its seed-42 log's "Code size (compressed)" (a brotli wrapper; the folder holds the 158,429 B readable script)
+    "pr1855": (31_999, "2026-04-27_SP8192_LQER_SparseGate_BOSSmearFix_9HpStack_1.0611"),
 }
 
 

@@ -19,11 +19,11 @@ PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 PACKED: dict | None = None  # set by the wrapper: {"files", "config", "code_version"} of the running script
 
 # Wrapper: line 1 declares latin-1 so the literal can hold raw bytes; %s = import, %s = decompress call.
-_HEAD = "# -*- coding: latin-1 -*-\n"
-_BODY = '''# pgolf self-extracting trainer: [torchrun --standalone --nproc_per_node=8] train_gpt.py [--set s.k=v]; env DATA_PATH TOKENIZER_PATH RUN_DIR SEED
+_HEAD = "#coding:latin-1\n"  # the shortest PEP 263 declaration
+_BODY = '''# pgolf: [torchrun --nproc_per_node=8] train_gpt.py [--set s.k=v]; env DATA_PATH TOKENIZER_PATH RUN_DIR SEED
 import atexit,json,os,shutil,sys,tempfile%s
 p=%s.decode().split("\\0");d=json.loads(p[0]);d["files"]=dict(zip(d["files"],p[1:]))
-r=tempfile.mkdtemp(prefix="pgolf_code_");atexit.register(shutil.rmtree,r,True)
+r=tempfile.mkdtemp(prefix="pgolf");atexit.register(shutil.rmtree,r,True)
 for n,s in d["files"].items():
  f=os.path.join(r,"pgolf","trainers",n);os.makedirs(os.path.dirname(f),exist_ok=True);open(f,"w",encoding="utf-8").write(s)
 open(os.path.join(r,"pgolf","__init__.py"),"w").close();sys.path.insert(0,r)

@@ -5,6 +5,8 @@
   them as dead code.
 - Messages: an error keeps its type and its formatted values, and its prose becomes `<file>:<line>` of
   the readable source (the full text is there). A failure still stops the run loudly.
+- `vars(x)` becomes `x.__dict__` (the same object): python-minifier renames nothing in a module that
+  calls vars().
 - Methods: a method nothing in the shipped code names (call, attribute or string) is left out, unless
   a base class from torch or Python may call it (forward, step, dunders...).
 
@@ -56,6 +58,8 @@ class _Cutter(ast.NodeTransformer):
 
     def visit_Call(self, node):
         self.generic_visit(node)
+        if isinstance(node.func, ast.Name) and node.func.id == "vars" and len(node.args) == 1 and not node.keywords:
+            return ast.Attribute(node.args[0], "__dict__", ast.Load())  # vars() stops python-minifier renaming
         if _callee(node) in _MESSAGE_CALLS and len(node.args) == 2:
             node.args[1] = self.short(node.args[1], node.lineno)
         return node

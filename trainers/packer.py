@@ -25,7 +25,7 @@ _OPS = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.Lt
 _BIN = {ast.Mod: operator.mod, ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
 _ROOT = ("codebundle", "run_packed")
 _GONE = "_gone"
-_NOT_SHIPPED = ("packer.py", "packcuts.py")
+_NOT_SHIPPED = ("packer.py", "packcuts.py", "packmerge.py")
 
 
 class _Unknown(Exception):
@@ -95,9 +95,17 @@ class _Pruner(ast.NodeTransformer):
                     return False
                 left = r
             return True
-        if isinstance(node, ast.BoolOp):
-            vals = [bool(self.value(v)) for v in node.values]
-            return all(vals) if isinstance(node.op, ast.And) else any(vals)
+        if isinstance(node, ast.BoolOp):  # one known False decides an `and`, one known True an `or`
+            stop, unknown = isinstance(node.op, ast.Or), False
+            for v in node.values:
+                try:
+                    if bool(self.value(v)) == stop:
+                        return stop
+                except _Unknown:
+                    unknown = True
+            if unknown:
+                raise _Unknown
+            return not stop
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
             return not self.value(node.operand)
         if isinstance(node, ast.BinOp) and type(node.op) in _BIN:
@@ -303,7 +311,14 @@ def _drop_dead(trees: dict[str, ast.Module]) -> None:
             return
 
 
-def ship_sources(sources: dict[str, str], config: dict) -> dict[str, str]:
+def _merge(trees: dict[str, ast.Module], live: set[str]) -> ast.Module | None:
+    from .packmerge import merge
+    return merge(trees, sorted(live - {""}), _relative_froms)
+
+
+def ship_sources(sources: dict[str, str], config: dict, merge: bool = True) -> dict[str, str]:
+    """The shipped files: one merged module (codebundle.py) when packmerge can merge them, else one
+    minified file per reached module (`merge=False` always)."""
     import python_minifier
 
     from .packcuts import cut, drop_unnamed_methods
@@ -340,6 +355,15 @@ def ship_sources(sources: dict[str, str], config: dict) -> dict[str, str]:
                                                    remove_argument_annotations=True,
                                                    remove_class_attribute_annotations=False)
     out = {}
+    merged = _merge(trees, live) if merge else None
+    if merged is not None:
+        keep = ["run_packed"] + [n.name for n in merged.body if isinstance(n, ast.ClassDef)
+                                 and (n.name.endswith(("Error", "Failure")) or any(
+                                     ast.unparse(b).endswith(("Error", "Exception")) for b in n.bases))]
+        text = _cached_minify(ast.unparse(merged), f"merged {keep}", lambda code: python_minifier.minify(
+            code, remove_annotations=ann, remove_literal_statements=True, rename_locals=True, rename_globals=True,
+            preserve_globals=keep, hoist_literals=False, remove_asserts=True, remove_debug=False))
+        return {rels[_ROOT[0]]: text}  # pgolf/trainers without __init__.py: a namespace package
     for mod in sorted(live):
         keep_doc = "__doc__" in _uses(trees[mod])  # e.g. argparse text read from the docstring
         out[rels[mod]] = _cached_minify(ast.unparse(trees[mod]), f"doc={keep_doc}", lambda code: python_minifier.minify(
