@@ -20,6 +20,7 @@ import ast
 CHECKS = {"validate", "validate_model_config", "validate_quant_config", "validate_ttt_config", "check_avg_config",
           "check_manifest", "check_tokenizer", "check_shard_sizes"}
 _MESSAGE_CALLS = {"need"}  # need(ok, message)
+_KEEP_MESSAGE = {"PackedPathError"}  # its text tells how to re-pack for the config that reached it
 
 
 def _callee(call: ast.Call) -> str | None:
@@ -52,7 +53,7 @@ class _Cutter(ast.NodeTransformer):
 
     def visit_Raise(self, node):
         self.generic_visit(node)
-        if isinstance(node.exc, ast.Call):
+        if isinstance(node.exc, ast.Call) and _callee(node.exc) not in _KEEP_MESSAGE:
             node.exc.args = [self.short(a, node.lineno) for a in node.exc.args]
         return node
 
