@@ -46,8 +46,7 @@ class PackedPathError(RuntimeError):
 
 
 def gone(why: str):
-    raise PackedPathError(f"this train_gpt.py was packed without the code that runs when `{why}` "
-                          "(false for its embedded config). Re-pack it for this config: pgolf train <stack.toml>")
+    raise PackedPathError(f"packed without the code that runs when `{why}`; re-pack: pgolf train <stack.toml>")
 
 
 _SOURCES: dict[str, str] | None = None
