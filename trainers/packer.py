@@ -357,9 +357,8 @@ def ship_sources(sources: dict[str, str], config: dict, merge: bool = True) -> d
     out = {}
     merged = _merge(trees, live) if merge else None
     if merged is not None:
-        keep = ["run_packed"] + [n.name for n in merged.body if isinstance(n, ast.ClassDef)
-                                 and (n.name.endswith(("Error", "Failure")) or any(
-                                     ast.unparse(b).endswith(("Error", "Exception")) for b in n.bases))]
+        # the wrapper's entry point, and the errors a person reads in a traceback keep their names
+        keep = ["run_packed", "PackedPathError", "ConfigError", "RunFailure"]
         text = _cached_minify(ast.unparse(merged), f"merged {keep}", lambda code: python_minifier.minify(
             code, remove_annotations=ann, remove_literal_statements=True, rename_locals=True, rename_globals=True,
             preserve_globals=keep, hoist_literals=False, remove_asserts=True, remove_debug=False))
