@@ -69,3 +69,20 @@ def test_inspect_bytes_reports_the_packed_file(capsys):
     assert b["raw_bytes"] > b["minified_bytes"] > b["packed_bytes"]
     assert main(["inspect", path, "--bytes"]) == 0
     assert f"code bytes: {b['packed_bytes']:,} packed" in capsys.readouterr().out
+
+
+def test_merge_keeps_each_modules_meaning_or_gives_up():
+    from pgolf.trainers.packer import _relative_froms
+    from pgolf.trainers.packmerge import merge
+
+    def trees(b_src):
+        return {"a": ast.parse("X = 1\ndef f():\n    return X\n"), "b": ast.parse(b_src)}
+
+    # b's own X clashes with a's: the later one is renamed; `a.X` of the module object becomes a's X
+    src = "from .a import f\nfrom . import a\nX = 2\ndef g():\n    return 100 * f() + 10 * X + a.X\n"
+    merged = merge(trees(src), ["a", "b"], _relative_froms)
+    ns: dict = {}
+    exec(compile(merged, "m", "exec"), ns)
+    assert ns["f"]() == 1 and ns["g"]() == 121
+    # the clashing name is also a parameter inside b: no safe rewrite, the modules ship apart
+    assert merge(trees("X = 2\ndef g(X):\n    return X\n"), ["a", "b"], _relative_froms) is None

@@ -8,8 +8,10 @@ minified. Runs where the package is installed (it needs python-minifier); never 
 2. Dead code: top-level functions, classes, constants and imported names nothing live refers to are
    dropped, to a fixed point; modules no live import reaches are left out (import graph from the
    wrapper's entry point, `codebundle.run_packed`).
-3. python-minifier: docstrings, comments and annotations (class fields keep theirs: dataclasses need
-   them), local renaming.
+3. Cuts (packcuts.py): platform-only checks, error prose, methods nothing names, asserts.
+4. One module (packmerge.py) when it can be merged safely, else one file per reached module.
+5. python-minifier: docstrings, comments and annotations (class fields keep theirs: dataclasses need
+   them), local renaming, and global renaming on the merged module.
 """
 from __future__ import annotations
 
