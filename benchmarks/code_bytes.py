@@ -10,7 +10,6 @@ import argparse
 import glob
 import json
 import os
-import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The record's counted train_gpt.py (bytes): `git cat-file -s` in the challenge repository, records/ on
@@ -30,21 +29,18 @@ RECORD_CODE_BYTES = {
     "pr691": (74_001, "PR #691 head 787610b: 2026-03-25_PR414_CosineTTT30ep_1.0988"),
     "pr1394": (15_516, "2026-04-05_SP8192_GPTQ-Embeddings_SDClip_Loop45x2"),
     "pr1493": (16_594, "2026-04-09_SP8192_3LayerRecur_ParResid_QK525_LegalTTT"),
+    # its seed-42 log's "Code size (compressed)" (a brotli wrapper; the folder holds the 158,429 B readable script)
+    "pr1855": (31_999, "2026-04-27_SP8192_LQER_SparseGate_BOSSmearFix_9HpStack_1.0611"),
 }
 
 
 def measure(name: str) -> dict:
+    from pgolf.commands.inspect import code_bytes
     from pgolf.experiment import load_experiment
-    from pgolf.trainers.codebundle import write_code_artifact
-    from pgolf.trainers.posttrain import embedded_config
 
     cfg = load_experiment(os.path.join(ROOT, "experiments", "stacks", f"{name}.toml")).resolved(None, 1)
-    with tempfile.TemporaryDirectory() as tmp:
-        art = write_code_artifact(tmp, embedded_config(cfg))
-        size = os.path.getsize(os.path.join(tmp, "train_gpt.py"))
     rec = RECORD_CODE_BYTES.get(name)
-    return {"stack": name, "raw_bytes": art.raw_source_bytes, "minified_bytes": art.shipped_source_bytes,
-            "packed_bytes": size, "codec": art.codec, "record_bytes": rec[0] if rec else None,
+    return {"stack": name, **code_bytes(cfg), "record_bytes": rec[0] if rec else None,
             "record": rec[1] if rec else None}
 
 

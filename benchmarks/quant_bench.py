@@ -3,10 +3,11 @@ trade-off.
 
     python benchmarks/quant_bench.py [--stack pr691] [--weight-std 0.14] [--levels 3,9,15,19,22]
                                      [--threads 0,2] [--no-gptq] [--json out.json]
-    python benchmarks/quant_bench.py --stack pr691 --layouts gauss,t4 [--level 19] [--blocks 3]
+    python benchmarks/quant_bench.py --stack pr691 --layouts gauss,t4,run:<dir> [--level 19] [--blocks 3]
 
 The second form compares pgolf's blob layouts (state / sorted / grouped order, with and without byte
-shuffle) with the records' layout (torch.save of the same codes), same compressor and level.
+shuffle) with the records' layout (torch.save of the same codes), same compressor and level. Regime
+run:<dir> takes the codes of a finished run's blob (trained weights, e.g. of `pgolf train <stack> --smoke`).
 
 The weights are random (no CPU can train the 27M-parameter model in reasonable time): every matrix
 above the passthrough threshold is N(0, std^2), everything else keeps its initialisation. Compressed
@@ -125,6 +126,21 @@ def regime_state(cfg, regime: str, seed: int = 0, blocks: int = 0) -> dict[str, 
     return state
 
 
+def trained_codes(run_dir: str) -> tuple[dict, dict, list[str]]:
+    """The quantized tensors of a finished run (e.g. `pgolf train <stack> --smoke`) and its model's
+    state_dict order: the trained-weights regime."""
+    from pgolf.trainers import serialize
+    from pgolf.trainers.config import TrainConfig
+    from pgolf.trainers.model import GPT
+    with open(os.path.join(run_dir, "result.json")) as fh:
+        blob = os.path.join(run_dir, json.load(fh)["artifact/blob"])
+    with open(blob, "rb") as fh:
+        tensors, meta = serialize.unpack(serialize.decompress(fh.read()))
+    with torch.device("meta"):
+        order = list(GPT(TrainConfig.from_json(os.path.join(run_dir, "resolved_config.json")).model).state_dict())
+    return tensors, meta, order
+
+
 def layout_compare(cfg, regimes: list[str], level: int, blocks: int, variants: list[str] | None = None) -> list[dict]:
     """pgolf's blob layouts against the records' torch.save layout of the same codes, same codec/level."""
     from pgolf.trainers import serialize
@@ -136,9 +152,14 @@ def layout_compare(cfg, regimes: list[str], level: int, blocks: int, variants: l
               if variants is None or f"{lay}{'+shuffle' if sh else ''}" in variants]
     print(f"{'regime':8s} {'records_B':>11s} " + " ".join(f"{lay + ('+shuf' if sh else ''):>16s}" for lay, sh in combos))
     for regime in regimes:
-        state = regime_state(cfg, regime, blocks=blocks)
-        tensors, meta = quantize_state_dict(state, cfg.quant)
-        theirs = len(serialize.compress(records_layout(tensors, list(state)), comp, level))
+        if regime.startswith("run:"):  # trained weights: the quantized codes of a finished run's blob
+            tensors, meta, order = trained_codes(regime[4:])
+        else:
+            state = regime_state(cfg, regime, blocks=blocks)
+            tensors, meta = quantize_state_dict(state, cfg.quant)
+            order = list(state)
+        theirs = len(serialize.compress(records_layout(tensors, order), comp, level))
+        label = "trained" if regime.startswith("run:") else regime
         row = {"regime": regime, "records_bytes": theirs, "level": level, "blocks": blocks}
         cells = []
         for lay, sh in combos:
@@ -147,13 +168,14 @@ def layout_compare(cfg, regimes: list[str], level: int, blocks: int, variants: l
             row[f"{lay}{'+shuffle' if sh else ''}"] = n
             cells.append(f"{n:>10,} {n / theirs:.3f}")
         rows.append(row)
-        print(f"{regime:8s} {theirs:11,} " + " ".join(f"{c:>16s}" for c in cells), flush=True)
+        print(f"{label:8s} {theirs:11,} " + " ".join(f"{c:>16s}" for c in cells), flush=True)
     return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--layouts", default="", help="regimes for the layout comparison only (e.g. gauss,t4,std0.14)")
+    ap.add_argument("--layouts", default="",
+                    help="regimes for the layout comparison only (e.g. gauss,t4,std0.14,run:<run dir>)")
     ap.add_argument("--level", type=int, default=0, help="codec level of the layout comparison (0: the stack's)")
     ap.add_argument("--blocks", type=int, default=0, help="layout comparison on the first N blocks only (CPU time)")
     ap.add_argument("--variants", default="", help="layouts to try, e.g. state,sorted,state+shuffle (default all)")

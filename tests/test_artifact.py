@@ -126,9 +126,9 @@ def test_packer_leaves_out_what_the_config_never_reaches():
     from pgolf.trainers.packer import ship_sources
 
     cfg = TrainConfig()
-    off = ship_sources(trainer_sources(), embedded_config(cfg))
+    off = ship_sources(trainer_sources(), embedded_config(cfg), merge=False)
     cfg.quant.gptq = True
-    on = ship_sources(trainer_sources(), embedded_config(cfg))
+    on = ship_sources(trainer_sources(), embedded_config(cfg), merge=False)
     assert "gptq.py" not in off and "gptq.py" in on and "packer.py" not in on
     assert "_gone('cfg.quant.gptq')" in off["posttrain.py"]  # the skipped branch raises if reached
     for files in (off, on):

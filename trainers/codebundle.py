@@ -19,11 +19,11 @@ PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 PACKED: dict | None = None  # set by the wrapper: {"files", "config", "code_version"} of the running script
 
 # Wrapper: line 1 declares latin-1 so the literal can hold raw bytes; %s = import, %s = decompress call.
-_HEAD = "# -*- coding: latin-1 -*-\n"
-_BODY = '''# pgolf self-extracting trainer: [torchrun --standalone --nproc_per_node=8] train_gpt.py [--set s.k=v]; env DATA_PATH TOKENIZER_PATH RUN_DIR SEED
+_HEAD = "#coding:latin-1\n"  # the shortest PEP 263 declaration
+_BODY = '''# pgolf: [torchrun --nproc_per_node=8] train_gpt.py [--set s.k=v]; env DATA_PATH TOKENIZER_PATH RUN_DIR SEED
 import atexit,json,os,shutil,sys,tempfile%s
-d=json.loads(%s)
-r=tempfile.mkdtemp(prefix="pgolf_code_");atexit.register(shutil.rmtree,r,True)
+p=%s.decode().split("\\0");d=json.loads(p[0]);d["files"]=dict(zip(d["files"],p[1:]))
+r=tempfile.mkdtemp(prefix="pgolf");atexit.register(shutil.rmtree,r,True)
 for n,s in d["files"].items():
  f=os.path.join(r,"pgolf","trainers",n);os.makedirs(os.path.dirname(f),exist_ok=True);open(f,"w",encoding="utf-8").write(s)
 open(os.path.join(r,"pgolf","__init__.py"),"w").close();sys.path.insert(0,r)
@@ -46,8 +46,7 @@ class PackedPathError(RuntimeError):
 
 
 def gone(why: str):
-    raise PackedPathError(f"this train_gpt.py was packed without the code that runs when `{why}` "
-                          "(false for its embedded config). Re-pack it for this config: pgolf train <stack.toml>")
+    raise PackedPathError(f"packed without the code that runs when `{why}`; re-pack: pgolf train <stack.toml>")
 
 
 _SOURCES: dict[str, str] | None = None
@@ -120,11 +119,40 @@ def _shipped(config: dict) -> tuple[dict[str, str], str]:
     return dict(_SHIPPED[key]), code_version()
 
 
+def _non_default(config: dict) -> dict:
+    """Only the values that differ from the trainer's defaults: the shipped trainer fills in the rest."""
+    from .config import TrainConfig
+    base = json.loads(json.dumps(TrainConfig().to_dict()))
+    config = json.loads(json.dumps(config))
+    return {s: d for s, d in ((s, {k: v for k, v in vals.items() if base.get(s, {}).get(k, base) != v})
+                              for s, vals in config.items()) if d}
+
+
+def full_config(config: dict) -> dict:
+    """A payload's config with the defaults filled in (read where the package is installed)."""
+    from .config import TrainConfig
+    return json.loads(json.dumps(TrainConfig.from_dict(config, source="packed config").to_dict()))
+
+
+def _payload(files: dict[str, str], config: dict, version: str) -> bytes:
+    """A JSON header (config, version, file names), then each source as it is, NUL-separated (no Python
+    source holds a NUL): JSON-escaping the sources would cost ~7% of the compressed size."""
+    head = json.dumps({"files": list(files), "config": _non_default(config), "code_version": version},
+                      sort_keys=True, separators=(",", ":"))
+    return "\0".join([head, *files.values()]).encode()
+
+
+def _unpayload(raw: bytes) -> dict:
+    p = raw.decode().split("\0")
+    d = json.loads(p[0])
+    d["files"] = dict(zip(d["files"], p[1:]))
+    return d
+
+
 def build_wrapper(config: dict) -> tuple[bytes, str]:
     """The counted file's bytes and the codec that made them smallest."""
     files, version = _shipped(config)
-    payload = json.dumps({"files": files, "config": config, "code_version": version}, sort_keys=True,
-                         separators=(",", ":")).encode()
+    payload = _payload(files, config, version)
     best = None
     for name, (imp, expr, comp) in _CODECS.items():
         if comp is None:
@@ -146,13 +174,16 @@ def payload_of(text: bytes) -> dict:
     call = next(n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
                 and n.func.attr == "decompress")
     codec = call.func.value.id
-    raw = ast.literal_eval(call.args[0].func.value)
+    raw = ast.literal_eval(call.args[0].func.value).encode("latin-1")
     if codec == "lzma":
-        return json.loads(lzma.decompress(raw.encode("latin-1"), lzma.FORMAT_ALONE))
-    if codec == "brotli":
+        d = _unpayload(lzma.decompress(raw, lzma.FORMAT_ALONE))
+    elif codec == "brotli":
         import brotli
-        return json.loads(brotli.decompress(raw.encode("latin-1")))
-    return json.loads(zlib.decompress(raw.encode("latin-1")))
+        d = _unpayload(brotli.decompress(raw))
+    else:
+        d = _unpayload(zlib.decompress(raw))
+    d["config"] = full_config(d["config"])
+    return d
 
 
 def verify_wrapper(path: str) -> dict:

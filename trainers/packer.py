@@ -8,8 +8,10 @@ minified. Runs where the package is installed (it needs python-minifier); never 
 2. Dead code: top-level functions, classes, constants and imported names nothing live refers to are
    dropped, to a fixed point; modules no live import reaches are left out (import graph from the
    wrapper's entry point, `codebundle.run_packed`).
-3. python-minifier: docstrings, comments and annotations (class fields keep theirs: dataclasses need
-   them), local renaming.
+3. Cuts (packcuts.py): platform-only checks, error prose, methods nothing names, asserts.
+4. One module (packmerge.py) when it can be merged safely, else one file per reached module.
+5. python-minifier: docstrings, comments and annotations (class fields keep theirs: dataclasses need
+   them), local renaming, and global renaming on the merged module.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ _OPS = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.Lt
 _BIN = {ast.Mod: operator.mod, ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
 _ROOT = ("codebundle", "run_packed")
 _GONE = "_gone"
+_NOT_SHIPPED = ("packer.py", "packcuts.py", "packmerge.py")
 
 
 class _Unknown(Exception):
@@ -94,9 +97,17 @@ class _Pruner(ast.NodeTransformer):
                     return False
                 left = r
             return True
-        if isinstance(node, ast.BoolOp):
-            vals = [bool(self.value(v)) for v in node.values]
-            return all(vals) if isinstance(node.op, ast.And) else any(vals)
+        if isinstance(node, ast.BoolOp):  # one known False decides an `and`, one known True an `or`
+            stop, unknown = isinstance(node.op, ast.Or), False
+            for v in node.values:
+                try:
+                    if bool(self.value(v)) == stop:
+                        return stop
+                except _Unknown:
+                    unknown = True
+            if unknown:
+                raise _Unknown
+            return not stop
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
             return not self.value(node.operand)
         if isinstance(node, ast.BinOp) and type(node.op) in _BIN:
@@ -107,8 +118,8 @@ class _Pruner(ast.NodeTransformer):
         raise _Unknown
 
     def decide_value(self, node: ast.AST) -> tuple | None:
-        if isinstance(node, ast.Constant):
-            return None  # a literal is not a config switch
+        if isinstance(node, (ast.Constant, ast.List, ast.Dict, ast.Set)):
+            return None  # a literal is not a config switch; a list or dict bound once may still grow
         try:
             return (self.value(node),)
         except _Unknown:
@@ -302,15 +313,25 @@ def _drop_dead(trees: dict[str, ast.Module]) -> None:
             return
 
 
-def ship_sources(sources: dict[str, str], config: dict) -> dict[str, str]:
+def _merge(trees: dict[str, ast.Module], live: set[str]) -> ast.Module | None:
+    from .packmerge import merge
+    return merge(trees, sorted(live - {""}), _relative_froms)
+
+
+def ship_sources(sources: dict[str, str], config: dict, merge: bool = True) -> dict[str, str]:
+    """The shipped files: one merged module (codebundle.py) when packmerge can merge them, else one
+    minified file per reached module (`merge=False` always)."""
     import python_minifier
 
-    trees = {_modname(rel): ast.parse(src) for rel, src in sources.items() if rel != "packer.py"}
+    from .packcuts import cut, drop_unnamed_methods
+
+    trees = {_modname(rel): ast.parse(src) for rel, src in sources.items() if rel not in _NOT_SHIPPED}
     rels = {_modname(rel): rel for rel in sources}
     types = _field_types(trees)
     for mod, tree in trees.items():
         p = _Pruner(config, types)
         p.visit(tree)
+        cut(tree, rels[mod])
         if p.sites and mod != "codebundle":
             at = 0
             while at < len(tree.body) and (isinstance(tree.body[at], ast.ImportFrom) and tree.body[at].module == "__future__"
@@ -320,6 +341,8 @@ def ship_sources(sources: dict[str, str], config: dict) -> dict[str, str]:
         elif p.sites:
             tree.body.append(ast.parse(f"{_GONE} = gone").body[0])
     _drop_dead(trees)
+    while drop_unnamed_methods(trees):
+        _drop_dead(trees)
     modules = set(trees)
     live, todo = ({""} & modules) | {_ROOT[0]}, [_ROOT[0]]
     while todo:
@@ -334,11 +357,19 @@ def ship_sources(sources: dict[str, str], config: dict) -> dict[str, str]:
                                                    remove_argument_annotations=True,
                                                    remove_class_attribute_annotations=False)
     out = {}
+    merged = _merge(trees, live) if merge else None
+    if merged is not None:
+        # the wrapper's entry point, and the errors a person reads in a traceback keep their names
+        keep = ["run_packed", "PackedPathError", "ConfigError", "RunFailure"]
+        text = _cached_minify(ast.unparse(merged), f"merged {keep}", lambda code: python_minifier.minify(
+            code, remove_annotations=ann, remove_literal_statements=True, rename_locals=True, rename_globals=True,
+            preserve_globals=keep, hoist_literals=False, remove_asserts=True, remove_debug=False))
+        return {rels[_ROOT[0]]: text}  # pgolf/trainers without __init__.py: a namespace package
     for mod in sorted(live):
         keep_doc = "__doc__" in _uses(trees[mod])  # e.g. argparse text read from the docstring
         out[rels[mod]] = _cached_minify(ast.unparse(trees[mod]), f"doc={keep_doc}", lambda code: python_minifier.minify(
             code, remove_annotations=ann, remove_literal_statements=not keep_doc, rename_locals=True, rename_globals=False,
-            hoist_literals=False, remove_asserts=False, remove_debug=False))
+            hoist_literals=False, remove_asserts=True, remove_debug=False))
     return dict(sorted(out.items()))
 
 

@@ -116,11 +116,13 @@ def write_artifact(ctx: RunContext, gptq_codes: dict | None = None) -> tuple[str
     state = {k: v.detach() for k, v in ctx.model.state_dict().items()}
     with timed(phases, "quantize", False):
         qtensors, qmeta = quantize_state_dict(state, cfg.quant, gptq_codes)
+    layouts = serialize.LAYOUTS if cfg.quant.layout == "smallest" else (cfg.quant.layout,)
     with timed(phases, "serialize", False):
-        order = serialize.layout_order(qtensors, qmeta, cfg.quant.layout)
-        packed = serialize.pack(qtensors, qmeta, byte_shuffle=cfg.quant.byte_shuffle, order=order)
+        packs = [serialize.pack(qtensors, qmeta, byte_shuffle=cfg.quant.byte_shuffle,
+                                order=serialize.layout_order(qtensors, qmeta, lay)) for lay in layouts]
     with timed(phases, "compress", False):
-        blob = serialize.compress(packed, cfg.quant.compressor, cfg.quant.compress_level, cfg.quant.compress_threads)
+        packed, blob = serialize.smallest(packs, cfg.quant.compressor, cfg.quant.compress_level,
+                                          cfg.quant.compress_threads)
     path = blob_path_for(cfg)
     if ctx.ddp.is_main:
         with open(path, "wb") as fh:

@@ -197,6 +197,17 @@ def compress(data: bytes, compressor: str, level: int, threads: int = 0) -> byte
     raise ValueError(f"unknown compressor '{compressor}' (expected {', '.join(COMPRESSORS)})")
 
 
+def smallest(payloads: list[bytes], compressor: str, level: int, threads: int = 0) -> tuple[bytes, bytes]:
+    """(payload, blob) of the payload that compresses smallest, the first on a tie. Each payload's
+    header holds its own tensor offsets, so the loader needs no hint of which layout won."""
+    best = None
+    for p in payloads:
+        blob = compress(p, compressor, level, threads)
+        if best is None or len(blob) < len(best[1]):
+            best = (p, blob)
+    return best
+
+
 class _Stream:
     """Bounded reads from one compressed stream: `read(n)` never inflates more than n bytes."""
 

@@ -102,7 +102,8 @@ class QuantConfig:
     # Blob layout. "state" is the records' torch.save order (state_dict order, codes then scales),
     # "sorted" by name (pgolf's old order; about the same size, RESULTS.md), "grouped" codes of one
     # category/format together. byte_shuffle stores byte k of every multi-byte element together.
-    layout: Literal["state", "sorted", "grouped"] = "state"
+    # "smallest": all three, compressed, the smallest kept (3x the compress time; never worse than "state").
+    layout: Literal["state", "sorted", "grouped", "smallest"] = "state"
     byte_shuffle: bool = False
     compress_threads: int = 0  # zstd workers: 0 single-threaded, -1 one per core
     # LQER (#1797/#1855, trainers/lqer.py): rank-r correction of the quantization error on the top_k int

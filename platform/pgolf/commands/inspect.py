@@ -10,6 +10,8 @@ def add_arguments(p) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any key, e.g. config.optim.matrix_lr=0.02")
     p.add_argument("--smoke", action="store_true", help="shrink to the CPU smoke shape")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--bytes", action="store_true",
+                   help="also pack the counted train_gpt.py: raw, minified and packed bytes of the code")
 
 
 def describe(exp, variant=None) -> dict:
@@ -37,11 +39,29 @@ def describe(exp, variant=None) -> dict:
     }
 
 
+def code_bytes(cfg) -> dict:
+    """The counted code of a run of `cfg`, packed exactly as the end of that run packs it: readable
+    trainer sources, the minified sources the file carries, and the real size of train_gpt.py."""
+    import os
+    import tempfile
+
+    from pgolf.trainers.codebundle import write_code_artifact
+    from pgolf.trainers.posttrain import embedded_config
+
+    with tempfile.TemporaryDirectory() as tmp:
+        art = write_code_artifact(tmp, embedded_config(cfg))
+        packed = os.path.getsize(os.path.join(tmp, "train_gpt.py"))
+    return {"raw_bytes": art.raw_source_bytes, "minified_bytes": art.shipped_source_bytes, "packed_bytes": packed,
+            "codec": art.codec}
+
+
 def run(args) -> int:
     from pgolf.experiment import load_experiment
 
     exp = load_experiment(args.experiment, overrides=args.set, smoke=args.smoke)
     info = describe(exp, args.variant)
+    if args.bytes:
+        info["code_bytes"] = code_bytes(exp.resolved(args.variant))
     if args.json:
         print(json.dumps(info, indent=2, sort_keys=True))
         return 0
@@ -54,6 +74,10 @@ def run(args) -> int:
     print(f"params:     {info['params']:,}")
     print(f"flops/token: {info['flops_per_token']:.4g} (6N + 12*L*d*T)")
     print(f"seeds:      {info['seeds']}   resources: {info['resources']}   budget: {info['budget']}")
+    if args.bytes:
+        b = info["code_bytes"]
+        print(f"code bytes: {b['packed_bytes']:,} packed ({b['codec']}; counted: the real size of train_gpt.py), "
+              f"{b['minified_bytes']:,} minified, {b['raw_bytes']:,} raw source")
     for section, values in info["config"].items():
         print(f"[config.{section}]")
         for k, v in values.items():

@@ -1,0 +1,88 @@
+"""The packer's cuts (packcuts.py) and `pgolf inspect --bytes`: cheap, no training run."""
+from __future__ import annotations
+
+import ast
+import json
+import os
+
+import pytest
+
+from pgolf.trainers.packcuts import cut, drop_unnamed_methods
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SRC = '''
+def check_manifest(path):
+    raise ValueError(f"the manifest of {path} is long prose the platform already checked")
+
+def scale(x, limit):
+    check_manifest(x)
+    if x > limit:
+        raise RuntimeError(f"x = {x} is over the limit {limit}: lower it or raise the limit")
+    return 2 * x
+'''
+
+
+def test_checks_go_and_errors_keep_type_values_and_source_line():
+    tree = ast.parse(SRC)
+    cut(tree, "m.py")
+    text = ast.unparse(tree)
+    assert "check_manifest(x)" not in text and "prose" not in text and "lower it" not in text
+    ns: dict = {}
+    exec(compile(tree, "m.py", "exec"), ns)
+    assert ns["scale"]("a/b", "a/c") == "a/ba/b"  # the check no longer runs
+    with pytest.raises(RuntimeError) as err:
+        ns["scale"](5, 3)
+    assert str(err.value) == "m.py:8 5 3"  # line 8 of the readable source holds the full message
+
+
+def test_methods_nothing_names_go_but_those_torch_calls_stay():
+    trees = {"m": ast.parse('''
+import torch
+class Net(torch.nn.Module):
+    def forward(self, x):
+        return self.used(x)
+    def used(self, x):
+        return x
+    def unused(self, x):
+        return self.also_unused(x)
+    def also_unused(self, x):
+        return x
+''')}
+    while drop_unnamed_methods(trees):
+        pass
+    names = [m.name for m in trees["m"].body[1].body]
+    assert names == ["forward", "used"]
+
+
+def test_inspect_bytes_reports_the_packed_file(capsys):
+    from pgolf.cli import main
+    from pgolf.experiment import load_experiment
+    from pgolf.trainers.codebundle import build_wrapper
+    from pgolf.trainers.posttrain import embedded_config
+
+    path = os.path.join(ROOT, "experiments", "baseline.toml")
+    assert main(["inspect", path, "--bytes", "--json"]) == 0
+    b = json.loads(capsys.readouterr().out)["code_bytes"]
+    text, codec = build_wrapper(embedded_config(load_experiment(path).resolved(None)))
+    assert b["packed_bytes"] == len(text) and b["codec"] == codec
+    assert b["raw_bytes"] > b["minified_bytes"] > b["packed_bytes"]
+    assert main(["inspect", path, "--bytes"]) == 0
+    assert f"code bytes: {b['packed_bytes']:,} packed" in capsys.readouterr().out
+
+
+def test_merge_keeps_each_modules_meaning_or_gives_up():
+    from pgolf.trainers.packer import _relative_froms
+    from pgolf.trainers.packmerge import merge
+
+    def trees(b_src):
+        return {"a": ast.parse("X = 1\ndef f():\n    return X\n"), "b": ast.parse(b_src)}
+
+    # b's own X clashes with a's: the later one is renamed; `a.X` of the module object becomes a's X
+    src = "from .a import f\nfrom . import a\nX = 2\ndef g():\n    return 100 * f() + 10 * X + a.X\n"
+    merged = merge(trees(src), ["a", "b"], _relative_froms)
+    ns: dict = {}
+    exec(compile(merged, "m", "exec"), ns)
+    assert ns["f"]() == 1 and ns["g"]() == 121
+    # the clashing name is also a parameter inside b: no safe rewrite, the modules ship apart
+    assert merge(trees("X = 2\ndef g(X):\n    return X\n"), ["a", "b"], _relative_froms) is None
