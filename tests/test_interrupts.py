@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from orch_helpers import alive, children
+from orch_helpers import alive, children, group_members
 
 EXP = """
 [experiment]
@@ -89,8 +89,9 @@ def _start_driver(tmp_path, tracking_uri, data_root, *extra, log_name="driver.lo
 
 
 def _cleanup(temp: str, trainer_pid: int) -> list[int]:
-    """Whatever a killed driver left: returns the Ray processes that were still there."""
-    left = _ray_processes(temp)
+    """Whatever a killed driver left: returns the Ray processes and trainer-group members still there
+    (trainer.pid is the watchdog, the leader of the trainer's process group)."""
+    left = _ray_processes(temp) + group_members(trainer_pid)
     for pid in left + [trainer_pid]:
         try:
             os.kill(pid, signal.SIGKILL)
@@ -143,7 +144,7 @@ def test_sigkilled_driver_is_closed_by_resume_and_sigterm_is_recorded(stop_sessi
     proc.wait(timeout=30)
     log.close()
     deadline = time.time() + 30  # Ray's own processes share the driver's fate; give them a moment
-    while _ray_processes(temp) and time.time() < deadline:
+    while (_ray_processes(temp) or group_members(trainer_pid)) and time.time() < deadline:
         time.sleep(0.5)
     assert _cleanup(temp, trainer_pid) == []
     (lost,), _ = children(tracking_uri, "interrupts")

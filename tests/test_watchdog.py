@@ -42,6 +42,26 @@ import time; time.sleep(600)
     assert f"the trial process {actor.pid} is gone" in (tmp_path / "w.log").read_text()
 
 
+def test_trainer_dies_with_a_sigkilled_watchdog():
+    """Ray SIGKILLs the direct children of a worker that exits: that is the watchdog, and the trainer
+    below it must not be orphaned."""
+    p = subprocess.Popen([sys.executable, "-m", "pgolf.watchdog", str(os.getpid()), "--", *SLEEPER],
+                         start_new_session=True, stdout=subprocess.PIPE, text=True)
+    trainer = int(p.stdout.readline())
+    try:
+        p.kill()
+        p.wait(timeout=30)
+        deadline = time.time() + 30
+        while alive(trainer) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not alive(trainer)
+    finally:
+        try:
+            os.kill(trainer, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def _watched(cmd):
     return subprocess.Popen([sys.executable, "-m", "pgolf.watchdog", str(os.getpid()), "--", *cmd],
                             start_new_session=True)

@@ -81,6 +81,9 @@ def stop_trainers_below(root: str, grace: float = 2.0) -> list[int]:
                 pid = int(fh.read().strip())
             if os.getpgid(pid) == pid:  # still the leader of its own group: our trainer, not a reused pid
                 groups.append(pid)
+        except ProcessLookupError:  # the leader (the watchdog) is gone; members of its group may not be
+            if _group_alive(pid):
+                groups.append(pid)
         except (OSError, ValueError):
             continue
     for pgid in groups:

@@ -34,8 +34,21 @@ def _stop_group(grace: float) -> None:
     os.killpg(os.getpgrp(), signal.SIGKILL)  # ends us too
 
 
+def _die_with_us() -> None:
+    """In the child before exec: SIGKILL it when this process dies. Ray SIGKILLs the direct children of
+    a worker that exits (this watchdog), which would otherwise orphan the trainer."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
+    except (OSError, AttributeError):
+        pass  # not Linux: the parent poll below still applies
+
+
 def watch(parent: int, cmd: list[str], poll: float = POLL_SECONDS, grace: float = GRACE_SECONDS) -> int:
-    child = subprocess.Popen(cmd)  # in our process group: the trial signals the group, the child gets it
+    # In our process group: the trial signals the group, the child gets it. preexec_fn is safe here: this
+    # process has one thread.
+    child = subprocess.Popen(cmd, preexec_fn=_die_with_us)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: None)  # the child got the same signal; wait for it to exit
     while True:
