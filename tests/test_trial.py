@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from orch_helpers import SMOKE, TINY, alive as _alive
+from orch_helpers import SMOKE, TINY, alive as _alive, group_members
 from pgolf import tracking
 from pgolf.trial import MetricsTail, TrialContext, classify, execute_trial, kill_group
 
@@ -56,18 +56,7 @@ def test_kill_group_reaches_grandchildren(tmp_path):
     assert not _alive(grandchild)
 
 
-def _group_members(pgid):
-    out = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat") as fh:
-                    fields = fh.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                out.append(int(name))
-    return out
+_group_members = group_members
 
 
 def _ctx(uri, tmp_path, name="trial-tests", deadline=120.0):
