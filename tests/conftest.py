@@ -149,3 +149,13 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_sep("!", f"NOT RUN: {len(skipped)} browser test(s) of tests/test_report_browser.py: "
                                         "no Chromium binary (apt-get install -y chromium)", red=True, bold=True)
 
+
+@pytest.fixture
+def one_torch_thread():
+    """Dozens of tiny forwards/matmuls: intra-op threads only contend on a shared 2-core box (100x seen)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

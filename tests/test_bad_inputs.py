@@ -215,11 +215,12 @@ def _shards(root, split):
     return sorted((root / "datasets" / "fineweb10B_sp1024").glob(f"fineweb_{split}_*.bin"))
 
 
-def _trainer(root, tmp_path, monkeypatch, *, tokenizer=None, data_path=None, run_dir=None, sets=(), iterations=2):
+def _trainer(root, tmp_path, monkeypatch, *, tokenizer=None, data_path=None, run_dir=None, sets=(), iterations=2,
+             variant=None):
     """The trainer's entry point in this process on a tiny config; returns (exit code, stderr)."""
     cfg = {
         "model": {"num_layers": 2, "model_dim": 32, "num_heads": 2, "num_kv_heads": 1},
-        "data": {"data_path": str(data_path or root / "datasets" / "fineweb10B_sp1024"),
+        "data": {**({"variant": variant} if variant else {}), "data_path": str(data_path or root / "datasets" / "fineweb10B_sp1024"),
                  "tokenizer_path": str(tokenizer or root / "tokenizers" / "fineweb_1024_bpe.model"),
                  "train_seq_len": 32, "train_batch_tokens": 256, "grad_accum_steps": 1, "val_tokens_limit": 2048},
         "schedule": {"iterations": iterations, "warmdown_iters": 1, "warmup_steps": 0, "max_wallclock_seconds": 0},

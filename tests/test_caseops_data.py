@@ -3,8 +3,6 @@ original bytes, operators as user symbols), BPB from the sidecar in the eval pat
 recounts it (a tampered or missing sidecar is exit 3 naming the file), and the CaseOps FineWeb export."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import shutil
 
@@ -13,7 +11,6 @@ import pytest
 import torch
 
 from pgolf.datasets import DataError, download_fineweb, ensure_demo, variant_repo
-from pgolf.trainers import gpt
 from pgolf.trainers.caseops import OPERATORS
 from pgolf.trainers.config import ConfigError, TrainConfig, set_field
 from pgolf.trainers.config.data import variant_layout
@@ -135,24 +132,10 @@ def _copy(manifest, tmp_path):
 
 
 def _trainer(root, tmp_path, monkeypatch, sets=()):
-    cfg = {
-        "model": {"num_layers": 2, "model_dim": 32, "num_heads": 2, "num_kv_heads": 1},
-        "data": {"variant": VARIANT, "data_path": str(root / "datasets" / DATASET),
-                 "tokenizer_path": str(root / "tokenizers" / TOKENIZER),
-                 "train_seq_len": 32, "train_batch_tokens": 256, "grad_accum_steps": 1, "val_tokens_limit": 2048},
-        "schedule": {"iterations": 1, "warmdown_iters": 1, "warmup_steps": 0, "max_wallclock_seconds": 0},
-        "eval": {"val_loss_every": 0, "val_batch_size": 1024, "train_log_every": 0},
-        "run": {"device": "cpu", "compile": False, "threads": 1, "run_dir": str(tmp_path / "run")},
-    }
-    for env in ("DATA_PATH", "TOKENIZER_PATH", "RUN_DIR", "SEED"):
-        monkeypatch.delenv(env, raising=False)
-    argv = ["--config-json", json.dumps(cfg)]
-    for s in sets:
-        argv += ["--set", s]
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        rc = gpt.main(argv)
-    return rc, err.getvalue()
+    from test_bad_inputs import _trainer as run
+
+    return run(root, tmp_path, monkeypatch, variant=VARIANT, data_path=root / "datasets" / DATASET,
+               tokenizer=root / "tokenizers" / TOKENIZER, sets=sets, iterations=1)
 
 
 @pytest.mark.parametrize("damage", ["shift-a-byte", "missing", "short", "plain-variant"])

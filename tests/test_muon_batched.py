@@ -76,13 +76,7 @@ def run_reference(opts: dict, steps=STEPS) -> list[torch.Tensor]:
     return params
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny matmuls on a shared 2-core box: one thread avoids OpenMP spin contention (100x here).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 CASES = [

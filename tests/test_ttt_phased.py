@@ -21,12 +21,7 @@ PHASED = dict(lora_targets=ALL_TARGETS, lora_chunk_tokens=32, lora_batch_docs=2,
               lr=0.01, epochs=1, chunk_tokens=64)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _run(cfg, model, val):

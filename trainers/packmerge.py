@@ -197,15 +197,7 @@ class _Rewriter(ast.NodeTransformer):
             node.name = self.ren[node.name]
         return node
 
-    visit_AsyncFunctionDef = visit_FunctionDef
-
-    def visit_ClassDef(self, node):
-        self.depth += 1
-        self.generic_visit(node)
-        self.depth -= 1
-        if self.depth == 0 and node.name in self.ren:
-            node.name = self.ren[node.name]
-        return node
+    visit_AsyncFunctionDef = visit_ClassDef = visit_FunctionDef
 
     def visit_ImportFrom(self, node):
         t = self.target_of(self.mod, node) if node.module != "__future__" else None
