@@ -1,6 +1,7 @@
 """Artifact accounting: code + model bytes from the real files against the decimal cap (16,000,000
 passes, 16,000,001 fails), headroom, and the raw vs packed size of the counted code."""
 import os
+import re
 
 import pytest
 
@@ -130,7 +131,11 @@ def test_packer_leaves_out_what_the_config_never_reaches():
     cfg.quant.gptq = True
     on = ship_sources(trainer_sources(), embedded_config(cfg), merge=False)
     assert "gptq.py" not in off and "gptq.py" in on and "packer.py" not in on
-    assert "_gone('cfg.quant.gptq')" in off["posttrain.py"]  # the skipped branch raises if reached
+    # the skipped branch raises if reached, naming the readable source line of its test
+    lines = trainer_sources()["posttrain.py"].splitlines()
+    sites = [int(n) for n in re.findall(r"_gone\('posttrain\.py:(\d+)'\)", off["posttrain.py"])]
+    assert any(lines[n - 1].strip() == "if cfg.quant.gptq:" for n in sites), [lines[n - 1] for n in sites]
+    assert "_BODY" not in off["codebundle.py"] and "_read_sources" not in off["codebundle.py"]  # package-only code
     for files in (off, on):
         for rel, text in files.items():
             compile(text, rel, "exec")

@@ -4,6 +4,7 @@ The same run is the smoke test of the whole post-training pipeline (GPTQ, mixed 
 sliding eval, score-first TTT with a verified trace)."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -90,7 +91,11 @@ def test_a_code_path_the_packer_removed_fails_loudly(two_runs, tmp_path, demo_da
            "TOKENIZER_PATH": str(demo_data.tokenizer_path)}
     # packed for score-first TTT: the "off" path of the TTT config check is not in the file
     err = _fails([sys.executable, "train_gpt.py", "--set", "ttt.mode=off"], str(tmp_path), env)
-    assert "PackedPathError" in err and "packed without the code that runs when" in err and "ttt" in err
+    assert "PackedPathError" in err and "packed without the code of the test at" in err
+    where = re.search(r"test at (\S+?\.py):(\d+)", err)  # a line of the readable source: the TTT switch
+    import pgolf.trainers
+    src = os.path.join(os.path.dirname(pgolf.trainers.__file__), where[1])
+    assert "ttt" in open(src).read().splitlines()[int(where[2]) - 1], where[0]
     assert not (tmp_path / "out" / "result.json").exists()
 
 

@@ -31,13 +31,22 @@ for m in [k for k in sys.modules if k=="pgolf" or k.startswith("pgolf.")]:del sy
 from pgolf.trainers.codebundle import run_packed
 sys.exit(run_packed(d,sys.argv[1:]))
 '''
+
+
+def _brotli(b: bytes) -> bytes:
+    import brotli  # optional where the script runs: ImportError skips the codec
+    return brotli.compress(b, quality=11, lgwin=24)
+
+
 _CODECS = {  # name -> (import line suffix, decompress expression around X, compress)
     "lzma": (",lzma", "lzma.decompress(X,lzma.FORMAT_ALONE)",
              lambda b: lzma.compress(b, lzma.FORMAT_ALONE, filters=[{"id": lzma.FILTER_LZMA1,
                                                                       "preset": 9 | lzma.PRESET_EXTREME}])),
-    "brotli": (",brotli", "brotli.decompress(X)", None),
+    "brotli": (",brotli", "brotli.decompress(X)", _brotli),
     "zlib": (",zlib", "zlib.decompress(X)", lambda b: zlib.compress(b, 9)),
 }
+_LATIN1 = '".encode("latin-1")'
+
 _ESC = {0: "\\0", 10: "\\n", 13: "\\r", 34: '\\"', 92: "\\\\"}
 
 
@@ -45,8 +54,9 @@ class PackedPathError(RuntimeError):
     """Code the packer left out of this train_gpt.py was reached."""
 
 
-def gone(why: str):
-    raise PackedPathError(f"packed without the code that runs when `{why}`; re-pack: pgolf train <stack.toml>")
+def gone(where: str):
+    raise PackedPathError(f"packed without the code of the test at {where} (pgolf/trainers/), which this "
+                          "config reaches; re-pack: pgolf train <stack.toml>")
 
 
 _SOURCES: dict[str, str] | None = None
@@ -58,6 +68,8 @@ def trainer_sources() -> dict[str, str]:
     Read once per process: the code that is hashed into config_hash at start-up must be the code that
     is packed into train_gpt.py at the end, even if someone edits the checkout in between."""
     global _SOURCES
+    if PACKED is not None:
+        return dict(PACKED["files"])
     if _SOURCES is None:
         _SOURCES = _read_sources()
     return dict(_SOURCES)
@@ -103,7 +115,7 @@ def _literal(data: bytes) -> str:
             out.append("\\x00")  # "\0" before an octal digit would read as a longer octal escape
         else:
             out.append(_ESC.get(b) or chr(b))
-    return '"' + "".join(out) + '".encode("latin-1")'
+    return '"' + "".join(out) + _LATIN1
 
 
 _SHIPPED: dict[str, dict[str, str]] = {}
@@ -149,19 +161,34 @@ def _unpayload(raw: bytes) -> dict:
     return d
 
 
-def build_wrapper(config: dict) -> tuple[bytes, str]:
+def _template() -> str:
+    """The wrapper with %s for its import suffix and its decompress call. A packed script takes it from
+    its own text, so it ships no second copy of the wrapper (and a file edited outside the payload
+    re-emits with the edit, as it is counted)."""
+    if PACKED is None:
+        return _HEAD + _BODY
+    t = PACKED["text"].decode("latin-1")
+    for imp, expr, _ in _CODECS.values():
+        head, tail = expr.split("X")
+        if head in t:
+            i = t.index(head)
+            j = t.index(_LATIN1 + tail, i) + len(_LATIN1 + tail)
+            k = t.index(imp + "\n")
+            return t[:k] + "%s" + t[k + len(imp):i] + "%s" + t[j:]
+    raise ValueError("train_gpt.py: no payload found in the running script")
+
+
+def build_wrapper(config: dict, template: str | None = None) -> tuple[bytes, str]:
     """The counted file's bytes and the codec that made them smallest."""
     files, version = _shipped(config)
-    payload = _payload(files, config, version)
+    payload, template = _payload(files, config, version), template or _template()
     best = None
     for name, (imp, expr, comp) in _CODECS.items():
-        if comp is None:
-            try:
-                import brotli
-            except ImportError:
-                continue
-            comp = lambda b: brotli.compress(b, quality=11, lgwin=24)  # noqa: E731
-        text = (_HEAD + _BODY % (imp, expr.replace("X", _literal(comp(payload))))).encode("latin-1")
+        try:
+            packed = comp(payload)
+        except ImportError:
+            continue
+        text = (template % (imp, expr.replace("X", _literal(packed)))).encode("latin-1")
         if best is None or len(text) < len(best[0]):
             best = (text, name)
     return best
@@ -196,7 +223,7 @@ def verify_wrapper(path: str) -> dict:
         global PACKED
         saved, PACKED = PACKED, d
         try:
-            canon, _ = build_wrapper(d["config"])
+            canon, _ = build_wrapper(d["config"], _HEAD + _BODY)
         finally:
             PACKED = saved
     except Exception as exc:  # noqa: BLE001 - any failure to read it back means it is not our file
@@ -236,6 +263,8 @@ def run_packed(d: dict, argv: list[str]) -> int:
     global PACKED
     PACKED = d
     script = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else os.path.abspath("train_gpt.py")
+    with open(script, "rb") as fh:  # re-emitted at the end of the run (see _template)
+        d["text"] = fh.read()
     here = os.path.dirname(script)
     chosen = os.environ.get("RUN_DIR") or next((a.split("=", 1)[1] for a in argv if a.startswith("run.run_dir=")), None)
     if chosen is None:

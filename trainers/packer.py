@@ -34,6 +34,9 @@ class _Unknown(Exception):
     pass
 
 
+_PACKED = object()  # what the pruner takes codebundle.PACKED to be: not None, true
+
+
 def _modname(rel: str) -> str:
     parts = rel[:-3].split("/")
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
@@ -51,8 +54,8 @@ def _ann_kind(ann: ast.AST | None) -> str | None:
 class _Pruner(ast.NodeTransformer):
     """Decides config-constant tests inside functions (see the module docstring)."""
 
-    def __init__(self, config: dict, field_types: dict[str, dict[str, str]]):
-        self.config, self.field_types, self.scope, self.cls = config, field_types, [{}], None
+    def __init__(self, config: dict, field_types: dict[str, dict[str, str]], rel: str = ""):
+        self.config, self.field_types, self.scope, self.cls, self.rel = config, field_types, [{}], None, rel
         self.once: set[str] = set()
         self.sites = 0
 
@@ -73,6 +76,9 @@ class _Pruner(ast.NodeTransformer):
     def value(self, node: ast.AST):
         if isinstance(node, ast.Constant):
             return node.value
+        if isinstance(node, ast.Name) and node.id == "PACKED" or isinstance(node, ast.Attribute) \
+                and node.attr == "PACKED" and isinstance(node.value, ast.Name) and node.value.id == "codebundle":
+            return _PACKED  # codebundle.PACKED: never None in a shipped script, so package-only code goes
         if isinstance(node, ast.Name):  # a local bound once to a config-constant value
             for s in reversed(self.scope):
                 if node.id in s:
@@ -132,9 +138,10 @@ class _Pruner(ast.NodeTransformer):
             return None
 
     def gone(self, test: ast.AST, taken: bool) -> ast.Call:
+        # the readable source's file:line names the test (shorter than the test's own text)
         self.sites += 1
-        why = ast.unparse(test)
-        return ast.Call(ast.Name(_GONE, ast.Load()), [ast.Constant(why if taken else f"not ({why})")], [])
+        where = f"{self.rel}:{test.lineno}" + ("" if taken else " else")
+        return ast.Call(ast.Name(_GONE, ast.Load()), [ast.Constant(where)], [])
 
     def visit_ClassDef(self, node):
         outer, self.cls = self.cls, node.name
@@ -200,6 +207,26 @@ class _Pruner(ast.NodeTransformer):
         elif taken is False:
             node.body = self.gone(node.test, True)
         return node
+
+
+def _ends(body: list) -> bool:
+    """True if running `body` never falls through to what follows it."""
+    last = body[-1] if body else None
+    return isinstance(last, (ast.Return, ast.Raise, ast.Continue, ast.Break)) or _is_gone([last] if last else []) \
+        or isinstance(last, ast.If) and _ends(last.body) and _ends(last.orelse)
+
+
+def _drop_unreachable(tree: ast.AST) -> None:
+    """Statements after an `if` whose arms both end (a decided test: one arm returns, the other is
+    `_gone`) never run: `if PACKED is not None: return ...` leaves the package path out."""
+    for n in ast.walk(tree):
+        for name in ("body", "orelse", "finalbody"):
+            body = getattr(n, name, None)
+            if isinstance(body, list):
+                for i, stmt in enumerate(body):
+                    if isinstance(stmt, ast.If) and _ends(stmt.body) and _ends(stmt.orelse):
+                        del body[i + 1:]
+                        break
 
 
 def _is_gone(body: list) -> bool:
@@ -329,8 +356,9 @@ def ship_sources(sources: dict[str, str], config: dict, merge: bool = True) -> d
     rels = {_modname(rel): rel for rel in sources}
     types = _field_types(trees)
     for mod, tree in trees.items():
-        p = _Pruner(config, types)
+        p = _Pruner(config, types, rels[mod])
         p.visit(tree)
+        _drop_unreachable(tree)
         cut(tree, rels[mod])
         if p.sites and mod != "codebundle":
             at = 0

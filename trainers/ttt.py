@@ -237,7 +237,21 @@ def run_pre_eval_full(model, val_tokens, luts, cfg: TrainConfig, device, rank, w
 
 # ---- per-document LoRA ------------------------------------------------------------------------------
 
-class _LoRAHooks:
+class HookedAdapters:
+    """Batched LoRA pairs (A [n, r, in], B [n, out, r]) that forward hooks add to module outputs; the
+    subclass sets rank, params and handles."""
+
+    def add_pair(self, key, a: torch.Tensor, fan_out: int, device) -> list[torch.Tensor]:
+        # B = 0: every adapter starts as the base model
+        self.params[key] = (a, torch.zeros(a.size(0), fan_out, self.rank, device=device, requires_grad=True))
+        return list(self.params[key])
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+class _LoRAHooks(HookedAdapters):
     """Batched per-document adapters added to chosen Linear outputs through forward hooks, so the
     model's own forward (every gate and branch of training) is what scores and trains."""
 
@@ -272,17 +286,8 @@ class _LoRAHooks:
         for name, m in self.modules:
             fan_in, fan_out = m.weight.size(1), m.weight.size(0)
             a0 = torch.randn(self.rank, fan_in, generator=gen) / math.sqrt(fan_in)
-            a = a0.to(device).expand(n_docs, -1, -1).clone()
-            b = torch.zeros(n_docs, fan_out, self.rank, device=device)
-            a.requires_grad_(True)
-            b.requires_grad_(True)
-            self.params[name] = (a, b)
-            out += [a, b]
+            out += self.add_pair(name, a0.to(device).expand(n_docs, -1, -1).clone().requires_grad_(True), fan_out, device)
         return out
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
 
 
 def document_spans(val_tokens: torch.Tensor, bos_id: int) -> list[tuple[int, int]]:

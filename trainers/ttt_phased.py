@@ -26,13 +26,13 @@ from .bpb import token_bytes
 from .config import ConfigError, TrainConfig
 from .evaluate import autocast_for
 from .distributed import is_distributed
-from .ttt import TTTResult, _cosine, _finish, document_spans, prepare_for_training, set_trainable, sgd_epochs
+from .ttt import HookedAdapters, TTTResult, _cosine, _finish, document_spans, prepare_for_training, set_trainable, sgd_epochs
 from .ttt_trace import GLOBAL
 
 HEAD = "head"  # target name of the adapter on the output head (its input is the final hidden state)
 
 
-class Adapters:
+class Adapters(HookedAdapters):
     """Batched LoRA (one A [n, r, in], B [n, out, r] per slot) added to target module outputs by forward
     hooks, so the model's own forward runs; slot = (module, k-th call of it in one forward), i.e. a looped
     layer gets one adapter per pass as in #1855. The head adapter is applied by `nll`."""
@@ -86,14 +86,8 @@ class Adapters:
             else:
                 bound = 1.0 / math.sqrt(fan_in)
                 a = ((torch.rand(n, self.rank, fan_in, generator=gen) * 2 - 1) * bound).to(device).requires_grad_(True)
-            b = torch.zeros(n, fan_out, self.rank, device=device, requires_grad=True)
-            self.params[slot] = (a, b)
-            out += [a, b]
+            out += self.add_pair(slot, a, fan_out, device)
         return out
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
 
 
 def nll(model: nn.Module, ad: Adapters, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
