@@ -372,19 +372,20 @@ def run_lora_doc(model, val_tokens, luts, cfg: TrainConfig, device, rank, world_
         hooks.remove()
         for p in model.parameters():
             p.requires_grad_(True)
+    flush_events(events, trace, world_size)
+    return _finish(sums, trace, {"documents": len(docs), "updates": steps})
+
+
+def flush_events(events: list, trace, world_size: int) -> None:
+    """Write trace events (kind, fields) in execution order: every rank's list, gathered, rank by rank."""
     gathered = [events]
     if world_size > 1 and is_distributed():
         gathered = [None] * world_size
         dist.all_gather_object(gathered, events)
     for rank_events in gathered:
         for kind, fields in rank_events:
-            if kind == "fork":
-                trace.fork(**fields)
-            elif kind == "score":
-                trace.score(**fields)
-            else:
-                trace.update(**fields)
-    return _finish(sums, trace, {"documents": len(docs), "updates": steps})
+            getattr(trace, kind)(**fields)
+    events.clear()
 
 
 def arm_fake_quant(model: nn.Module, cfg: TrainConfig) -> int:

@@ -26,7 +26,7 @@ from .bpb import token_bytes
 from .config import ConfigError, TrainConfig
 from .evaluate import autocast_for
 from .distributed import is_distributed
-from .ttt import HookedAdapters, TTTResult, _cosine, _finish, document_spans, prepare_for_training, set_trainable, sgd_epochs
+from .ttt import HookedAdapters, TTTResult, _cosine, flush_events, _finish, document_spans, prepare_for_training, set_trainable, sgd_epochs
 from .ttt_trace import GLOBAL
 
 HEAD = "head"  # target name of the adapter on the output head (its input is the final hidden state)
@@ -218,18 +218,6 @@ def global_phase(model, val_tokens, docs, chosen, cfg: TrainConfig, device, rank
     return step
 
 
-def _flush(events: list, trace, world_size: int) -> None:
-    """Write one round's events in execution order: every rank's batch (gathered), then rank 0's phase."""
-    gathered = [events]
-    if world_size > 1 and is_distributed():
-        gathered = [None] * world_size
-        dist.all_gather_object(gathered, events)
-    for rank_events in gathered:
-        for kind, fields in rank_events:
-            getattr(trace, kind)(**fields)
-    events.clear()
-
-
 def run_phased(model, val_tokens, luts, cfg: TrainConfig, device, rank, world_size, trace, bos_id: int) -> TTTResult:
     t = cfg.ttt
     window = t.lora_window or cfg.data.train_seq_len
@@ -267,7 +255,7 @@ def run_phased(model, val_tokens, luts, cfg: TrainConfig, device, rank, world_si
                 # with warm A the next batch's adapters carry this batch's A: its documents are parents too
                 prev = [GLOBAL] + ([f"lora:{d}" for d in queue[mine]] if t.lora_warm_a else [])
             done += sum(len(b) for b in queue[r0:r0 + world_size])
-            _flush(events, trace, world_size)
+            flush_events(events, trace, world_size)
             t1 = time.perf_counter()
             info["score_train_s"] += t1 - t0
             if phase < len(bounds) and done >= bounds[phase]:
@@ -276,7 +264,7 @@ def run_phased(model, val_tokens, luts, cfg: TrainConfig, device, rank, world_si
                                                          cfg, device, rank, world_size, events, phase)
                     model.eval()
                     info["phases_run"] += 1
-                    _flush(events, trace, 1)
+                    flush_events(events, trace, 1)
                     prev = [GLOBAL]  # fresh adapters after a phase (#1626)
                     ad.params.clear()
                 phase += 1
