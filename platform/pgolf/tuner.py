@@ -152,13 +152,12 @@ def run_tuner(inv: Any, *, max_concurrent: int, storage_path: str, run_name: str
                                   max_t=max(cfg.schedule.iterations, 1) + 1,
                                   grace_period=max(cfg.eval.val_loss_every, 1), reduction_factor=2)
 
-    # Actor reuse saves an actor start per trial, but with a scheduler that stops trials it once left a
-    # grid point never started (CI, 2026-12-02); Ray turned it off by default for such cases (ray#42951).
-
     def dirname(trial) -> str:
         key = trial.config.get("key") or f"i{trial.config.get('__trial_index__', 0)}"
         return f"{trial.trial_id}_{tracking.metric_key(key).replace('/', '_')}"[:120]
 
+    # Actor reuse saves an actor start per trial, but with a scheduler that stops trials it once left a
+    # grid point never started (CI, 2026-12-02); Ray turned it off by default for such cases (ray#42951).
     tuner = tune.Tuner(
         trainable,
         param_space=param_space,
