@@ -68,6 +68,19 @@ def pytest_collection_modifyitems(session, config, items):
             item.add_marker(pytest.mark.xdist_group("ray"))
         elif item.path.name in STACK_MODULES and "name" in getattr(getattr(item, "callspec", None), "params", {}):
             item.add_marker(pytest.mark.xdist_group(f"stack-{item.callspec.params['name']}"))
+        elif _shares_a_module_fixture(item):
+            # a module's own module/session fixture (a training run, a store) runs once per worker that
+            # gets one of its tests: keep the module on one worker so it runs once
+            item.add_marker(pytest.mark.xdist_group(f"module-{item.path.name}"))
+
+
+def _shares_a_module_fixture(item) -> bool:
+    info = getattr(item, "_fixtureinfo", None)
+    for defs in (info.name2fixturedefs.values() if info is not None else ()):
+        d = defs[-1]
+        if d.scope in ("module", "session") and str(getattr(d, "baseid", "")).endswith(item.path.name):
+            return True
+    return False
 
 
 def pytest_collection_finish(session):

@@ -215,10 +215,8 @@ def _shards(root, split):
     return sorted((root / "datasets" / "fineweb10B_sp1024").glob(f"fineweb_{split}_*.bin"))
 
 
-def _trainer(root, tmp_path, monkeypatch, *, tokenizer=None, data_path=None, run_dir=None, sets=(), iterations=2,
-             variant=None):
-    """The trainer's entry point in this process on a tiny config; returns (exit code, stderr)."""
-    cfg = {
+def _tiny_config(root, tmp_path, *, tokenizer=None, data_path=None, run_dir=None, iterations=2, variant=None):
+    return {
         "model": {"num_layers": 2, "model_dim": 32, "num_heads": 2, "num_kv_heads": 1},
         "data": {**({"variant": variant} if variant else {}), "data_path": str(data_path or root / "datasets" / "fineweb10B_sp1024"),
                  "tokenizer_path": str(tokenizer or root / "tokenizers" / "fineweb_1024_bpe.model"),
@@ -227,6 +225,11 @@ def _trainer(root, tmp_path, monkeypatch, *, tokenizer=None, data_path=None, run
         "eval": {"val_loss_every": 0, "val_batch_size": 1024, "train_log_every": 0},
         "run": {"device": "cpu", "compile": False, "threads": 1, "run_dir": str(run_dir or tmp_path / "run")},
     }
+
+
+def _trainer(root, tmp_path, monkeypatch, *, sets=(), **kwargs):
+    """The trainer's entry point in this process on a tiny config; returns (exit code, stderr)."""
+    cfg = _tiny_config(root, tmp_path, **kwargs)
     for env in ("DATA_PATH", "TOKENIZER_PATH", "RUN_DIR", "SEED"):
         monkeypatch.delenv(env, raising=False)
     argv = ["--config-json", json.dumps(cfg)]
@@ -340,6 +343,29 @@ def test_bad_data_is_exit_3_before_step_0(kind, data_copy, tokenizer_600, tmp_pa
     assert not (tmp_path / "run" / "result.json").exists()
     events = (tmp_path / "run" / "metrics.jsonl")
     assert not events.exists() or '"start"' not in events.read_text()  # rejected before the model was built
+
+
+@pytest.mark.parametrize("kind", ["manifest-tokenizer-hash", "last-truncated-tail"])
+def test_the_shipped_script_checks_the_data_too(kind, data_copy, tokenizer_600, tmp_path):
+    """The packed train_gpt.py reads whatever DATA_PATH / TOKENIZER_PATH name, so the packer keeps the data
+    checks (manifest tokenizer hash, every train shard's size) that it cuts for the config."""
+    import subprocess
+    import sys
+
+    from pgolf.trainers.codebundle import build_wrapper
+    from pgolf.trainers.config import TrainConfig
+
+    kwargs, named = _damage(kind)(data_copy, tokenizer_600)
+    cfg = TrainConfig.from_dict(_tiny_config(data_copy, tmp_path, **kwargs), source="test").to_dict()
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "train_gpt.py").write_bytes(build_wrapper(cfg)[0])
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RUN_DIR", "SEED")}
+    env.update(DATA_PATH=cfg["data"]["data_path"], TOKENIZER_PATH=cfg["data"]["tokenizer_path"])
+    proc = subprocess.run([sys.executable, "train_gpt.py"], cwd=tmp_path / "sub", env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 3, proc.stderr
+    # its prose is cut to the readable source's file:line (packcuts), the values stay
+    assert named in proc.stderr and "shards.py:" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_vocab_off_the_data_variant_is_exit_2(data_copy, tmp_path, monkeypatch):

@@ -12,11 +12,11 @@ from pgolf.trainers.packcuts import cut, drop_unnamed_methods
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SRC = '''
-def check_manifest(path):
+def check_tokenizer(path):
     raise ValueError(f"the manifest of {path} is long prose the platform already checked")
 
 def scale(x, limit):
-    check_manifest(x)
+    check_tokenizer(x)
     if x > limit:
         raise RuntimeError(f"x = {x} is over the limit {limit}: lower it or raise the limit")
     return 2 * x
@@ -27,7 +27,7 @@ def test_checks_go_and_errors_keep_type_values_and_source_line():
     tree = ast.parse(SRC)
     cut(tree, "m.py")
     text = ast.unparse(tree)
-    assert "check_manifest(x)" not in text and "prose" not in text and "lower it" not in text
+    assert "check_tokenizer(x)" not in text and "prose" not in text and "lower it" not in text
     ns: dict = {}
     exec(compile(tree, "m.py", "exec"), ns)
     assert ns["scale"]("a/b", "a/c") == "a/ba/b"  # the check no longer runs
@@ -86,3 +86,37 @@ def test_merge_keeps_each_modules_meaning_or_gives_up():
     assert ns["f"]() == 1 and ns["g"]() == 121
     # the clashing name is also a parameter inside b: no safe rewrite, the modules ship apart
     assert merge(trees("X = 2\ndef g(X):\n    return X\n"), ["a", "b"], _relative_froms) is None
+
+
+def test_shipped_sources_are_cached_by_the_config_fields_the_packer_read(tmp_path, monkeypatch):
+    """A sweep's trials differ in seeds (never a packer decision): they share one cached result, which
+    equals a fresh pack; a config that differs in a field the pruner read packs again."""
+    import copy
+
+    from pgolf.experiment import load_experiment
+    from pgolf.trainers import packcache, packer
+    from pgolf.trainers.codebundle import trainer_sources
+    from pgolf.trainers.posttrain import embedded_config
+
+    monkeypatch.setenv("PGOLF_CACHE", str(tmp_path))
+    src = trainer_sources()
+    cfg = embedded_config(load_experiment(os.path.join(ROOT, "experiments", "stacks", "pr691.toml"),
+                                          smoke=True).resolved(None, 1))
+    reads: dict = {}
+    fresh = packer._ship(src, copy.deepcopy(cfg), True, reads)
+    assert "ttt.mode" in reads and not any(k.startswith("run.seed") for k in reads)
+    key = packcache.sources_key(src, "merge=True")
+    assert packcache.lookup_shipped(key, cfg) is None
+    packcache.store_shipped(key, reads, fresh)
+    other_seed = copy.deepcopy(cfg)
+    other_seed["run"]["seed"] = 7
+    assert packer.ship_sources(src, other_seed) == fresh  # a hit: nothing repacked
+    no_ttt = copy.deepcopy(cfg)
+    no_ttt["ttt"]["mode"] = "off"
+    assert packcache.lookup_shipped(key, no_ttt) is None
+    one_int = copy.deepcopy(cfg)  # JSON comparison: 1 is not True, 1.0 is not 1
+    one_int["avg"]["swa_apply"] = 0
+    assert packcache.lookup_shipped(key, one_int) is None
+    (entry,) = (tmp_path / "shipped" / key).iterdir()
+    entry.write_text("{not json")
+    assert packcache.lookup_shipped(key, cfg) is None  # a damaged entry is a miss, not a crash

@@ -1,8 +1,9 @@
 """Cuts the packer makes after deciding branches (see packer.py), each keeping a shipped run's numbers:
 
-- Checks: the platform validated the config before it packed it, so the calls that only check it or the
-  data (`cfg.validate(...)`, `check_manifest(...)`, ...) are left out; what they alone reached goes with
-  them as dead code.
+- Checks: the platform validated the config and the tokenizer before it packed them, so the calls that
+  only re-check those (`cfg.validate(...)`, `check_tokenizer(...)`, ...) are left out; what they alone
+  reached goes with them as dead code. The data checks stay: the shipped script reads whatever shards
+  DATA_PATH names (manifest tokenizer hash, every shard's header and size).
 - Messages: an error keeps its type and its formatted values, and its prose becomes `<file>:<line>` of
   the readable source (the full text is there). A failure still stops the run loudly.
 - `vars(x)` becomes `x.__dict__` (the same object): python-minifier renames nothing in a module that
@@ -16,9 +17,9 @@ from __future__ import annotations
 
 import ast
 
-# Calls that only check a config or data the platform already checked; their results are never used.
+# Calls that only check a config or tokenizer the platform already checked; their results are never used.
 CHECKS = {"validate", "validate_model_config", "validate_quant_config", "validate_ttt_config", "check_avg_config",
-          "check_manifest", "check_tokenizer", "check_shard_sizes"}
+          "check_tokenizer"}
 _MESSAGE_CALLS = {"need"}  # need(ok, message)
 _KEEP_MESSAGE = {"PackedPathError"}  # its text tells how to re-pack for the config that reached it
 

@@ -19,6 +19,7 @@ import ast
 import operator
 
 from .config import SECTIONS
+from .packcache import cached_minify, field_value, lookup_shipped, sources_key, store_shipped
 
 _CLASS_SECTION = {cls.__name__: name for name, cls in SECTIONS.items()}
 _OPS = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt,
@@ -27,7 +28,7 @@ _OPS = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.Lt
 _BIN = {ast.Mod: operator.mod, ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
 _ROOT = ("codebundle", "run_packed")
 _GONE = "_gone"
-_NOT_SHIPPED = ("packer.py", "packcuts.py", "packmerge.py")
+_NOT_SHIPPED = ("packer.py", "packcuts.py", "packmerge.py", "packcache.py")
 
 
 class _Unknown(Exception):
@@ -54,8 +55,9 @@ def _ann_kind(ann: ast.AST | None) -> str | None:
 class _Pruner(ast.NodeTransformer):
     """Decides config-constant tests inside functions (see the module docstring)."""
 
-    def __init__(self, config: dict, field_types: dict[str, dict[str, str]], rel: str = ""):
+    def __init__(self, config: dict, field_types: dict[str, dict[str, str]], rel: str = "", reads: dict | None = None):
         self.config, self.field_types, self.scope, self.cls, self.rel = config, field_types, [{}], None, rel
+        self.reads = {} if reads is None else reads  # every config field a decision looked at (packcache)
         self.once: set[str] = set()
         self.sites = 0
 
@@ -90,8 +92,10 @@ class _Pruner(ast.NodeTransformer):
             return tuple(self.value(e) for e in node.elts)
         if isinstance(node, ast.Attribute):
             base = self.kind_of(node.value)
-            if base in SECTIONS and node.attr in self.config.get(base, {}):
-                return self.config[base][node.attr]
+            if base in SECTIONS:
+                self.reads[f"{base}.{node.attr}"] = field_value(self.config, f"{base}.{node.attr}")
+                if node.attr in self.config.get(base, {}):
+                    return self.config[base][node.attr]
             raise _Unknown
         if isinstance(node, ast.Compare):
             left = self.value(node.left)
@@ -348,6 +352,16 @@ def _merge(trees: dict[str, ast.Module], live: set[str]) -> ast.Module | None:
 def ship_sources(sources: dict[str, str], config: dict, merge: bool = True) -> dict[str, str]:
     """The shipped files: one merged module (codebundle.py) when packmerge can merge them, else one
     minified file per reached module (`merge=False` always)."""
+    key = sources_key(sources, f"merge={merge}")
+    files = lookup_shipped(key, config)
+    if files is None:
+        reads: dict[str, str] = {}
+        files = _ship(sources, config, merge, reads)
+        store_shipped(key, reads, files)
+    return files
+
+
+def _ship(sources: dict[str, str], config: dict, merge: bool, reads: dict) -> dict[str, str]:
     import python_minifier
 
     from .packcuts import cut, drop_unnamed_methods
@@ -356,7 +370,7 @@ def ship_sources(sources: dict[str, str], config: dict, merge: bool = True) -> d
     rels = {_modname(rel): rel for rel in sources}
     types = _field_types(trees)
     for mod, tree in trees.items():
-        p = _Pruner(config, types, rels[mod])
+        p = _Pruner(config, types, rels[mod], reads)
         p.visit(tree)
         _drop_unreachable(tree)
         cut(tree, rels[mod])
@@ -389,40 +403,13 @@ def ship_sources(sources: dict[str, str], config: dict, merge: bool = True) -> d
     if merged is not None:
         # the wrapper's entry point, and the errors a person reads in a traceback keep their names
         keep = ["run_packed", "PackedPathError", "ConfigError", "RunFailure"]
-        text = _cached_minify(ast.unparse(merged), f"merged {keep}", lambda code: python_minifier.minify(
+        text = cached_minify(ast.unparse(merged), f"merged {keep}", lambda code: python_minifier.minify(
             code, remove_annotations=ann, remove_literal_statements=True, rename_locals=True, rename_globals=True,
             preserve_globals=keep, hoist_literals=False, remove_asserts=True, remove_debug=False))
         return {rels[_ROOT[0]]: text}  # pgolf/trainers without __init__.py: a namespace package
     for mod in sorted(live):
         keep_doc = "__doc__" in _uses(trees[mod])  # e.g. argparse text read from the docstring
-        out[rels[mod]] = _cached_minify(ast.unparse(trees[mod]), f"doc={keep_doc}", lambda code: python_minifier.minify(
+        out[rels[mod]] = cached_minify(ast.unparse(trees[mod]), f"doc={keep_doc}", lambda code: python_minifier.minify(
             code, remove_annotations=ann, remove_literal_statements=not keep_doc, rename_locals=True, rename_globals=False,
             hoist_literals=False, remove_asserts=True, remove_debug=False))
     return dict(sorted(out.items()))
-
-
-def _cached_minify(code: str, options: str, minify) -> str:
-    """python-minifier is deterministic but slow (seconds a module): results are cached on disk by the
-    sha256 of the input and the minifier version, so only changed modules are minified again."""
-    import hashlib
-    import os
-
-    from importlib.metadata import version
-    key = hashlib.sha256(f"{version('python-minifier')}\0{options}\0{code}".encode()).hexdigest()
-    root = os.environ.get("PGOLF_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "pgolf")
-    path = os.path.join(root, "minified", key[:2], key + ".py")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return fh.read()
-    except OSError:
-        pass
-    small = minify(code)
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(small)
-        os.replace(tmp, path)  # atomic: parallel trials never read half a file
-    except OSError:
-        pass  # a read-only home only costs time
-    return small

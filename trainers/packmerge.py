@@ -73,9 +73,13 @@ def merge(trees: dict[str, ast.Module], live: list[str], resolve_froms) -> ast.M
 def _merge(trees, live, resolve_froms):
     modules = set(live)
 
+    froms: dict[str, dict[int, str]] = {}
+
     def target_of(mod, node):
         if node.level:
-            return dict((id(n), t) for t, n in resolve_froms(trees[mod], mod, modules))[id(node)]
+            if mod not in froms:
+                froms[mod] = {id(n): t for t, n in resolve_froms(trees[mod], mod, modules)}
+            return froms[mod][id(node)]
         return node.module.removeprefix(_BUNDLE) if node.module and node.module.startswith(_BUNDLE) else None
 
     # what each top-level local name of a module is bound to

@@ -18,14 +18,12 @@ import math
 import time
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from .bpb import token_bytes
 from .config import ConfigError, TrainConfig
 from .evaluate import autocast_for
-from .distributed import is_distributed
 from .ttt import HookedAdapters, TTTResult, _cosine, flush_events, _finish, document_spans, prepare_for_training, set_trainable, sgd_epochs
 from .ttt_trace import GLOBAL
 
