@@ -136,6 +136,9 @@ def test_packer_leaves_out_what_the_config_never_reaches():
     sites = [int(n) for n in re.findall(r"_gone\('posttrain\.py:(\d+)'\)", off["posttrain.py"])]
     assert any(lines[n - 1].strip() == "if cfg.quant.gptq:" for n in sites), [lines[n - 1] for n in sites]
     assert "_BODY" not in off["codebundle.py"] and "_read_sources" not in off["codebundle.py"]  # package-only code
+    cfg.ttt.mode = "score_first"  # the trace is written by the run, judged by the platform (ttt_audit.py)
+    ttt = ship_sources(trainer_sources(), embedded_config(cfg), merge=False)
+    assert "TraceWriter" in ttt["ttt_trace.py"] and "verify_trace" not in ttt["ttt_trace.py"]
     for files in (off, on):
         for rel, text in files.items():
             compile(text, rel, "exec")

@@ -112,9 +112,14 @@ def test_standalone_wrapper_reproduces_the_package_run(two_runs):
 
 
 def test_pipeline_phases_bytes_and_verified_trace(two_runs):
+    from pgolf.trainers.config import TrainConfig
+    from pgolf.ttt_audit import audit_ttt
+
     a, _ = two_runs
     r = json.loads((a / "result.json").read_text())
     assert r["final/phase"] == "ttt" and r["final/val_loss"] == r["ttt/val_loss"]
+    assert "trace_verdict" not in r["ttt"]  # the trainer writes the trace; the platform judges it
+    r = audit_ttt(r, str(a), TrainConfig.from_json(str(a / "resolved_config.json")))
     verdict = r["ttt"]["trace_verdict"]
     assert verdict["compliant"], verdict["reasons"]
     assert verdict["stats"]["updates"] > 0 and verdict["stats"]["scored_tokens"] == r["data/val_scored_tokens"]

@@ -213,10 +213,11 @@ def fast_smoke(monkeypatch):
 def run_smoke(name: str, data_root, run_dir, seed: int = 1) -> tuple[dict, list[dict]]:
     from pgolf.launch import prepare_run
     from pgolf.trainers.train import run_training
+    from pgolf.ttt_audit import audit_ttt
 
     exp = load_experiment(_path(name), smoke=True)
     cfg, _ = prepare_run(exp, None, seed, str(run_dir), str(data_root))
-    result = run_training(cfg)
+    result = audit_ttt(run_training(cfg), cfg.run.run_dir, cfg)  # as a trial does after the trainer exits
     with open(os.path.join(cfg.run.run_dir, "metrics.jsonl"), encoding="utf-8") as fh:
         events = [json.loads(line) for line in fh]
     return result, events

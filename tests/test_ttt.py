@@ -1,6 +1,7 @@
 """Test-time training: the trace verifier on a legal trace and illegal ones, and the three TTT modes
 on a tiny model (score-first and per-document LoRA verify as compliant, pre-eval full TTT does not)."""
 import copy
+import os
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from pgolf.trainers.config import ConfigError, ModelConfig, TrainConfig
 from pgolf.trainers.model import GPT
 from pgolf.trainers.sliding import evaluate_sliding
 from pgolf.trainers.ttt import document_spans, run_ttt
+from pgolf.ttt_audit import verdict_for
 from pgolf.trainers.ttt_trace import TraceWriter, read_trace, verify_trace
 
 VOCAB = 96
@@ -136,7 +138,10 @@ def setup(mode, tmp_path, **ttt):
 
 
 def _run(cfg, model, val):
-    return run_ttt(model, val, synthetic_luts(), cfg, torch.device("cpu"), 0, 1, cfg.run.run_dir, bos_id=1)
+    """run_ttt, then the platform's audit of the trace it wrote (the trainer itself does not verify)."""
+    res = run_ttt(model, val, synthetic_luts(), cfg, torch.device("cpu"), 0, 1, cfg.run.run_dir, bos_id=1)
+    res.info["trace_verdict"] = verdict_for(os.path.join(cfg.run.run_dir, res.info["trace"]), val, res.info["bos_id"])
+    return res
 
 
 def test_score_first_is_compliant_and_adapts(tmp_path):
@@ -296,3 +301,41 @@ def test_score_first_trains_under_fake_quant_when_asked(tmp_path):
     assert qat.is_enabled(model) and not qat.is_enabled(model_off)
     assert res.info["trace_verdict"]["compliant"]
     assert res.val_loss != res_off.val_loss  # the first chunk scores the same weights, later chunks differ
+
+
+def test_the_platform_judges_the_trace_after_the_run(tmp_path, monkeypatch):
+    """The trainer only writes the trace; audit_ttt judges it against the validation tokens it loads
+    itself, records the verdict and its time in result.json, and an unloadable split is a verdict of
+    not compliant, never a missing one."""
+    import json
+
+    from pgolf import ttt_audit
+
+    cfg, model, val = setup("score_first", tmp_path, epochs=1)
+    res = run_ttt(model, val, synthetic_luts(), cfg, torch.device("cpu"), 0, 1, cfg.run.run_dir, bos_id=1)
+    assert "trace_verdict" not in res.info
+    result = {"status": "ok", "ttt": dict(res.info), "phases": {"ttt": 1.0}}
+    path = os.path.join(cfg.run.run_dir, "result.json")
+    with open(path, "w") as fh:
+        json.dump(result, fh)
+    monkeypatch.setattr(ttt_audit, "_val_tokens", lambda c: val)
+    out = ttt_audit.audit_ttt(result, cfg.run.run_dir, cfg)
+    on_disk = json.load(open(path))
+    assert out["ttt"]["trace_verdict"]["compliant"] and on_disk["ttt"]["trace_verdict"]["compliant"]
+    assert on_disk["time/ttt_verify_s"] >= 0 and "ttt_verify" in on_disk["phases"]
+    assert ttt_audit.verdict_line(out) == "ttt trace verdict: compliant"
+    # a trace whose last score event was dropped leaves tokens unscored: judged, not trusted
+    trace = os.path.join(cfg.run.run_dir, res.info["trace"])
+    lines = open(trace).read().splitlines()
+    last_score = max(i for i, line in enumerate(lines) if '"event":"score"' in line)
+    open(trace, "w").write("\n".join(lines[:last_score] + lines[last_score + 1:]) + "\n")
+    tampered = {"status": "ok", "ttt": dict(res.info)}
+    assert not ttt_audit.audit_ttt(tampered, cfg.run.run_dir, cfg)["ttt"]["trace_verdict"]["compliant"]
+
+    def no_split(c):
+        raise FileNotFoundError("no val shards under /nowhere")
+    monkeypatch.setattr(ttt_audit, "_val_tokens", no_split)
+    lost = ttt_audit.audit_ttt({"status": "ok", "ttt": dict(res.info)}, cfg.run.run_dir, cfg)["ttt"]["trace_verdict"]
+    assert not lost["compliant"] and "/nowhere" in lost["reasons"][0]
+    assert ttt_audit.audit_ttt({"status": "ok", "ttt": {"mode": "off"}}, cfg.run.run_dir, cfg) == \
+        {"status": "ok", "ttt": {"mode": "off"}}

@@ -15,6 +15,7 @@ from test_ttt import setup, synthetic_luts
 
 from pgolf.trainers.train import leave_process_group
 from pgolf.trainers.ttt import run_ttt
+from pgolf.ttt_audit import verdict_for
 
 PHASED = dict(lora_targets=["attn.c_q", "attn.c_v", "mlp", "head"], lora_chunk_tokens=32, lora_batch_docs=2,
               lora_lr=0.01, phased_prefix_docs=4, phased_phases=1, epochs=1, chunk_tokens=64)
@@ -46,7 +47,7 @@ def _worker(rank, world, port, out_dir):
             if rank == 0:
                 with open(os.path.join(d, "res.json"), "w") as fh:
                     json.dump({"loss": res.val_loss, "tokens": res.tokens, "bytes": res.bytes,
-                               "verdict": res.info["trace_verdict"]}, fh)
+                               "verdict": verdict_for(os.path.join(d, res.info["trace"]), val, 1)}, fh)
         leave_process_group()  # barrier first: a rank tearing gloo down while its peer works can SIGABRT
     finally:
         if dist.is_initialized():
@@ -70,5 +71,6 @@ def test_two_ranks_match_one(mode, two_rank_results, tmp_path):
     two = two_rank_results[mode]
     assert two["tokens"] == one.tokens and two["bytes"] == one.bytes
     assert two["loss"] == pytest.approx(one.val_loss, rel=1e-5)
-    assert two["verdict"]["compliant"] == one.info["trace_verdict"]["compliant"] == (mode != "pre_eval_full")
+    verdict = verdict_for(os.path.join(str(tmp_path), one.info["trace"]), val, 1)
+    assert two["verdict"]["compliant"] == verdict["compliant"] == (mode != "pre_eval_full")
     assert two["verdict"]["stats"]["scored_tokens"] == one.tokens

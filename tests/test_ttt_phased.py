@@ -3,6 +3,7 @@ document order, a variant whose global phase trains on documents not yet scored 
 schedule runs on exactly the scored prefix, adapters restart per batch, and with nothing learned it
 scores what per-document LoRA TTT scores."""
 import copy
+import os
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from pgolf.trainers import ttt_phased
 from pgolf.trainers.config import ConfigError, ModelConfig
 from pgolf.trainers.model import GPT
 from pgolf.trainers.ttt import document_spans, run_ttt
+from pgolf.ttt_audit import verdict_for
 from pgolf.trainers.ttt_trace import read_trace, verify_trace
 
 ALL_TARGETS = ["attn.c_q", "attn.c_k", "attn.c_v", "attn", "mlp", "head"]
@@ -25,7 +27,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _run(cfg, model, val):
-    return run_ttt(model, val, synthetic_luts(), cfg, torch.device("cpu"), 0, 1, cfg.run.run_dir, bos_id=1)
+    """run_ttt, then the platform's audit of the trace it wrote (the trainer itself does not verify)."""
+    res = run_ttt(model, val, synthetic_luts(), cfg, torch.device("cpu"), 0, 1, cfg.run.run_dir, bos_id=1)
+    res.info["trace_verdict"] = verdict_for(os.path.join(cfg.run.run_dir, res.info["trace"]), val, res.info["bos_id"])
+    return res
 
 
 def _doc_of(docs, a, b):

@@ -244,16 +244,10 @@ def finish_run(ctx: RunContext) -> dict:
             ttt_model = fresh if cfg.ttt.mode in ("lora_doc", "phased") else scorer
             tt = run_ttt(ttt_model, ctx.val_tokens, ctx.luts, cfg, ctx.device, ddp.rank, ddp.world_size,
                          cfg.run.run_dir, bos_id=bos)
-        phases["ttt_verify"] = tt.info.get("verify_s", 0.0)  # checking the trace is no part of the eval
-        phases["ttt"] -= phases["ttt_verify"]
         result["ttt/val_loss"], result["ttt/val_bpb"] = tt.val_loss, tt.val_bpb
         result["ttt"].update(tt.info)
         log.log(f"ttt mode:{cfg.ttt.mode} val_loss:{tt.val_loss:.8f} val_bpb:{tt.val_bpb:.8f} "
                 f"trace:{tt.info['trace']} events:{tt.info['trace_events']}")
-        verdict = tt.info.get("trace_verdict")
-        if verdict is not None:
-            log.log("ttt trace verdict: " + ("compliant" if verdict["compliant"] else
-                                             "NOT COMPLIANT: " + "; ".join(verdict["reasons"])))
         final, final_phase = tt, "ttt"
 
     result["final/val_loss"], result["final/val_bpb"] = final.val_loss, final.val_bpb

@@ -4,6 +4,8 @@ The trace is evidence that test-time training followed the rules (techniques.md 
 in execution order, every scoring of validation tokens and every optimizer update with the token
 ranges involved, and the verifier decides legality from the trace alone - no knowledge of the mode
 that produced it, so a flagged recipe is caught by what it did, not by its name.
+The trainer only writes; the platform runs the verifier after the run (pgolf/ttt_audit.py), so the
+packer leaves it out of train_gpt.py.
 
 Token indices are positions in the validation token stream. A score item [a, b) means the targets
 a..b-1 were added to the metric; an update item [a, b) means tokens a..b-1 entered the loss of that

@@ -151,6 +151,8 @@ def execute_trial(spec: TrialSpec, ctx: TrialContext, *, trial_id: str = "local"
         if events:
             _follow(events, rec, run_dir, last, report=None)
         result = load_json(os.path.join(run_dir, C.RESULT_FILE))
+        from pgolf.ttt_audit import audit_ttt
+        result = audit_ttt(result, run_dir, cfg)
         status, reason = classify(proc.returncode, result, timed_out=timed_out, stopped=stopped,
                                   deadline=ctx.deadline_seconds, output_tail=log_tail(out_path),
                                   last_step=last.get("step"))

@@ -1,11 +1,12 @@
 """pgolf train EXPERIMENT.toml [--seed N] [--set k=v] [--smoke]"""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
 from pgolf.trainers.contract import (ARTIFACT_BYTES, EVAL_SECONDS, FINAL_BPB, FINAL_LOSS, HEADROOM_BYTES,
-                                     TOKENS_PER_BYTE, TRAIN_SECONDS)
+                                     RESULT_FILE, TOKENS_PER_BYTE, TRAIN_SECONDS)
 
 
 def add_arguments(p) -> None:
@@ -29,15 +30,25 @@ def run(args) -> int:
     run_dir = args.run_dir or default_run_dir(exp, variant, seed)
     cfg, cfg_path = prepare_run(exp, args.variant, seed, run_dir, args.data_dir)
     print(f"pgolf train: {exp.meta.name} variant={variant} seed={seed} run_dir={cfg.run.run_dir}", flush=True)
+    from pgolf.trainer_process import load_json
+    from pgolf.ttt_audit import audit_ttt, verdict_line
+
     if exp.resources.gpus > 1:
-        return subprocess.call(trainer_command(cfg_path, exp.resources.gpus))
+        rc = subprocess.call(trainer_command(cfg_path, exp.resources.gpus))
+        line = verdict_line(audit_ttt(load_json(os.path.join(cfg.run.run_dir, RESULT_FILE)), cfg.run.run_dir, cfg))
+        if line:
+            print(line)
+        return rc
     from pgolf.trainers.train import RunFailure, run_training
 
     try:
         result = run_training(cfg)
     except RunFailure as exc:
         print(f"pgolf train: {exc}", file=sys.stderr)
+        # an over-budget run wrote its result: its trace is still judged
+        audit_ttt(load_json(os.path.join(cfg.run.run_dir, RESULT_FILE)), cfg.run.run_dir, cfg)
         return exc.code
+    result = audit_ttt(result, cfg.run.run_dir, cfg)
     print("\nfinal metrics:")
     for key in (FINAL_LOSS, FINAL_BPB, "prequant/val_bpb", "quant/val_bpb", ARTIFACT_BYTES,
                 "artifact/model_bytes", "artifact/code_bytes", HEADROOM_BYTES, TOKENS_PER_BYTE,
@@ -45,4 +56,7 @@ def run(args) -> int:
         if key in result:
             v = result[key]
             print(f"  {key:24s} {v:,}" if isinstance(v, int) else f"  {key:24s} {v:.6g}")
+    line = verdict_line(result)
+    if line:
+        print(line)
     return 0
