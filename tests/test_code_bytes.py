@@ -120,3 +120,34 @@ def test_shipped_sources_are_cached_by_the_config_fields_the_packer_read(tmp_pat
     (entry,) = (tmp_path / "shipped" / key).iterdir()
     entry.write_text("{not json")
     assert packcache.lookup_shipped(key, cfg) is None  # a damaged entry is a miss, not a crash
+
+
+def test_dead_code_is_what_the_entry_point_cannot_reach():
+    """Two definitions that only name each other go, and `zlib.decompress` is not a use of our own
+    `decompress` (the strict blob loader stayed in every packed file that way)."""
+    from pgolf.trainers.packer import _drop_dead
+
+    trees = {"codebundle": ast.parse("def run_packed(d, argv):\n    return used(d)\n"), "m": ast.parse('''
+import zlib
+def decompress(data):
+    return Reader(data).read()
+class Reader:
+    def read(self):
+        return decompress(self)
+def used(data):
+    return zlib.decompress(data)
+def helper():
+    return 1
+LIMIT = helper()
+''')}
+    _drop_dead(trees)
+    kept = [getattr(s, "name", None) or ast.unparse(s) for s in trees["m"].body]
+    assert kept == ["import zlib", "used", "helper", "LIMIT = helper()"]
+
+
+def test_a_table_of_lambdas_is_a_definition_but_a_call_is_not():
+    from pgolf.trainers.packer import _defined
+
+    assert _defined(ast.parse("T = {'a': lambda b: len(b)}").body[0]) == ["T"]  # nothing runs at import
+    assert _defined(ast.parse("T = {'a': lambda b=len('x'): b}").body[0]) == []  # its default does
+    assert _defined(ast.parse("T = make()").body[0]) == []

@@ -66,6 +66,10 @@ def two_runs(demo_data, tmp_path_factory):
     assert (b / "train_gpt.py").read_bytes() == shipped and sorted(os.listdir(b)) == ["run1", "train_gpt.py"]
     _run([sys.executable, "train_gpt.py", "--set", "schedule.iterations=2"], cwd=str(b), env=env)  # again: run2
     assert (b / "train_gpt.py").read_bytes() == shipped and sorted(os.listdir(b)) == ["run1", "run2", "train_gpt.py"]
+    # the counted file of a run is the file that ran, --set or not; the override is in its train.log
+    assert (b / "run2" / "train_gpt.py").read_bytes() == shipped
+    assert json.loads((b / "run2" / "result.json").read_text())["steps"] == 2
+    assert '"iterations": 2' in (b / "run2" / "train.log").read_text()
     return a, b / "run1"
 
 

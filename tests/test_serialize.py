@@ -173,3 +173,23 @@ def test_brotli_blob_over_many_decoder_blocks_round_trips_bit_exact():
     assert serialize.decompress(blob) == packed
     back, _ = serialize.unpack(packed)
     assert all(back[k].dtype == t.dtype and torch.equal(back[k], t) for k, t in tensors.items())
+
+
+@pytest.mark.parametrize("compressor,shuffle", [("zstd", False), ("lzma", True), ("zlib", False), ("brotli", True)])
+def test_the_shipped_loader_reads_its_own_blob_as_the_strict_one_does(compressor, shuffle):
+    """A packed train_gpt.py loads the blob it just wrote with load_own (the strict loader stays in the
+    package); both give the same tensors, and a flipped payload bit is still an error."""
+    tensors, meta = _tensors(), {"m": 1}
+    packed = serialize.pack(tensors, meta, byte_shuffle=shuffle)
+    blob = serialize.compress(packed, compressor, 5)
+    own, own_meta = serialize.load_own(blob, QuantConfig(compressor=compressor))
+    strict, strict_meta = serialize.unpack(serialize.decompress(blob))
+    assert own_meta == strict_meta == meta and own.keys() == strict.keys()
+    for k, t in strict.items():
+        assert own[k].dtype == t.dtype and own[k].shape == t.shape, k
+        assert torch.equal(own[k].view(torch.uint8) if t.dtype == torch.bfloat16 else own[k],
+                           t.view(torch.uint8) if t.dtype == torch.bfloat16 else t), k
+    flipped = bytearray(packed)
+    flipped[64] ^= 1
+    with pytest.raises(BlobError, match="checksum"):
+        serialize.load_own(serialize.compress(bytes(flipped), compressor, 5), QuantConfig(compressor=compressor))

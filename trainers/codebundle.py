@@ -4,7 +4,9 @@ folder, and its exact byte size is the `artifact/code_bytes` of the run.
 
 The sources it carries are what packer.py keeps for the run's config (reached code only, minified);
 the payload goes through the smallest of lzma / brotli / zlib and is stored as a latin-1 string
-literal (every byte but five as itself). A run of the packed script re-emits the same file."""
+triple-quoted literal (every byte but NUL, CR, backslash and some quotes as itself). A run of the
+packed script copies itself into its run dir: the counted file is the file that ran (the config it
+ran with, --set / SEED overrides included, heads the run's train.log)."""
 from __future__ import annotations
 
 import hashlib
@@ -45,9 +47,10 @@ _CODECS = {  # name -> (import line suffix, decompress expression around X, comp
     "brotli": (",brotli", "brotli.decompress(X)", _brotli),
     "zlib": (",zlib", "zlib.decompress(X)", lambda b: zlib.compress(b, 9)),
 }
-_LATIN1 = '".encode("latin-1")'
-
-_ESC = {0: "\\0", 10: "\\n", 13: "\\r", 34: '\\"', 92: "\\\\"}
+_LATIN1 = '""".encode("latin-1")'
+# In a triple-quoted literal only NUL (not allowed in source), CR (read as a newline) and backslash need
+# escapes, and a quote that would close the literal: two fewer escaped bytes in 256 than "...".
+_ESC = {0: "\\0", 13: "\\r", 92: "\\\\"}
 
 
 class PackedPathError(RuntimeError):
@@ -111,11 +114,14 @@ class CodeArtifact:
 def _literal(data: bytes) -> str:
     out = []
     for i, b in enumerate(data):
-        if b == 0 and i + 1 < len(data) and 48 <= data[i + 1] <= 55:
+        nxt = data[i + 1] if i + 1 < len(data) else 34  # the closing quotes follow the last byte
+        if b == 0 and 48 <= nxt <= 55:
             out.append("\\x00")  # "\0" before an octal digit would read as a longer octal escape
+        elif b == 34 and nxt == 34:
+            out.append('\\"')  # no two quotes in a row: the literal cannot close early
         else:
             out.append(_ESC.get(b) or chr(b))
-    return '"' + "".join(out) + _LATIN1
+    return '"""' + "".join(out) + _LATIN1
 
 
 _SHIPPED: dict[str, dict[str, str]] = {}
@@ -161,27 +167,10 @@ def _unpayload(raw: bytes) -> dict:
     return d
 
 
-def _template() -> str:
-    """The wrapper with %s for its import suffix and its decompress call. A packed script takes it from
-    its own text, so it ships no second copy of the wrapper (and a file edited outside the payload
-    re-emits with the edit, as it is counted)."""
-    if PACKED is None:
-        return _HEAD + _BODY
-    t = PACKED["text"].decode("latin-1")
-    for imp, expr, _ in _CODECS.values():
-        head, tail = expr.split("X")
-        if head in t:
-            i = t.index(head)
-            j = t.index(_LATIN1 + tail, i) + len(_LATIN1 + tail)
-            k = t.index(imp + "\n")
-            return t[:k] + "%s" + t[k + len(imp):i] + "%s" + t[j:]
-    raise ValueError("train_gpt.py: no payload found in the running script")
-
-
 def build_wrapper(config: dict, template: str | None = None) -> tuple[bytes, str]:
     """The counted file's bytes and the codec that made them smallest."""
     files, version = _shipped(config)
-    payload, template = _payload(files, config, version), template or _template()
+    payload, template = _payload(files, config, version), template or _HEAD + _BODY
     best = None
     for name, (imp, expr, comp) in _CODECS.items():
         try:
@@ -237,6 +226,11 @@ def verify_wrapper(path: str) -> dict:
 def write_code_artifact(out_dir: str, config: dict) -> CodeArtifact:
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "train_gpt.py")
+    if PACKED is not None:  # a packed run counts the file that ran: it copies itself, byte for byte
+        with open(path, "wb") as fh:
+            fh.write(PACKED["text"])
+        n = sum(len(t.encode()) for t in PACKED["files"].values())
+        return CodeArtifact(path, len(PACKED["text"]), n, n)
     text, codec = build_wrapper(config)
     with open(path, "wb") as fh:
         fh.write(text)
@@ -263,7 +257,7 @@ def run_packed(d: dict, argv: list[str]) -> int:
     global PACKED
     PACKED = d
     script = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else os.path.abspath("train_gpt.py")
-    with open(script, "rb") as fh:  # re-emitted at the end of the run (see _template)
+    with open(script, "rb") as fh:  # copied into the run dir at the end (write_code_artifact)
         d["text"] = fh.read()
     here = os.path.dirname(script)
     chosen = os.environ.get("RUN_DIR") or next((a.split("=", 1)[1] for a in argv if a.startswith("run.run_dir=")), None)

@@ -20,14 +20,14 @@ def sha256_file(path: str, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def git_sha(cwd: str | None = None) -> str:
+def git_sha() -> str:
     from . import codebundle
-    if codebundle.PACKED is not None and cwd is None:
+    if codebundle.PACKED is not None:
         # a packed train_gpt.py runs from a temp dir: git there would report whatever checkout holds
         # TMPDIR. Its code is identified by the code_version it carries instead.
         return "packed:" + codebundle.PACKED["code_version"]
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd or os.path.dirname(__file__),
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(__file__),
                              capture_output=True, text=True, timeout=5)
         return out.stdout.strip() if out.returncode == 0 else "unknown"
     except (OSError, subprocess.SubprocessError):

@@ -22,7 +22,7 @@ _ENV_OVERRIDES = {"DATA_PATH": "data.data_path", "TOKENIZER_PATH": "data.tokeniz
 def load_config(argv: list[str] | None = None, environ: dict | None = None) -> TrainConfig:
     import os
     environ = os.environ if environ is None else environ
-    ap = argparse.ArgumentParser(prog="pgolf.trainers.gpt", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="pgolf.trainers.gpt", description="pgolf trainer (the torchrun target)")
     src = ap.add_mutually_exclusive_group()
     src.add_argument("--config", help="resolved_config.json written by pgolf")
     src.add_argument("--config-json", help=argparse.SUPPRESS)

@@ -5,7 +5,8 @@
   reached goes with them as dead code. The data checks stay: the shipped script reads whatever shards
   DATA_PATH names (manifest tokenizer hash, every shard's header and size).
 - Messages: an error keeps its type and its formatted values, and its prose becomes `<file>:<line>` of
-  the readable source (the full text is there). A failure still stops the run loudly.
+  the readable source (the full text is there). A failure still stops the run loudly. The same holds
+  for the reason strings a probe returns instead of raising (`_REASONS`).
 - `vars(x)` becomes `x.__dict__` (the same object): python-minifier renames nothing in a module that
   calls vars().
 - Methods: a method nothing in the shipped code names (call, attribute or string) is left out, unless
@@ -22,6 +23,7 @@ CHECKS = {"validate", "validate_model_config", "validate_quant_config", "validat
           "check_tokenizer"}
 _MESSAGE_CALLS = {"need"}  # need(ok, message)
 _KEEP_MESSAGE = {"PackedPathError"}  # its text tells how to re-pack for the config that reached it
+_REASONS = {"_try_flash"}  # returns a backend, or a str saying why it cannot run here
 
 
 def _callee(call: ast.Call) -> str | None:
@@ -31,7 +33,19 @@ def _callee(call: ast.Call) -> str | None:
 
 class _Cutter(ast.NodeTransformer):
     def __init__(self, rel: str):
-        self.rel = rel
+        self.rel, self.fn = rel, None
+
+    def visit_FunctionDef(self, node):
+        outer, self.fn = self.fn, node.name
+        self.generic_visit(node)
+        self.fn = outer
+        return node
+
+    def visit_Return(self, node):
+        self.generic_visit(node)
+        if self.fn in _REASONS and isinstance(node.value, (ast.Constant, ast.JoinedStr)):
+            node.value = self.short(node.value, node.lineno)
+        return node
 
     def visit_Expr(self, node):
         if isinstance(node.value, ast.Call) and _callee(node.value) in CHECKS:

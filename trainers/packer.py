@@ -255,18 +255,41 @@ def _defined(stmt: ast.stmt) -> list[str]:
     if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
         return [stmt.name]
     if isinstance(stmt, ast.Assign) and all(isinstance(t, ast.Name) for t in stmt.targets) \
-            and not any(isinstance(n, ast.Call) for n in ast.walk(stmt.value)):
+            and not _calls(stmt.value):
         return [t.id for t in stmt.targets]
     return []
 
 
-def _uses(node: ast.AST) -> set[str]:
+def _calls(node: ast.AST) -> bool:
+    """Whether evaluating `node` calls anything (a lambda's body runs later, not here)."""
+    if isinstance(node, ast.Call):
+        return True
+    if isinstance(node, ast.Lambda):  # only its defaults are evaluated now
+        return any(_calls(d) for d in node.args.defaults + node.args.kw_defaults if d is not None)
+    return any(_calls(c) for c in ast.iter_child_nodes(node))
+
+
+def _outside(tree: ast.AST) -> frozenset[str]:
+    """Names `import x` binds anywhere in the module: `x.y` reads another package's y, not ours."""
+    return frozenset((a.asname or a.name).split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)
+                     for a in n.names if not a.name.startswith("pgolf"))
+
+
+def _root(node: ast.AST) -> ast.AST:
+    while isinstance(node, (ast.Attribute, ast.Call, ast.Subscript)):
+        node = node.value if not isinstance(node, ast.Call) else node.func
+    return node
+
+
+def _uses(node: ast.AST, outside: frozenset[str] = frozenset()) -> set[str]:
     out = set()
     for n in ast.walk(node):
         if isinstance(n, ast.Name):
             out.add(n.id)
         elif isinstance(n, ast.Attribute):
-            out.add(n.attr)
+            root = _root(n.value)  # zstandard.ZstdDecompressor().decompress is not our decompress
+            if not (isinstance(root, ast.Name) and root.id in outside):
+                out.add(n.attr)
         elif isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value.isidentifier():
             out.add(n.value)  # getattr(obj, "name") and friends
     return out
@@ -292,18 +315,46 @@ def _relative_imports(tree: ast.AST, mod: str, modules: set[str]) -> set[str]:
     return out & modules
 
 
-def _drop_dead(trees: dict[str, ast.Module]) -> None:
-    """Remove unreferenced top-level definitions and imported names, to a fixed point."""
-    from collections import Counter
+def _reached(trees: dict[str, ast.Module], uses) -> set[str]:
+    """Names reached from the statements that run at import (and the entry point), through the
+    definitions of each reached name: two definitions that only name each other are not reached."""
+    defs: dict[str, list[ast.stmt]] = {}
+    todo: list[str] = []
+    alias: dict[str, set[str]] = {}  # `from .x import a as b`: reaching b reaches x's a
+    for mod, tree in trees.items():
+        for stmt in tree.body:
+            names = _defined(stmt)
+            if isinstance(stmt, ast.ImportFrom):
+                for a in stmt.names:
+                    if a.asname and a.asname != a.name:
+                        alias.setdefault(a.asname, set()).add(a.name)
+            elif names and names != ["__all__"] and (mod, names[0]) != _ROOT:
+                for n in names:
+                    defs.setdefault(n, []).append(stmt)
+            elif not names or (mod, names[0]) == _ROOT:
+                todo += uses(stmt)
+    live: set[str] = set()
+    while todo:
+        n = todo.pop()
+        if n not in live:
+            live.add(n)
+            todo += alias.get(n, ())
+            for stmt in defs.get(n, ()):
+                todo += uses(stmt)
+    return live
 
+
+def _drop_dead(trees: dict[str, ast.Module]) -> None:
+    """Remove top-level definitions nothing live reaches, and imported names, to a fixed point."""
     cache: dict[int, set[str]] = {}
+    outside = {id(s): ext for tree in trees.values() for ext in [_outside(tree)] for s in tree.body}
 
     def uses(stmt: ast.stmt) -> set[str]:
         # an import is not a use (the importing module's own code is); nor is __all__
         if isinstance(stmt, (ast.Import, ast.ImportFrom)) or _defined(stmt) == ["__all__"]:
             return set()
         if id(stmt) not in cache:
-            cache[id(stmt)] = _uses(stmt)
+            cache[id(stmt)] = _uses(stmt, outside[id(stmt)])
         return cache[id(stmt)]
 
     # `from .x import a` elsewhere keeps x's own import of a alive (a re-export, e.g. context's exit codes)
@@ -312,11 +363,8 @@ def _drop_dead(trees: dict[str, ast.Module]) -> None:
 
     while True:
         changed = False
-        total = Counter(n for t in trees.values() for s in t.body for n in uses(s))
+        reached = _reached(trees, uses)
         owns = {mod: set().union(*(uses(s) for s in tree.body)) for mod, tree in trees.items()}
-        for mod, tree in trees.items():  # `from .x import a as b` with b used is a use of x's a
-            total.update(a.name for s in tree.body if isinstance(s, ast.ImportFrom) for a in s.names
-                         if a.asname and a.asname != a.name and a.asname in owns[mod])
         for mod, tree in trees.items():
             own = owns[mod]
             keep = []
@@ -325,11 +373,9 @@ def _drop_dead(trees: dict[str, ast.Module]) -> None:
                 if names == ["__all__"]:
                     changed = True
                     continue
-                if names and (mod, names[0]) != _ROOT:
-                    mine = uses(stmt)
-                    if not any(total[n] - (n in mine) > 0 for n in names):
-                        changed = True
-                        continue
+                if names and (mod, names[0]) != _ROOT and not any(n in reached for n in names):
+                    changed = True
+                    continue
                 if isinstance(stmt, ast.ImportFrom) and stmt.module != "__future__":
                     live = [a for a in stmt.names if (a.asname or a.name) in own or a.name == "*"
                             or (mod, a.asname or a.name) in reexported]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import serialize
+from . import codebundle, serialize
 from .bpb import ByteLUTs
 from .codebundle import trainer_sources, write_code_artifact
 from .compiling import compile_model, wants_compile
@@ -133,7 +133,7 @@ def write_artifact(ctx: RunContext, gptq_codes: dict | None = None) -> tuple[str
     barrier()
     report = {"payload_bytes": len(packed), "formats": summarize(qmeta, qtensors)}
     if ctx.ddp.is_main:
-        report["code_shipped_bytes"], report["code_codec"] = code.shipped_source_bytes, code.codec
+        report["code_shipped_bytes"] = code.shipped_source_bytes
     return path, report
 
 
@@ -143,7 +143,10 @@ def load_artifact(ctx: RunContext, blob_path: str) -> GPT:
         data = fh.read()
     if ctx.cfg.faults.pad_artifact_bytes:
         data = data[: len(data) - ctx.cfg.faults.pad_artifact_bytes]
-    tensors, meta = serialize.unpack(serialize.decompress(data))
+    if codebundle.PACKED is not None:  # the shipped file ships the checksum check, not the strict loader
+        tensors, meta = serialize.load_own(data, ctx.cfg.quant)
+    else:
+        tensors, meta = serialize.unpack(serialize.decompress(data))
     fresh = prepare_for_device(GPT(ctx.cfg.model), ctx.device)
     fresh.load_state_dict(dequantize_state_dict(tensors, meta), strict=True)
     return fresh

@@ -22,7 +22,7 @@ import zlib
 import numpy as np
 import torch
 
-from .config.quant import COMPRESSORS
+from .config.quant import COMPRESSORS, QuantConfig
 
 MAGIC = b"PGOLFQ\x01\x00"  # version 1: header first
 MAGIC2 = b"PGOLFQ\x02\x00"  # version 2: header last
@@ -149,6 +149,36 @@ def _header(blob: bytes | memoryview) -> tuple[dict, memoryview]:
     return header, payload
 
 
+def _decode(e: dict, payload, shuffled: bool) -> torch.Tensor:
+    """One header entry's tensor, flat."""
+    dtype = _DTYPES[e["dtype"]]
+    raw = bytes(payload[e["offset"]:e["offset"] + e["nbytes"]])
+    buf = bytearray(_planes(raw, torch.empty(0, dtype=dtype).element_size(), True) if shuffled else raw)
+    if dtype == torch.bfloat16:
+        return torch.frombuffer(buf, dtype=torch.uint8).view(torch.bfloat16) if buf else torch.empty(0, dtype=dtype)
+    return torch.from_numpy(np.frombuffer(buf, dtype=np.dtype(e["dtype"]) if e["dtype"] != "bool" else np.bool_).copy())
+
+
+def load_own(data: bytes, q: QuantConfig) -> tuple[dict[str, torch.Tensor], dict]:
+    """The blob a packed train_gpt.py wrote moments ago, compressed as `q` says: its checksum is the one
+    check (the package's runs and anything loading a blob from elsewhere use unpack(decompress(...)),
+    which the shipped file does without, as it does without the platform's config checks)."""
+    if q.compressor == "zstd":
+        import zstandard
+        raw = zstandard.ZstdDecompressor().decompress(data)
+    elif q.compressor == "brotli":
+        import brotli
+        raw = brotli.decompress(data[len(_BROTLI_TAG):])
+    else:
+        raw = (lzma if q.compressor == "lzma" else zlib).decompress(data)
+    plen, _ = _V2.unpack_from(raw, len(MAGIC2))
+    payload, header = raw[_ALIGN:_ALIGN + plen], json.loads(raw[_ALIGN + plen:])
+    if hashlib.sha256(payload).hexdigest() != header["payload_sha256"]:
+        raise BlobError("payload checksum mismatch: the blob is corrupt")
+    shuffled = header.get("byte_shuffle") is True
+    return {e["name"]: _decode(e, payload, shuffled).reshape(e["shape"]) for e in header["tensors"]}, header["meta"]
+
+
 def unpack(blob: bytes) -> tuple[dict[str, torch.Tensor], dict]:
     header, payload = _header(blob)
     if len(payload) != header["payload_bytes"]:
@@ -166,16 +196,9 @@ def unpack(blob: bytes) -> tuple[dict[str, torch.Tensor], dict]:
             raise BlobError(f"corrupt header entry {e!r}: {exc}") from exc
         if bad_range:
             raise BlobError(f"tensor {e.get('name')}: byte range outside the payload")
-        raw = bytes(payload[e["offset"]:e["offset"] + e["nbytes"]])
-        size = torch.empty(0, dtype=dtype).element_size()
-        if len(raw) % size:
-            raise BlobError(f"tensor {e['name']}: {len(raw)} bytes is not a whole number of {e['dtype']}")
-        buf = bytearray(_planes(raw, size, True) if shuffled else raw)
-        if dtype == torch.bfloat16:
-            t = torch.frombuffer(buf, dtype=torch.uint8).view(torch.bfloat16) if buf else torch.empty(0, dtype=dtype)
-        else:
-            np_dtype = np.dtype(e["dtype"]) if e["dtype"] != "bool" else np.bool_
-            t = torch.from_numpy(np.frombuffer(buf, dtype=np_dtype).copy())
+        if e["nbytes"] % torch.empty(0, dtype=dtype).element_size():
+            raise BlobError(f"tensor {e['name']}: {e['nbytes']} bytes is not a whole number of {e['dtype']}")
+        t = _decode(e, payload, shuffled)
         expected = int(np.prod(shape)) if shape else 1
         if t.numel() != expected:
             raise BlobError(f"tensor {e['name']}: {t.numel()} elements, shape {shape} needs {expected}")
