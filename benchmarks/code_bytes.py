@@ -3,6 +3,14 @@ minified), and the real size of the self-extracting train_gpt.py, next to the re
 train_gpt.py where the stack reproduces a record in the challenge repository.
 
     python benchmarks/code_bytes.py [--stacks pr691,baseline] [--json out.json]
+    python benchmarks/code_bytes.py --by-module pr691     # where a stack's shipped bytes come from
+    python benchmarks/code_bytes.py --script rec/train_gpt.py   # a readable script packed the same way
+
+--by-module ships the stack one minified file per module (as the packer does when it cannot merge) and
+compresses each alone: the per-module sizes add up to more than the merged file, but rank where a
+rewrite for size would pay. --script minifies a standalone script with the packer's options (globals
+renamed) and wraps it with the same codecs and literal: what pgolf's packing of, say, a record's own
+readable script would count, for comparing like with like.
 """
 from __future__ import annotations
 
@@ -10,6 +18,7 @@ import argparse
 import glob
 import json
 import os
+import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The record's counted train_gpt.py (bytes): `git cat-file -s` in the challenge repository, records/ on
@@ -44,11 +53,68 @@ def measure(name: str) -> dict:
             "record": rec[1] if rec else None}
 
 
+def by_module(name: str) -> list[tuple[str, int, int]]:
+    from pgolf.experiment import load_experiment
+    from pgolf.trainers.codebundle import _CODECS, trainer_sources
+    from pgolf.trainers.packer import ship_sources
+    from pgolf.trainers.posttrain import embedded_config
+
+    cfg = embedded_config(load_experiment(os.path.join(ROOT, "experiments", "stacks", f"{name}.toml")).resolved(None, 1))
+    files = ship_sources(trainer_sources(), cfg, merge=False)
+    comp = _CODECS["brotli"][2]
+    return sorted(((rel, len(text.encode()), len(comp(text.encode()))) for rel, text in files.items()),
+                  key=lambda r: -r[2])
+
+
+def pack_script(path: str, out: str | None = None) -> dict:
+    """A standalone script minified and wrapped like the trainer's payload; written to `out` if given."""
+    import python_minifier
+
+    from pgolf.trainers.codebundle import _CODECS, _literal
+
+    with open(path, encoding="utf-8") as fh:
+        src = fh.read()
+    try:
+        small = python_minifier.minify(src, remove_literal_statements=True, rename_locals=True, rename_globals=True,
+                                       hoist_literals=False, remove_asserts=False, remove_debug=False).encode()
+    except SyntaxError as exc:  # e.g. a script written for a newer Python than this one
+        raise SystemExit(f"{path}:{exc.lineno}: not valid Python {sys.version.split()[0]} ({exc.msg}); "
+                         "run this benchmark under the Python the script was written for") from None
+    best = None
+    for codec, (imp, expr, comp) in _CODECS.items():
+        try:
+            text = f"#coding:latin-1\nimport {imp[1:]}\nexec({expr.replace('X', _literal(comp(small)))})\n".encode("latin-1")
+        except ImportError:
+            continue
+        if best is None or len(text) < len(best[1]):
+            best = (codec, text)
+    if out:
+        with open(out, "wb") as fh:
+            fh.write(best[1])
+    return {"script": path, "raw_bytes": len(src.encode()), "minified_bytes": len(small), "codec": best[0],
+            "packed_bytes": len(best[1])}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--stacks", default="", help="comma-separated stack names (default: every file)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--by-module", default=None, metavar="STACK", help="per-module shipped bytes of one stack")
+    ap.add_argument("--script", nargs="+", default=None, help="readable scripts to pack like the trainer")
     args = ap.parse_args()
+    if args.by_module:
+        rows = by_module(args.by_module)
+        print(f"{'module':18s} {'minified_B':>10s} {'brotli_B':>9s}")
+        for rel, n, b in rows:
+            print(f"{rel:18s} {n:10,} {b:9,}")
+        print(f"{'sum':18s} {sum(r[1] for r in rows):10,} {sum(r[2] for r in rows):9,}")
+        return
+    if args.script:
+        for path in args.script:
+            r = pack_script(path)
+            print(f"{path}: raw {r['raw_bytes']:,} B, minified {r['minified_bytes']:,} B, packed {r['packed_bytes']:,} B "
+                  f"({r['codec']})")
+        return
     names = [s for s in args.stacks.split(",") if s] or sorted(
         os.path.basename(p)[:-5] for p in glob.glob(os.path.join(ROOT, "experiments", "stacks", "*.toml")))
     rows = []

@@ -151,3 +151,30 @@ def test_a_table_of_lambdas_is_a_definition_but_a_call_is_not():
     assert _defined(ast.parse("T = {'a': lambda b: len(b)}").body[0]) == ["T"]  # nothing runs at import
     assert _defined(ast.parse("T = {'a': lambda b=len('x'): b}").body[0]) == []  # its default does
     assert _defined(ast.parse("T = make()").body[0]) == []
+
+
+def test_the_benchmark_packs_a_readable_script_into_one_that_runs_the_same(tmp_path):
+    """benchmarks/code_bytes.py --script: a record's own readable script packed like the trainer (the
+    like-for-like comparison in benchmarks/RESULTS.md) must still be that script."""
+    import subprocess
+    import sys
+
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from code_bytes import pack_script
+
+    script = tmp_path / "rec.py"
+    # a docstring, comments and long names for the minifier; a repeated table for the compressor
+    script.write_text('"""A record-like script."""\nimport sys\n\n'
+                      + "".join(f"def helper_number_{i}(value):\n    # why: {i}\n    return value * {i} + len(sys.argv)\n\n"
+                                for i in range(40))
+                      + "print(sum(globals()[f'helper_number_{i}'](2) for i in range(40)))\n")
+    want = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True).stdout
+    out = tmp_path / "packed.py"
+    r = pack_script(str(script), str(out))
+    assert r["packed_bytes"] == out.stat().st_size < r["minified_bytes"] < r["raw_bytes"] == script.stat().st_size
+    got = subprocess.run([sys.executable, str(out)], capture_output=True, text=True, cwd=tmp_path)
+    assert got.returncode == 0 and got.stdout == want == "1600\n", got.stderr
+    bad = tmp_path / "new_syntax.py"
+    bad.write_text("x = 1\nprint(f\"{', '.join(['a'])}\" if x else (\n")
+    with pytest.raises(SystemExit, match=r"new_syntax.py:\d+: not valid Python"):
+        pack_script(str(bad))
