@@ -43,23 +43,31 @@ RECORD_CODE_BYTES = {
 }
 
 
+def _stack_config(name: str):
+    """The stack file's resolved config for seed 1, or exit with the one-line reason."""
+    from pgolf.experiment import ExperimentError, load_experiment
+
+    try:
+        return load_experiment(os.path.join(ROOT, "experiments", "stacks", f"{name}.toml")).resolved(None, 1)
+    except ExperimentError as exc:
+        raise SystemExit(f"code_bytes.py: {exc}") from None
+
+
 def measure(name: str) -> dict:
     from pgolf.commands.inspect import code_bytes
-    from pgolf.experiment import load_experiment
 
-    cfg = load_experiment(os.path.join(ROOT, "experiments", "stacks", f"{name}.toml")).resolved(None, 1)
+    cfg = _stack_config(name)
     rec = RECORD_CODE_BYTES.get(name)
     return {"stack": name, **code_bytes(cfg), "record_bytes": rec[0] if rec else None,
             "record": rec[1] if rec else None}
 
 
 def by_module(name: str) -> list[tuple[str, int, int]]:
-    from pgolf.experiment import load_experiment
     from pgolf.trainers.codebundle import _CODECS, trainer_sources
     from pgolf.trainers.packer import ship_sources
     from pgolf.trainers.posttrain import embedded_config
 
-    cfg = embedded_config(load_experiment(os.path.join(ROOT, "experiments", "stacks", f"{name}.toml")).resolved(None, 1))
+    cfg = embedded_config(_stack_config(name))
     files = ship_sources(trainer_sources(), cfg, merge=False)
     comp = _CODECS["brotli"][2]
     return sorted(((rel, len(text.encode()), len(comp(text.encode()))) for rel, text in files.items()),
@@ -80,7 +88,7 @@ def pack_script(path: str, out: str | None = None) -> dict:
     except SyntaxError as exc:  # e.g. a script written for a newer Python than this one
         raise SystemExit(f"{path}:{exc.lineno}: not valid Python {sys.version.split()[0]} ({exc.msg}); "
                          "run this benchmark under the Python the script was written for") from None
-    best = None
+    best = None  # codebundle.build_wrapper's choice, over a plain script instead of a config's payload
     for codec, (imp, expr, comp) in _CODECS.items():
         try:
             text = f"#coding:latin-1\nimport {imp[1:]}\nexec({expr.replace('X', _literal(comp(small)))})\n".encode("latin-1")
@@ -97,11 +105,14 @@ def pack_script(path: str, out: str | None = None) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--stacks", default="", help="comma-separated stack names (default: every file)")
-    ap.add_argument("--json", default=None)
-    ap.add_argument("--by-module", default=None, metavar="STACK", help="per-module shipped bytes of one stack")
-    ap.add_argument("--script", nargs="+", default=None, help="readable scripts to pack like the trainer")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--stacks", default="", help="comma-separated stack names (default: every file)")
+    mode.add_argument("--by-module", default=None, metavar="STACK", help="per-module shipped bytes of one stack")
+    mode.add_argument("--script", nargs="+", default=None, help="readable scripts to pack like the trainer")
+    ap.add_argument("--json", default=None, help="write the per-stack table as JSON (table mode only)")
     args = ap.parse_args()
+    if args.json and (args.by_module or args.script):
+        ap.error("--json writes the per-stack table; it does not go with --by-module or --script")
     if args.by_module:
         rows = by_module(args.by_module)
         print(f"{'module':18s} {'minified_B':>10s} {'brotli_B':>9s}")

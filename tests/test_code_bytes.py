@@ -153,13 +153,13 @@ def test_a_table_of_lambdas_is_a_definition_but_a_call_is_not():
     assert _defined(ast.parse("T = make()").body[0]) == []
 
 
-def test_the_benchmark_packs_a_readable_script_into_one_that_runs_the_same(tmp_path):
+def test_the_benchmark_packs_a_readable_script_into_one_that_runs_the_same(tmp_path, monkeypatch):
     """benchmarks/code_bytes.py --script: a record's own readable script packed like the trainer (the
     like-for-like comparison in benchmarks/RESULTS.md) must still be that script."""
     import subprocess
     import sys
 
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
     from code_bytes import pack_script
 
     script = tmp_path / "rec.py"
