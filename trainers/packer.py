@@ -28,7 +28,7 @@ _OPS = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.Lt
 _BIN = {ast.Mod: operator.mod, ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
 _ROOT = ("codebundle", "run_packed")
 _GONE = "_gone"
-_NOT_SHIPPED = ("packer.py", "packcuts.py", "packmerge.py", "packcache.py")
+_NOT_SHIPPED = ("packer.py", "packcuts.py", "packmerge.py", "packcache.py", "packargs.py")
 
 
 class _Unknown(Exception):
@@ -155,6 +155,10 @@ class _Pruner(ast.NodeTransformer):
 
     def visit_FunctionDef(self, node):
         scope = {}
+        args = node.args.posonlyargs + node.args.args
+        if self.cls in self.field_types and args and len(self.scope) == 1 and not any(
+                isinstance(d, ast.Name) and d.id in ("staticmethod", "classmethod") for d in node.decorator_list):
+            scope[args[0].arg] = f"class:{self.cls}"  # a method's self
         for a in node.args.posonlyargs + node.args.args + node.args.kwonlyargs:
             kind = _ann_kind(a.annotation)
             if kind is None and isinstance(a.annotation, (ast.Name, ast.Constant)):
@@ -238,16 +242,36 @@ def _is_gone(body: list) -> bool:
         and isinstance(body[0].value.func, ast.Name) and body[0].value.func.id == _GONE
 
 
+def _init_fields(cls: ast.ClassDef) -> dict[str, str]:
+    """`self.cfg = cfg` in `__init__`, cfg annotated with a config class: self.cfg has that type."""
+    init = next((s for s in cls.body if isinstance(s, ast.FunctionDef) and s.name == "__init__"), None)
+    if init is None or not init.args.args:
+        return {}
+    params = {a.arg: k for a in init.args.args[1:] + init.args.kwonlyargs if (k := _ann_kind(a.annotation))}
+    me = init.args.args[0].arg
+    return {s.targets[0].attr: params[s.value.id] for s in init.body if isinstance(s, ast.Assign)
+            and len(s.targets) == 1 and isinstance(s.targets[0], ast.Attribute)
+            and isinstance(s.targets[0].value, ast.Name) and s.targets[0].value.id == me
+            and isinstance(s.value, ast.Name) and s.value.id in params}
+
+
 def _field_types(trees: dict[str, ast.Module]) -> dict[str, dict[str, str]]:
-    """Classes with annotated fields of a config type: `ctx.cfg` where ctx is a RunContext."""
+    """Classes with fields of a config type: annotated (`ctx.cfg` where ctx is a RunContext), or set
+    once from a config parameter in `__init__` and stored nowhere else (`self.cfg` of the GPT)."""
     out: dict[str, dict[str, str]] = {}
+    stores: dict[str, int] = {}
     for tree in trees.values():
-        for node in tree.body:
-            if isinstance(node, ast.ClassDef):
-                fields = {s.target.id: k for s in node.body if isinstance(s, ast.AnnAssign)
-                          and isinstance(s.target, ast.Name) and (k := _ann_kind(s.annotation))}
-                if fields:
-                    out[node.name] = fields
+        for n in ast.walk(tree):
+            if isinstance(n, ast.Attribute) and isinstance(n.ctx, (ast.Store, ast.Del)):
+                stores[n.attr] = stores.get(n.attr, 0) + 1
+    inits = [(node, _init_fields(node)) for tree in trees.values() for node in tree.body if isinstance(node, ast.ClassDef)]
+    once = {a: stores.get(a, 0) - sum(a in f for _, f in inits) for _, f in inits for a in f}
+    for node, init in inits:
+        fields = {s.target.id: k for s in node.body if isinstance(s, ast.AnnAssign)
+                  and isinstance(s.target, ast.Name) and (k := _ann_kind(s.annotation))}
+        fields.update({a: k for a, k in init.items() if once[a] == 0})  # no other store of that attribute
+        if fields:
+            out[node.name] = fields
     return out
 
 
@@ -410,6 +434,7 @@ def ship_sources(sources: dict[str, str], config: dict, merge: bool = True) -> d
 def _ship(sources: dict[str, str], config: dict, merge: bool, reads: dict) -> dict[str, str]:
     import python_minifier
 
+    from .packargs import positional_only
     from .packcuts import cut, drop_unnamed_methods
 
     trees = {_modname(rel): ast.parse(src) for rel, src in sources.items() if rel not in _NOT_SHIPPED}
@@ -449,6 +474,7 @@ def _ship(sources: dict[str, str], config: dict, merge: bool, reads: dict) -> di
     if merged is not None:
         # the wrapper's entry point, and the errors a person reads in a traceback keep their names
         keep = ["run_packed", "PackedPathError", "ConfigError", "RunFailure"]
+        positional_only(merged, set(keep))
         text = cached_minify(ast.unparse(merged), f"merged {keep}", lambda code: python_minifier.minify(
             code, remove_annotations=ann, remove_literal_statements=True, rename_locals=True, rename_globals=True,
             preserve_globals=keep, hoist_literals=False, remove_asserts=True, remove_debug=False))
