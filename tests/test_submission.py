@@ -160,7 +160,7 @@ def _bundle(files: dict, config: dict) -> bytes:
     from pgolf.trainers import codebundle
     saved, codebundle.PACKED = codebundle.PACKED, {"files": files, "config": config, "code_version": "test"}
     try:
-        return codebundle.build_wrapper(config, codebundle._HEAD + codebundle._BODY)[0]
+        return codebundle.build_wrapper(config)[0]
     finally:
         codebundle.PACKED = saved
 

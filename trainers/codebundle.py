@@ -167,10 +167,10 @@ def _unpayload(raw: bytes) -> dict:
     return d
 
 
-def build_wrapper(config: dict, template: str | None = None) -> tuple[bytes, str]:
+def build_wrapper(config: dict) -> tuple[bytes, str]:
     """The counted file's bytes and the codec that made them smallest."""
     files, version = _shipped(config)
-    payload, template = _payload(files, config, version), template or _HEAD + _BODY
+    payload, template = _payload(files, config, version), _HEAD + _BODY
     best = None
     for name, (imp, expr, comp) in _CODECS.items():
         try:
@@ -212,7 +212,7 @@ def verify_wrapper(path: str) -> dict:
         global PACKED
         saved, PACKED = PACKED, d
         try:
-            canon, _ = build_wrapper(d["config"], _HEAD + _BODY)
+            canon, _ = build_wrapper(d["config"])
         finally:
             PACKED = saved
     except Exception as exc:  # noqa: BLE001 - any failure to read it back means it is not our file

@@ -72,7 +72,11 @@ def positional_only(tree: ast.Module, keep: set[str]) -> int:
     funcs = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name not in keep
              and all(_decorator_ok(d) for d in n.decorator_list)}
     owner = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef) and not n.decorator_list and n.name not in keep}
-    inits = {name: init for name, n in owner.items() if (init := _init(n)) is not None}  # Cls(...) runs its __init__
+    remade = any(isinstance(n, ast.Attribute) and n.attr == "__class__" or isinstance(n, ast.Call)
+                 and isinstance(n.func, ast.Call) for n in ast.walk(tree))  # type(x)(...) builds any class
+    inits = {name: init for name, n in owner.items() if not remade and (init := _init(n)) is not None
+             and not any(isinstance(d, ast.Name) and d.id == "classmethod"
+                         for s in n.body if isinstance(s, ast.FunctionDef) for d in s.decorator_list)}
     funcs.update(inits)
     calls: dict[str, list[ast.Call]] = {f: [] for f in funcs}
     call_funcs = set()
@@ -93,8 +97,10 @@ def positional_only(tree: ast.Module, keep: set[str]) -> int:
     for n in ast.walk(tree):  # any other use or binding of the name: leave the function as it is
         if isinstance(n, ast.Name) and n.id in funcs and id(n) not in call_funcs and id(n) not in ann:
             bad.add(n.id)
-        elif isinstance(n, ast.arg) and n.arg in funcs or isinstance(n, (ast.Global, ast.Nonlocal)) and set(n.names) & set(funcs):
-            bad.update({n.arg} if isinstance(n, ast.arg) else set(n.names) & set(funcs))
+        elif isinstance(n, ast.arg) and n.arg in funcs:
+            bad.add(n.arg)
+        elif isinstance(n, (ast.Global, ast.Nonlocal)):
+            bad.update(set(n.names) & set(funcs))
         elif isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and n.name in funcs \
                 and n is not funcs[n.name] and n is not owner.get(n.name) and id(n) not in ann:
             bad.add(n.name)

@@ -2,15 +2,19 @@
 minified. Runs where the package is installed (it needs python-minifier); never shipped itself.
 
 1. Constant branches: an `if`/conditional expression whose test reads only config fields (through a
-   parameter annotated with a config class, an alias of one, or a field typed as one) and literals is
-   decided with the packed config. The arm it never takes becomes `_gone("<test>")`, which raises
-   PackedPathError: a `--set` that changes the switch fails loudly instead of running other code.
-2. Dead code: top-level functions, classes, constants and imported names nothing live refers to are
-   dropped, to a fixed point; modules no live import reaches are left out (import graph from the
-   wrapper's entry point, `codebundle.run_packed`).
+   parameter annotated with a config class, an alias of one, or a field typed as one, or `self.cfg` in
+   a method when `__init__` stored a config parameter there and nothing else stores that attribute)
+   and literals is decided with the packed config. The arm it never takes becomes `_gone("<test>")`,
+   which raises PackedPathError: a `--set` that changes the switch fails loudly instead of running
+   other code.
+2. Dead code: top-level functions, classes, constants and imported names that nothing reachable from
+   the entry point refers to are dropped, to a fixed point; modules no live import reaches are left
+   out (import graph from the wrapper's entry point, `codebundle.run_packed`).
 3. Cuts (packcuts.py): platform-only checks, error prose, methods nothing names, asserts.
 4. One module (packmerge.py) when it can be merged safely, else one file per reached module.
-5. python-minifier: docstrings, comments and annotations (class fields keep theirs: dataclasses need
+5. packargs.py, on the merged module: functions and classes only ever called get positional-only
+   parameters, so calls carry no keywords and the minifier renames the parameters.
+6. python-minifier: docstrings, comments and annotations (class fields keep theirs: dataclasses need
    them), local renaming, and global renaming on the merged module.
 """
 from __future__ import annotations
@@ -352,11 +356,13 @@ def _reached(trees: dict[str, ast.Module], uses) -> set[str]:
                 for a in stmt.names:
                     if a.asname and a.asname != a.name:
                         alias.setdefault(a.asname, set()).add(a.name)
-            elif names and names != ["__all__"] and (mod, names[0]) != _ROOT:
-                for n in names:
-                    defs.setdefault(n, []).append(stmt)
+            elif names == ["__all__"]:
+                continue  # the export list reaches nothing
             elif not names or (mod, names[0]) == _ROOT:
                 todo += uses(stmt)
+            else:
+                for n in names:
+                    defs.setdefault(n, []).append(stmt)
     live: set[str] = set()
     while todo:
         n = todo.pop()
