@@ -3,10 +3,9 @@
 python-minifier keeps the names of ordinary parameters (a caller may pass them by keyword) and binds
 a short alias inside instead (`A=model;...`); positional-only ones it renames outright. A module-level
 function (or class, for its `__init__`) whose every use is a plain call in the merged module can take
-its arguments by position:
-each call's keywords become positional arguments (a skipped default in between is written out when
-it is a literal) and the parameters become positional-only, so neither the keywords nor the aliases
-are shipped."""
+its arguments by position: each call's keywords become positional arguments (a skipped default in
+between is written out when it is a literal) and the parameters become positional-only, so neither
+the keywords nor the aliases are shipped."""
 from __future__ import annotations
 
 import ast
@@ -26,12 +25,8 @@ def _params(fn: ast.FunctionDef) -> list[tuple[ast.arg, ast.expr | None]] | None
     pos = a.posonlyargs + a.args
     out = [(p, None) for p in pos[:len(pos) - len(a.defaults)]] + list(zip(pos[len(pos) - len(a.defaults):], a.defaults))
     out += list(zip(a.kwonlyargs, a.kw_defaults))
-    seen_default = False
-    for _, d in out:  # positional-only: no parameter without a default after one with
-        if d is None and seen_default:
-            return None
-        seen_default = seen_default or d is not None
-    return out
+    has_default = [d is not None for _, d in out]
+    return out if has_default == sorted(has_default) else None  # no parameter without a default after one with
 
 
 def _positional(call: ast.Call, params: list) -> list[ast.expr] | None:
@@ -54,16 +49,19 @@ def _positional(call: ast.Call, params: list) -> list[ast.expr] | None:
     for i in range(last + 1):
         if i in given:
             out.append(given[i])
-        elif params[i][1] is not None and isinstance(params[i][1], ast.Constant):
+        elif isinstance(params[i][1], ast.Constant):
             out.append(ast.Constant(params[i][1].value))
         else:
             return None
     return out
 
 
-def _init(cls: ast.ClassDef) -> ast.FunctionDef | None:
-    return next((s for s in cls.body if isinstance(s, ast.FunctionDef) and s.name == "__init__"
+def init_of(cls: ast.ClassDef) -> ast.FunctionDef | None:
+    """The class's undecorated `__init__`, if its first parameter (self) is positional without a default."""
+    init = next((s for s in cls.body if isinstance(s, ast.FunctionDef) and s.name == "__init__"
                  and not s.decorator_list), None)
+    pos = init.args.posonlyargs + init.args.args if init else []
+    return init if pos and len(init.args.defaults) < len(pos) else None
 
 
 def positional_only(tree: ast.Module, keep: set[str]) -> int:
@@ -74,7 +72,7 @@ def positional_only(tree: ast.Module, keep: set[str]) -> int:
     owner = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef) and not n.decorator_list and n.name not in keep}
     remade = any(isinstance(n, ast.Attribute) and n.attr == "__class__" or isinstance(n, ast.Call)
                  and isinstance(n.func, ast.Call) for n in ast.walk(tree))  # type(x)(...) builds any class
-    inits = {name: init for name, n in owner.items() if not remade and (init := _init(n)) is not None
+    inits = {name: init for name, n in owner.items() if not remade and (init := init_of(n)) is not None
              and not any(isinstance(d, ast.Name) and d.id == "classmethod"
                          for s in n.body if isinstance(s, ast.FunctionDef) for d in s.decorator_list)}
     funcs.update(inits)
@@ -84,33 +82,32 @@ def positional_only(tree: ast.Module, keep: set[str]) -> int:
         if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in funcs:
             calls[n.func.id].append(n)
             call_funcs.add(id(n.func))
-    ann = set()  # annotations: the minifier removes them (those of class fields name no function)
+    not_uses = set()  # annotations (the minifier removes them), class fields and methods (their own scope)
     for n in ast.walk(tree):
         for a in [x.annotation for x in ast.walk(n.args) if isinstance(x, ast.arg)] + [n.returns] \
                 if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) else []:
-            ann.update(id(x) for x in (ast.walk(a) if a is not None else ()))
-    for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):  # class fields: their own scope
-        ann.update(id(t) for s in cls.body if isinstance(s, (ast.AnnAssign, ast.Assign))
+            not_uses.update(id(x) for x in (ast.walk(a) if a is not None else ()))
+    for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
+        not_uses.update(id(t) for s in cls.body if isinstance(s, (ast.AnnAssign, ast.Assign))
                    for t in (s.targets if isinstance(s, ast.Assign) else [s.target]) if isinstance(t, ast.Name))
-        ann.update(id(s) for s in cls.body if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)))
+        not_uses.update(id(s) for s in cls.body if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)))
     bad = set()
     for n in ast.walk(tree):  # any other use or binding of the name: leave the function as it is
-        if isinstance(n, ast.Name) and n.id in funcs and id(n) not in call_funcs and id(n) not in ann:
+        if isinstance(n, ast.Name) and n.id in funcs and id(n) not in call_funcs and id(n) not in not_uses:
             bad.add(n.id)
         elif isinstance(n, ast.arg) and n.arg in funcs:
             bad.add(n.arg)
         elif isinstance(n, (ast.Global, ast.Nonlocal)):
             bad.update(set(n.names) & set(funcs))
         elif isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and n.name in funcs \
-                and n is not funcs[n.name] and n is not owner.get(n.name) and id(n) not in ann:
+                and n is not funcs[n.name] and n is not owner.get(n.name) and id(n) not in not_uses:
             bad.add(n.name)
         elif isinstance(n, ast.alias) and (n.asname or n.name) in funcs:
             bad.add(n.asname or n.name)
     changed = 0
     for name, fn in funcs.items():
         params = None if name in bad else _params(fn)
-        if params is None or name in inits and (not params or params[0][1] is not None or fn.args.kwonlyargs
-                                                and params[0][0] is fn.args.kwonlyargs[0]):
+        if params is None:
             continue
         me, params = (params[:1], params[1:]) if name in inits else ([], params)
         if not params:

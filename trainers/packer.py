@@ -23,6 +23,7 @@ import ast
 import operator
 
 from .config import SECTIONS
+from .packargs import init_of, positional_only
 from .packcache import cached_minify, field_value, lookup_shipped, sources_key, store_shipped
 
 _CLASS_SECTION = {cls.__name__: name for name, cls in SECTIONS.items()}
@@ -163,7 +164,7 @@ class _Pruner(ast.NodeTransformer):
         if self.cls in self.field_types and args and len(self.scope) == 1 and not any(
                 isinstance(d, ast.Name) and d.id in ("staticmethod", "classmethod") for d in node.decorator_list):
             scope[args[0].arg] = f"class:{self.cls}"  # a method's self
-        for a in node.args.posonlyargs + node.args.args + node.args.kwonlyargs:
+        for a in args + node.args.kwonlyargs:
             kind = _ann_kind(a.annotation)
             if kind is None and isinstance(a.annotation, (ast.Name, ast.Constant)):
                 name = a.annotation.id if isinstance(a.annotation, ast.Name) else a.annotation.value
@@ -248,11 +249,12 @@ def _is_gone(body: list) -> bool:
 
 def _init_fields(cls: ast.ClassDef) -> dict[str, str]:
     """`self.cfg = cfg` in `__init__`, cfg annotated with a config class: self.cfg has that type."""
-    init = next((s for s in cls.body if isinstance(s, ast.FunctionDef) and s.name == "__init__"), None)
-    if init is None or not init.args.args:
+    init = init_of(cls)
+    if init is None:
         return {}
-    params = {a.arg: k for a in init.args.args[1:] + init.args.kwonlyargs if (k := _ann_kind(a.annotation))}
-    me = init.args.args[0].arg
+    me, *rest = init.args.posonlyargs + init.args.args
+    params = {a.arg: k for a in rest + init.args.kwonlyargs if (k := _ann_kind(a.annotation))}
+    me = me.arg
     return {s.targets[0].attr: params[s.value.id] for s in init.body if isinstance(s, ast.Assign)
             and len(s.targets) == 1 and isinstance(s.targets[0], ast.Attribute)
             and isinstance(s.targets[0].value, ast.Name) and s.targets[0].value.id == me
@@ -269,11 +271,11 @@ def _field_types(trees: dict[str, ast.Module]) -> dict[str, dict[str, str]]:
             if isinstance(n, ast.Attribute) and isinstance(n.ctx, (ast.Store, ast.Del)):
                 stores[n.attr] = stores.get(n.attr, 0) + 1
     inits = [(node, _init_fields(node)) for tree in trees.values() for node in tree.body if isinstance(node, ast.ClassDef)]
-    once = {a: stores.get(a, 0) - sum(a in f for _, f in inits) for _, f in inits for a in f}
+    others = {a: stores.get(a, 0) - sum(a in f for _, f in inits) for _, f in inits for a in f}
     for node, init in inits:
         fields = {s.target.id: k for s in node.body if isinstance(s, ast.AnnAssign)
                   and isinstance(s.target, ast.Name) and (k := _ann_kind(s.annotation))}
-        fields.update({a: k for a, k in init.items() if once[a] == 0})  # no other store of that attribute
+        fields.update({a: k for a, k in init.items() if others[a] == 0})  # no other store of that attribute
         if fields:
             out[node.name] = fields
     return out
@@ -440,7 +442,6 @@ def ship_sources(sources: dict[str, str], config: dict, merge: bool = True) -> d
 def _ship(sources: dict[str, str], config: dict, merge: bool, reads: dict) -> dict[str, str]:
     import python_minifier
 
-    from .packargs import positional_only
     from .packcuts import cut, drop_unnamed_methods
 
     trees = {_modname(rel): ast.parse(src) for rel, src in sources.items() if rel not in _NOT_SHIPPED}
