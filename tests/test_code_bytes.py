@@ -72,7 +72,7 @@ def test_inspect_bytes_reports_the_packed_file(capsys):
 
 
 def test_merge_keeps_each_modules_meaning_or_gives_up():
-    from pgolf.trainers.packer import _relative_froms
+    from pgolf.trainers.packdead import relative_froms
     from pgolf.trainers.packmerge import merge
 
     def trees(b_src):
@@ -80,12 +80,12 @@ def test_merge_keeps_each_modules_meaning_or_gives_up():
 
     # b's own X clashes with a's: the later one is renamed; `a.X` of the module object becomes a's X
     src = "from .a import f\nfrom . import a\nX = 2\ndef g():\n    return 100 * f() + 10 * X + a.X\n"
-    merged = merge(trees(src), ["a", "b"], _relative_froms)
+    merged = merge(trees(src), ["a", "b"], relative_froms)
     ns: dict = {}
     exec(compile(merged, "m", "exec"), ns)
     assert ns["f"]() == 1 and ns["g"]() == 121
     # the clashing name is also a parameter inside b: no safe rewrite, the modules ship apart
-    assert merge(trees("X = 2\ndef g(X):\n    return X\n"), ["a", "b"], _relative_froms) is None
+    assert merge(trees("X = 2\ndef g(X):\n    return X\n"), ["a", "b"], relative_froms) is None
 
 
 def test_shipped_sources_are_cached_by_the_config_fields_the_packer_read(tmp_path, monkeypatch):
@@ -125,7 +125,7 @@ def test_shipped_sources_are_cached_by_the_config_fields_the_packer_read(tmp_pat
 def test_dead_code_is_what_the_entry_point_cannot_reach():
     """Two definitions that only name each other go, and `zlib.decompress` is not a use of our own
     `decompress` (the strict blob loader stayed in every packed file that way)."""
-    from pgolf.trainers.packer import _drop_dead
+    from pgolf.trainers.packdead import _drop_dead
 
     trees = {"codebundle": ast.parse("def run_packed(d, argv):\n    return used(d)\n"), "m": ast.parse('''
 import zlib
@@ -146,7 +146,7 @@ LIMIT = helper()
 
 
 def test_a_table_of_lambdas_is_a_definition_but_a_call_is_not():
-    from pgolf.trainers.packer import _defined
+    from pgolf.trainers.packdead import _defined
 
     assert _defined(ast.parse("T = {'a': lambda b: len(b)}").body[0]) == ["T"]  # nothing runs at import
     assert _defined(ast.parse("T = {'a': lambda b=len('x'): b}").body[0]) == []  # its default does

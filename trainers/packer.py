@@ -24,6 +24,7 @@ import operator
 
 from .config import SECTIONS
 from .packargs import init_of, positional_only
+from .packdead import ROOT, drop_dead, relative_froms, uses_of
 from .packcache import cached_minify, field_value, lookup_shipped, sources_key, store_shipped
 
 _CLASS_SECTION = {cls.__name__: name for name, cls in SECTIONS.items()}
@@ -31,7 +32,6 @@ _OPS = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.Lt
         ast.GtE: operator.ge, ast.In: lambda a, b: a in b, ast.NotIn: lambda a, b: a not in b,
         ast.Is: operator.is_, ast.IsNot: operator.is_not}
 _BIN = {ast.Mod: operator.mod, ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
-_ROOT = ("codebundle", "run_packed")
 _GONE = "_gone"
 _NOT_SHIPPED = ("packer.py", "packcuts.py", "packmerge.py", "packcache.py", "packargs.py")
 
@@ -281,150 +281,9 @@ def _field_types(trees: dict[str, ast.Module]) -> dict[str, dict[str, str]]:
     return out
 
 
-def _defined(stmt: ast.stmt) -> list[str]:
-    if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-        return [stmt.name]
-    if isinstance(stmt, ast.Assign) and all(isinstance(t, ast.Name) for t in stmt.targets) \
-            and not _calls(stmt.value):
-        return [t.id for t in stmt.targets]
-    return []
-
-
-def _calls(node: ast.AST) -> bool:
-    """Whether evaluating `node` calls anything (a lambda's body runs later, not here)."""
-    if isinstance(node, ast.Call):
-        return True
-    if isinstance(node, ast.Lambda):  # only its defaults are evaluated now
-        return any(_calls(d) for d in node.args.defaults + node.args.kw_defaults if d is not None)
-    return any(_calls(c) for c in ast.iter_child_nodes(node))
-
-
-def _outside(tree: ast.AST) -> frozenset[str]:
-    """Names `import x` binds anywhere in the module: `x.y` reads another package's y, not ours."""
-    return frozenset((a.asname or a.name).split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)
-                     for a in n.names if not a.name.startswith("pgolf"))
-
-
-def _root(node: ast.AST) -> ast.AST:
-    while isinstance(node, (ast.Attribute, ast.Call, ast.Subscript)):
-        node = node.value if not isinstance(node, ast.Call) else node.func
-    return node
-
-
-def _uses(node: ast.AST, outside: frozenset[str] = frozenset()) -> set[str]:
-    out = set()
-    for n in ast.walk(node):
-        if isinstance(n, ast.Name):
-            out.add(n.id)
-        elif isinstance(n, ast.Attribute):
-            root = _root(n.value)  # zstandard.ZstdDecompressor().decompress is not our decompress
-            if not (isinstance(root, ast.Name) and root.id in outside):
-                out.add(n.attr)
-        elif isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value.isidentifier():
-            out.add(n.value)  # getattr(obj, "name") and friends
-    return out
-
-
-def _relative_froms(tree: ast.AST, mod: str, modules: set[str]):
-    """(target module, ImportFrom node) for every relative `from .x import ...` in `tree`."""
-    pkg = mod if any(m.startswith(mod + ".") for m in modules) else mod.rpartition(".")[0]
-    for n in ast.walk(tree):
-        if isinstance(n, ast.ImportFrom) and n.level:
-            base = pkg
-            for _ in range(n.level - 1):
-                base = base.rpartition(".")[0]
-            yield ".".join(p for p in (base, n.module or "") if p), n
-
-
-def _relative_imports(tree: ast.AST, mod: str, modules: set[str]) -> set[str]:
-    out = set()
-    for target, n in _relative_froms(tree, mod, modules):
-        for a in n.names:
-            sub = ".".join(p for p in (target, a.name) if p)
-            out.add(sub if sub in modules else target)
-    return out & modules
-
-
-def _reached(trees: dict[str, ast.Module], uses) -> set[str]:
-    """Names reached from the statements that run at import (and the entry point), through the
-    definitions of each reached name: two definitions that only name each other are not reached."""
-    defs: dict[str, list[ast.stmt]] = {}
-    todo: list[str] = []
-    alias: dict[str, set[str]] = {}  # `from .x import a as b`: reaching b reaches x's a
-    for mod, tree in trees.items():
-        for stmt in tree.body:
-            names = _defined(stmt)
-            if isinstance(stmt, ast.ImportFrom):
-                for a in stmt.names:
-                    if a.asname and a.asname != a.name:
-                        alias.setdefault(a.asname, set()).add(a.name)
-            elif names == ["__all__"]:
-                continue  # the export list reaches nothing
-            elif not names or (mod, names[0]) == _ROOT:
-                todo += uses(stmt)
-            else:
-                for n in names:
-                    defs.setdefault(n, []).append(stmt)
-    live: set[str] = set()
-    while todo:
-        n = todo.pop()
-        if n not in live:
-            live.add(n)
-            todo += alias.get(n, ())
-            for stmt in defs.get(n, ()):
-                todo += uses(stmt)
-    return live
-
-
-def _drop_dead(trees: dict[str, ast.Module]) -> None:
-    """Remove top-level definitions nothing live reaches, and imported names, to a fixed point."""
-    cache: dict[int, set[str]] = {}
-    outside = {id(s): ext for tree in trees.values() for ext in [_outside(tree)] for s in tree.body}
-
-    def uses(stmt: ast.stmt) -> set[str]:
-        # an import is not a use (the importing module's own code is); nor is __all__
-        if isinstance(stmt, (ast.Import, ast.ImportFrom)) or _defined(stmt) == ["__all__"]:
-            return set()
-        if id(stmt) not in cache:
-            cache[id(stmt)] = _uses(stmt, outside[id(stmt)])
-        return cache[id(stmt)]
-
-    # `from .x import a` elsewhere keeps x's own import of a alive (a re-export, e.g. context's exit codes)
-    reexported = {(target, a.name) for mod, tree in trees.items()
-                  for target, n in _relative_froms(tree, mod, set(trees)) for a in n.names}
-
-    while True:
-        changed = False
-        reached = _reached(trees, uses)
-        owns = {mod: set().union(*(uses(s) for s in tree.body)) for mod, tree in trees.items()}
-        for mod, tree in trees.items():
-            own = owns[mod]
-            keep = []
-            for stmt in tree.body:
-                names = _defined(stmt)
-                if names == ["__all__"]:
-                    changed = True
-                    continue
-                if names and (mod, names[0]) != _ROOT and not any(n in reached for n in names):
-                    changed = True
-                    continue
-                if isinstance(stmt, ast.ImportFrom) and stmt.module != "__future__":
-                    live = [a for a in stmt.names if (a.asname or a.name) in own or a.name == "*"
-                            or (mod, a.asname or a.name) in reexported]
-                    if len(live) != len(stmt.names):
-                        changed = True
-                        if not live:
-                            continue
-                        stmt.names = live
-                keep.append(stmt)
-            tree.body = keep
-        if not changed:
-            return
-
-
 def _merge(trees: dict[str, ast.Module], live: set[str]) -> ast.Module | None:
     from .packmerge import merge
-    return merge(trees, sorted(live - {""}), _relative_froms)
+    return merge(trees, sorted(live - {""}), relative_froms)
 
 
 def ship_sources(sources: dict[str, str], config: dict, merge: bool = True) -> dict[str, str]:
@@ -442,7 +301,7 @@ def ship_sources(sources: dict[str, str], config: dict, merge: bool = True) -> d
 def _ship(sources: dict[str, str], config: dict, merge: bool, reads: dict) -> dict[str, str]:
     import python_minifier
 
-    from .packcuts import cut, drop_unnamed_methods
+    from .packcuts import cut
 
     trees = {_modname(rel): ast.parse(src) for rel, src in sources.items() if rel not in _NOT_SHIPPED}
     rels = {_modname(rel): rel for rel in sources}
@@ -460,19 +319,7 @@ def _ship(sources: dict[str, str], config: dict, merge: bool, reads: dict) -> di
             tree.body.insert(at, ast.ImportFrom("pgolf.trainers.codebundle", [ast.alias("gone", _GONE)], 0))
         elif p.sites:
             tree.body.append(ast.parse(f"{_GONE} = gone").body[0])
-    _drop_dead(trees)
-    while drop_unnamed_methods(trees):
-        _drop_dead(trees)
-    modules = set(trees)
-    live, todo = ({""} & modules) | {_ROOT[0]}, [_ROOT[0]]
-    while todo:
-        mod = todo.pop()
-        for dep in _relative_imports(trees[mod], mod, modules):
-            parents = {".".join(dep.split(".")[:k]) for k in range(1, dep.count(".") + 1)}
-            for d in {dep} | (parents & modules):
-                if d not in live:
-                    live.add(d)
-                    todo.append(d)
+    live = drop_dead(trees)
     ann = python_minifier.RemoveAnnotationsOptions(remove_variable_annotations=True, remove_return_annotations=True,
                                                    remove_argument_annotations=True,
                                                    remove_class_attribute_annotations=False)
@@ -481,13 +328,14 @@ def _ship(sources: dict[str, str], config: dict, merge: bool, reads: dict) -> di
     if merged is not None:
         # the wrapper's entry point, and the errors a person reads in a traceback keep their names
         keep = ["run_packed", "PackedPathError", "ConfigError", "RunFailure"]
+        drop_dead({ROOT[0]: merged})  # one namespace now: a name no longer stands for another module's
         positional_only(merged, set(keep))
         text = cached_minify(ast.unparse(merged), f"merged {keep}", lambda code: python_minifier.minify(
             code, remove_annotations=ann, remove_literal_statements=True, rename_locals=True, rename_globals=True,
             preserve_globals=keep, hoist_literals=False, remove_asserts=True, remove_debug=False))
-        return {rels[_ROOT[0]]: text}  # pgolf/trainers without __init__.py: a namespace package
+        return {rels[ROOT[0]]: text}  # pgolf/trainers without __init__.py: a namespace package
     for mod in sorted(live):
-        keep_doc = "__doc__" in _uses(trees[mod])  # e.g. argparse text read from the docstring
+        keep_doc = "__doc__" in uses_of(trees[mod])  # e.g. argparse text read from the docstring
         out[rels[mod]] = cached_minify(ast.unparse(trees[mod]), f"doc={keep_doc}", lambda code: python_minifier.minify(
             code, remove_annotations=ann, remove_literal_statements=not keep_doc, rename_locals=True, rename_globals=False,
             hoist_literals=False, remove_asserts=True, remove_debug=False))
