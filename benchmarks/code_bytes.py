@@ -91,7 +91,7 @@ def pack_script(path: str, out: str | None = None) -> dict:
     best = None  # codebundle.build_wrapper's choice, over a plain script instead of a config's payload
     for codec, (imp, expr, comp) in _CODECS.items():
         try:
-            text = f"#coding:latin-1\nimport {imp[1:]}\nexec({expr.replace('X', _literal(comp(small)))})\n".encode("latin-1")
+            text = f"#coding:latin-1\nimport {imp}\nexec({expr.replace('X', _literal(comp(small)))})\n".encode("latin-1")
         except ImportError:
             continue
         if best is None or len(text) < len(best[1]):

@@ -67,8 +67,11 @@ def test_inspect_bytes_reports_the_packed_file(capsys):
     text, codec = build_wrapper(embedded_config(load_experiment(path).resolved(None)))
     assert b["packed_bytes"] == len(text) and b["codec"] == codec
     assert b["raw_bytes"] > b["minified_bytes"] > b["packed_bytes"]
+    # what the file is packed for: a decided switch, never a per-run field (seeds share one file)
+    assert "schedule.warmup_steps" in b["decided_fields"] and not {"run.seed", "data.data_path"} & set(b["decided_fields"])
     assert main(["inspect", path, "--bytes"]) == 0
-    assert f"code bytes: {b['packed_bytes']:,} packed" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"code bytes: {b['packed_bytes']:,} packed" in out and f"decided:    {len(b['decided_fields'])} config" in out
 
 
 def test_merge_keeps_each_modules_meaning_or_gives_up():

@@ -17,14 +17,20 @@ import sys
 import zlib
 from dataclasses import dataclass
 
+from .config._base import ConfigError
+
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 PACKED: dict | None = None  # set by the wrapper: {"files", "config", "code_version"} of the running script
 
 # Wrapper: line 1 declares latin-1 so the literal can hold raw bytes; %s = import, %s = decompress call.
+# It only decompresses: the bootstrap that unpacks the sources travels compressed, as the payload's first part.
 _HEAD = "#coding:latin-1\n"  # the shortest PEP 263 declaration
 _BODY = '''# pgolf: [torchrun --nproc_per_node=8] train_gpt.py [--set s.k=v]; env DATA_PATH TOKENIZER_PATH RUN_DIR SEED
-import atexit,json,os,shutil,sys,tempfile%s
-p=%s.decode().split("\\0");d=json.loads(p[0]);d["files"]=dict(zip(d["files"],p[1:]))
+import %s
+p=%s.decode().split("\\0");exec(p[0])
+'''
+_BOOT = '''import atexit,json,os,shutil,sys,tempfile
+d=json.loads(p[1]);d["files"]=dict(zip(d["files"],p[2:]))
 r=tempfile.mkdtemp(prefix="pgolf");atexit.register(shutil.rmtree,r,True)
 for n,s in d["files"].items():
  f=os.path.join(r,"pgolf","trainers",n);os.makedirs(os.path.dirname(f),exist_ok=True);open(f,"w",encoding="utf-8").write(s)
@@ -40,12 +46,12 @@ def _brotli(b: bytes) -> bytes:
     return brotli.compress(b, quality=11, lgwin=24)
 
 
-_CODECS = {  # name -> (import line suffix, decompress expression around X, compress)
-    "lzma": (",lzma", "lzma.decompress(X,lzma.FORMAT_ALONE)",
+_CODECS = {  # name -> (module to import, decompress expression around X, compress)
+    "lzma": ("lzma", "lzma.decompress(X,lzma.FORMAT_ALONE)",
              lambda b: lzma.compress(b, lzma.FORMAT_ALONE, filters=[{"id": lzma.FILTER_LZMA1,
                                                                       "preset": 9 | lzma.PRESET_EXTREME}])),
-    "brotli": (",brotli", "brotli.decompress(X)", _brotli),
-    "zlib": (",zlib", "zlib.decompress(X)", lambda b: zlib.compress(b, 9)),
+    "brotli": ("brotli", "brotli.decompress(X)", _brotli),
+    "zlib": ("zlib", "zlib.decompress(X)", lambda b: zlib.compress(b, 9)),
 }
 _LATIN1 = '""".encode("latin-1")'
 # In a triple-quoted literal only NUL (not allowed in source), CR (read as a newline) and backslash need
@@ -53,13 +59,45 @@ _LATIN1 = '""".encode("latin-1")'
 _ESC = {0: "\\0", 13: "\\r", 92: "\\\\"}
 
 
-class PackedPathError(RuntimeError):
-    """Code the packer left out of this train_gpt.py was reached."""
+class PackedPathError(ConfigError):
+    """A config that differs from the packed one in a field a packer decision read: the shipped file
+    holds only the code the packed value reaches."""
 
 
-def gone(where: str):
-    raise PackedPathError(f"packed without the code of the test at {where} (pgolf/trainers/), which this "
-                          "config reaches; re-pack: pgolf train <stack.toml>")
+_DECIDED = 0  # the packer writes here which fields its decisions read: bit i = config_fields()[i]
+
+
+def config_fields() -> list[str]:
+    """Every config field as "section.key", sorted by section, then key."""
+    from .config import TrainConfig
+    d = TrainConfig().to_dict()
+    return [f"{s}.{k}" for s in sorted(d) for k in sorted(d[s])]
+
+
+def check_packed(cfg) -> None:
+    """Stop a shipped script, before any work, when its config (after --set and env overrides) would
+    reach code the packer left out."""
+    from .config import TrainConfig
+    packed, now = TrainConfig.from_dict(PACKED["config"], source="packed config").to_dict(), cfg.to_dict()
+    for i, key in enumerate(config_fields()):
+        s, k = key.split(".")
+        if _DECIDED >> i & 1 and now[s][k] != packed[s][k]:
+            raise PackedPathError(f"{key} = {now[s][k]!r}, but this train_gpt.py was packed for {packed[s][k]!r} "
+                                  f"and holds only the code that value reaches; re-pack: pgolf train <stack.toml> "
+                                  f"--set {key}={json.dumps(now[s][k])}")
+
+
+def decided_fields(d: dict) -> list[str] | None:
+    """The fields a counted file's packer decisions read (its `_DECIDED`), from its payload `d`; None
+    when the file was packed by other trainer code (its field list may differ from this one's)."""
+    import re
+    if d["code_version"] != code_version():
+        return None
+    found = [m for t in d["files"].values() for m in re.findall(r"\b_DECIDED=(0x[0-9a-f]+|\d+)", t)]
+    if len(found) != 1:
+        return None
+    mask = int(found[0], 0)
+    return [key for i, key in enumerate(config_fields()) if mask >> i & 1]
 
 
 _SOURCES: dict[str, str] | None = None
@@ -153,17 +191,18 @@ def full_config(config: dict) -> dict:
 
 
 def _payload(files: dict[str, str], config: dict, version: str) -> bytes:
-    """A JSON header (config, version, file names), then each source as it is, NUL-separated (no Python
-    source holds a NUL): JSON-escaping the sources would cost ~7% of the compressed size."""
+    """The bootstrap, a JSON header (config, version, file names), then each source as it is,
+    NUL-separated (no Python source holds a NUL): JSON-escaping the sources would cost ~7% of the
+    compressed size."""
     head = json.dumps({"files": list(files), "config": _non_default(config), "code_version": version},
                       sort_keys=True, separators=(",", ":"))
-    return "\0".join([head, *files.values()]).encode()
+    return "\0".join([_BOOT, head, *files.values()]).encode()
 
 
 def _unpayload(raw: bytes) -> dict:
     p = raw.decode().split("\0")
-    d = json.loads(p[0])
-    d["files"] = dict(zip(d["files"], p[1:]))
+    d = json.loads(p[1])
+    d["files"] = dict(zip(d["files"], p[2:]))
     return d
 
 

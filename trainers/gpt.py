@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 
+from . import codebundle
 from .config import ConfigError, TrainConfig, parse_set, parse_value, set_field
 from .train import EXIT_BAD_CONFIG, RunFailure, leave_process_group, run_training
 
@@ -41,6 +42,8 @@ def load_config(argv: list[str] | None = None, environ: dict | None = None) -> T
     for item in args.set:
         key, value = parse_set(item)
         set_field(cfg, key.removeprefix("config."), value, source="--set")
+    if codebundle.PACKED is not None:
+        codebundle.check_packed(cfg)
     return cfg
 
 

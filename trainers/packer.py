@@ -3,10 +3,13 @@ minified. Runs where the package is installed (it needs python-minifier); never 
 
 1. Constant branches: an `if`/conditional expression whose test reads only config fields (through a
    parameter annotated with a config class, an alias of one, or a field typed as one, or `self.cfg` in
-   a method when `__init__` stored a config parameter there and nothing else stores that attribute)
-   and literals is decided with the packed config. The arm it never takes becomes `_gone("<test>")`,
-   which raises PackedPathError: a `--set` that changes the switch fails loudly instead of running
-   other code.
+   a method when `__init__` stored a config parameter there and nothing else stores that attribute),
+   literals, and the constants packconst.py carries between functions (arguments every call passes
+   the same, attributes `__init__` sets once) is decided with the packed config, and becomes the arm
+   it takes. The fields the decisions read are written into the file (`codebundle._DECIDED`), and
+   `codebundle.check_packed` stops the run at start when a `--set` or env override changes one: the
+   code for the other value is not there. Per-run fields (seed, run dir, data paths, threads) and
+   fields a run rebuilds (`dataclasses.replace(cfg.schedule, ...)`) are never decided.
 2. Dead code: top-level functions, classes, constants and imported names that nothing reachable from
    the entry point refers to are dropped, to a fixed point; modules no live import reaches are left
    out (import graph from the wrapper's entry point, `codebundle.run_packed`).
@@ -22,8 +25,9 @@ from __future__ import annotations
 import ast
 import operator
 
-from .config import SECTIONS
+from .config import PER_RUN_FIELDS, SECTIONS
 from .packargs import init_of, positional_only
+from .packconst import MISS, argument_constants, attribute_constants, straight_stores
 from .packdead import ROOT, drop_dead, relative_froms, uses_of
 from .packcache import cached_minify, field_value, lookup_shipped, sources_key, store_shipped
 
@@ -60,11 +64,17 @@ def _ann_kind(ann: ast.AST | None) -> str | None:
 class _Pruner(ast.NodeTransformer):
     """Decides config-constant tests inside functions (see the module docstring)."""
 
-    def __init__(self, config: dict, field_types: dict[str, dict[str, str]], rel: str = "", reads: dict | None = None):
-        self.config, self.field_types, self.scope, self.cls, self.rel = config, field_types, [{}], None, rel
+    def __init__(self, config: dict, field_types: dict[str, dict[str, str]], reads: dict | None = None,
+                 args: dict | None = None, attrs: dict | None = None, volatile: frozenset = frozenset()):
+        self.config, self.field_types, self.scope, self.cls = config, field_types, [{}], None
         self.reads = {} if reads is None else reads  # every config field a decision looked at (packcache)
+        self.args, self.attrs = args or {}, attrs or {}  # packconst's constants from the previous pass
+        self.fixed = PER_RUN_FIELDS | volatile  # never decided: seeds share one file; a run may rebuild these
+        self.calls: dict[str, list] = {}  # callee name -> [(positional values, {keyword: value}) or None]
+        self.found: dict[str, dict] = {}  # class -> {attribute: value} its __init__ stores
         self.once: set[str] = set()
-        self.sites = 0
+        self.using: set[str] = set()  # the config fields the value being worked out depends on
+        self.decided: set[str] = set()  # the fields some decision depends on (codebundle.check_packed)
 
     def kind_of(self, node: ast.AST) -> str | None:
         if isinstance(node, ast.Name):
@@ -80,6 +90,21 @@ class _Pruner(ast.NodeTransformer):
                 return self.field_types.get(base[6:], {}).get(node.attr)
         return None
 
+    def tracked(self, fn, node: ast.AST):
+        """(fn(node), the config fields it depends on), or None where it is unknown."""
+        outer, self.using = self.using, set()
+        try:
+            return fn(node), frozenset(self.using)
+        except _Unknown:
+            return None
+        finally:
+            self.using = outer
+
+    def scalar(self, node: ast.AST):
+        """(value, fields) of a decided immutable value (what packconst may carry), else MISS."""
+        got = self.tracked(self.value, node)
+        return got if got and (got[0] is None or isinstance(got[0], (bool, int, float, str))) else MISS
+
     def value(self, node: ast.AST):
         if isinstance(node, ast.Constant):
             return node.value
@@ -89,7 +114,8 @@ class _Pruner(ast.NodeTransformer):
         if isinstance(node, ast.Name):  # a local bound once to a config-constant value
             for s in reversed(self.scope):
                 if node.id in s:
-                    if isinstance(s[node.id], tuple):
+                    if isinstance(s[node.id], tuple):  # (value, fields)
+                        self.using |= s[node.id][1]
                         return s[node.id][0]
                     break
             raise _Unknown
@@ -97,7 +123,12 @@ class _Pruner(ast.NodeTransformer):
             return tuple(self.value(e) for e in node.elts)
         if isinstance(node, ast.Attribute):
             base = self.kind_of(node.value)
-            if base in SECTIONS:
+            if isinstance(base, str) and node.attr in self.attrs.get(base[6:] if base.startswith("class:") else "", {}):
+                v, fields = self.attrs[base[6:]][node.attr]
+                self.using |= fields
+                return v
+            if base in SECTIONS and (base, node.attr) not in self.fixed:
+                self.using.add(f"{base}.{node.attr}")
                 self.reads[f"{base}.{node.attr}"] = field_value(self.config, f"{base}.{node.attr}")
                 if node.attr in self.config.get(base, {}):
                     return self.config[base][node.attr]
@@ -112,19 +143,16 @@ class _Pruner(ast.NodeTransformer):
                     return False
                 left = r
             return True
-        if isinstance(node, ast.BoolOp):  # one known False decides an `and`, one known True an `or`
-            stop, unknown = isinstance(node.op, ast.Or), False
-            for v in node.values:
-                try:
-                    if bool(self.value(v)) == stop:
-                        return stop
-                except _Unknown:
-                    unknown = True
-            if unknown:
-                raise _Unknown
-            return not stop
+        if isinstance(node, ast.BoolOp):  # the operand that decides it, as Python returns it
+            for v in node.values[:-1]:
+                val = self.value(v)
+                if bool(val) == isinstance(node.op, ast.Or):
+                    return val
+            return self.value(node.values[-1])
+        if isinstance(node, ast.IfExp):
+            return self.value(node.body if self.truth(node.test) else node.orelse)
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
-            return not self.value(node.operand)
+            return not self.truth(node.operand)
         if isinstance(node, ast.BinOp) and type(node.op) in _BIN:
             try:
                 return _BIN[type(node.op)](self.value(node.left), self.value(node.right))
@@ -133,35 +161,58 @@ class _Pruner(ast.NodeTransformer):
         raise _Unknown
 
     def decide_value(self, node: ast.AST) -> tuple | None:
+        """(value, fields) of a local's decided value, else None."""
         if isinstance(node, (ast.Constant, ast.List, ast.Dict, ast.Set)):
             return None  # a literal is not a config switch; a list or dict bound once may still grow
-        try:
-            return (self.value(node),)
-        except _Unknown:
-            return None
+        return self.tracked(self.value, node)
+
+    def truth(self, node: ast.AST) -> bool:
+        """bool(node): one known false operand decides an `and`, one known true an `or`, whatever the
+        others are (its value, which names the deciding operand, may still be unknown)."""
+        if isinstance(node, ast.BoolOp):
+            stop, unknown = isinstance(node.op, ast.Or), False
+            for v in node.values:
+                try:
+                    if self.truth(v) == stop:
+                        return stop
+                except _Unknown:
+                    unknown = True
+            if unknown:
+                raise _Unknown
+            return not stop
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+            return not self.truth(node.operand)
+        return bool(self.value(node))
 
     def decide(self, test: ast.AST) -> bool | None:
-        try:
-            return bool(self.value(test))
-        except _Unknown:
+        got = self.tracked(self.truth, test)
+        if got is None:
             return None
+        self.decided |= got[1]
+        return got[0]
 
     def gone(self, test: ast.AST, taken: bool) -> ast.Call:
-        # the readable source's file:line names the test (shorter than the test's own text)
-        self.sites += 1
-        where = f"{self.rel}:{test.lineno}" + ("" if taken else " else")
-        return ast.Call(ast.Name(_GONE, ast.Load()), [ast.Constant(where)], [])
+        # a marker for the arm not taken: passes read it (packconst, _drop_unreachable), _Inline removes it
+        return ast.Call(ast.Name(_GONE, ast.Load()), [], [])
 
     def visit_ClassDef(self, node):
-        outer, self.cls = self.cls, node.name
+        outer, self.cls = self.cls, node.name if len(self.scope) == 1 and self.cls is None else ""
         self.generic_visit(node)
         self.cls = outer
+        return node
+
+    def visit_Call(self, node):
+        self.generic_visit(node)
+        if isinstance(node.func, ast.Name):
+            plain = not any(isinstance(a, ast.Starred) for a in node.args) and all(k.arg for k in node.keywords)
+            self.calls.setdefault(node.func.id, []).append(
+                ([self.scalar(a) for a in node.args], {k.arg: self.scalar(k.value) for k in node.keywords}) if plain else None)
         return node
 
     def visit_FunctionDef(self, node):
         scope = {}
         args = node.args.posonlyargs + node.args.args
-        if self.cls in self.field_types and args and len(self.scope) == 1 and not any(
+        if (self.cls in self.field_types or self.cls in self.attrs) and args and len(self.scope) == 1 and not any(
                 isinstance(d, ast.Name) and d.id in ("staticmethod", "classmethod") for d in node.decorator_list):
             scope[args[0].arg] = f"class:{self.cls}"  # a method's self
         for a in args + node.args.kwonlyargs:
@@ -173,10 +224,18 @@ class _Pruner(ast.NodeTransformer):
                 scope[a.arg] = kind
         from collections import Counter
         stores = Counter(n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store))
+        init = len(self.scope) == 1 and self.cls and node.name == "__init__"
+        if len(self.scope) == 1 and (init or self.cls is None):  # a parameter every call passes one value
+            scope.update({p: v for p, v in self.args.get(self.cls if init else node.name, {}).items()
+                          if not stores[p] and p not in scope})
         outer = self.once
         self.once = {n for n, c in stores.items() if c == 1} - {a.arg for a in ast.walk(node.args) if isinstance(a, ast.arg)}
         self.scope.append(scope)
         self.generic_visit(node)
+        if init and args:
+            for s in straight_stores(node.body, args[0].arg, _is_gone):
+                if (v := self.scalar(s.value)) is not MISS:
+                    self.found.setdefault(self.cls, {})[s.targets[0].attr] = v
         self.scope.pop()
         self.once = outer
         return node
@@ -198,7 +257,7 @@ class _Pruner(ast.NodeTransformer):
                 if kind:
                     self.scope[-1][tgt.id] = kind
                 elif const is not None:
-                    self.scope[-1][tgt.id] = const  # (value,): bound once in this function
+                    self.scope[-1][tgt.id] = const  # (value, fields): bound once in this function
                 else:
                     self.scope[-1].pop(tgt.id, None)  # rebound to something else: no longer a config
         return node
@@ -242,9 +301,47 @@ def _drop_unreachable(tree: ast.AST) -> None:
                         break
 
 
+def _gone_call(node: ast.AST) -> bool:
+    return isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == _GONE
+
+
 def _is_gone(body: list) -> bool:
-    return len(body) == 1 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Call) \
-        and isinstance(body[0].value.func, ast.Name) and body[0].value.func.id == _GONE
+    return len(body) == 1 and isinstance(body[0], ast.Expr) and _gone_call(body[0].value)
+
+
+class _Inline(ast.NodeTransformer):
+    """A decided `if` becomes the arm it takes, a decided conditional expression that arm's value: the
+    tests go with the arms (codebundle.check_packed refuses at start a config that would differ)."""
+
+    def visit_If(self, node):
+        self.generic_visit(node)
+        return node.body if _is_gone(node.orelse) else node.orelse if _is_gone(node.body) else node
+
+    def visit_IfExp(self, node):
+        self.generic_visit(node)
+        return node.body if _gone_call(node.orelse) else node.orelse if _gone_call(node.body) else node
+
+
+def _inline(tree: ast.Module) -> None:
+    _Inline().visit(tree)
+    for n in ast.walk(tree):
+        if not isinstance(n, ast.Module) and isinstance(getattr(n, "body", None), list) and not n.body:
+            n.body.append(ast.Pass())
+
+
+def decided_mask(fields: set[str]) -> int:
+    """Bit i set: the i-th config field (codebundle.config_fields) is one a decision depends on."""
+    from .codebundle import config_fields
+    return sum(1 << i for i, key in enumerate(config_fields()) if key in fields)
+
+
+def _write_decided(tree: ast.Module, mask: int) -> None:
+    for stmt in tree.body:
+        target = stmt.targets[0] if isinstance(stmt, ast.Assign) else getattr(stmt, "target", None)
+        if isinstance(target, ast.Name) and target.id == "_DECIDED":
+            stmt.value = ast.Constant(mask)
+            return
+    raise AssertionError("codebundle.py has no `_DECIDED = 0` for the packer to fill in")
 
 
 def _init_fields(cls: ast.ClassDef) -> dict[str, str]:
@@ -286,6 +383,33 @@ def _merge(trees: dict[str, ast.Module], live: set[str]) -> ast.Module | None:
     return merge(trees, sorted(live - {""}), relative_froms)
 
 
+def decide(trees: dict[str, ast.Module], config: dict, reads: dict) -> set[str]:
+    """Run the pruner over every module until packconst finds no new constant; returns the config
+    fields the decisions depend on. Decided arms are left as `_gone()` markers."""
+    types = _field_types(trees)
+    decided: set[str] = set()
+    volatile = frozenset((c.args[0].attr, k.arg) for t in trees.values() for c in ast.walk(t)
+                         if isinstance(c, ast.Call) and ast.unparse(c.func).split(".")[-1] == "replace" and c.args
+                         and isinstance(c.args[0], ast.Attribute) and c.args[0].attr in SECTIONS for k in c.keywords)
+    args: dict = {}
+    attrs: dict = {}
+    for _ in range(8):  # each pass may decide what makes another argument or attribute a constant
+        calls: dict[str, list] = {}
+        found: dict[str, dict] = {}
+        for tree in trees.values():
+            p = _Pruner(config, types, reads, args, attrs, volatile)
+            p.visit(tree)
+            decided |= p.decided
+            for k, v in p.calls.items():
+                calls.setdefault(k, []).extend(v)
+            found.update(p.found)
+        new_args, new_attrs = argument_constants(trees, calls), attribute_constants(trees, found)
+        if (new_args, new_attrs) == (args, attrs):
+            break
+        args, attrs = new_args, new_attrs
+    return decided
+
+
 def ship_sources(sources: dict[str, str], config: dict, merge: bool = True) -> dict[str, str]:
     """The shipped files: one merged module (codebundle.py) when packmerge can merge them, else one
     minified file per reached module (`merge=False` always)."""
@@ -305,20 +429,12 @@ def _ship(sources: dict[str, str], config: dict, merge: bool, reads: dict) -> di
 
     trees = {_modname(rel): ast.parse(src) for rel, src in sources.items() if rel not in _NOT_SHIPPED}
     rels = {_modname(rel): rel for rel in sources}
-    types = _field_types(trees)
+    decided = decide(trees, config, reads)
     for mod, tree in trees.items():
-        p = _Pruner(config, types, rels[mod], reads)
-        p.visit(tree)
         _drop_unreachable(tree)
+        _inline(tree)
         cut(tree, rels[mod])
-        if p.sites and mod != "codebundle":
-            at = 0
-            while at < len(tree.body) and (isinstance(tree.body[at], ast.ImportFrom) and tree.body[at].module == "__future__"
-                                           or isinstance(tree.body[at], ast.Expr) and isinstance(tree.body[at].value, ast.Constant)):
-                at += 1
-            tree.body.insert(at, ast.ImportFrom("pgolf.trainers.codebundle", [ast.alias("gone", _GONE)], 0))
-        elif p.sites:
-            tree.body.append(ast.parse(f"{_GONE} = gone").body[0])
+    _write_decided(trees[ROOT[0]], decided_mask(decided))
     live = drop_dead(trees)
     ann = python_minifier.RemoveAnnotationsOptions(remove_variable_annotations=True, remove_return_annotations=True,
                                                    remove_argument_annotations=True,
@@ -327,7 +443,8 @@ def _ship(sources: dict[str, str], config: dict, merge: bool, reads: dict) -> di
     merged = _merge(trees, live) if merge else None
     if merged is not None:
         # the wrapper's entry point, and the errors a person reads in a traceback keep their names
-        keep = ["run_packed", "PackedPathError", "ConfigError", "RunFailure"]
+        # (and _DECIDED, which codebundle.decided_fields reads back out of the file)
+        keep = ["run_packed", "PackedPathError", "ConfigError", "RunFailure", "_DECIDED"]
         drop_dead({ROOT[0]: merged})  # one namespace now: a name no longer stands for another module's
         positional_only(merged, set(keep))
         text = cached_minify(ast.unparse(merged), f"merged {keep}", lambda code: python_minifier.minify(

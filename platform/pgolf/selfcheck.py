@@ -37,6 +37,26 @@ class SelfCheck:
     skipped: bool = False  # nothing was run (e.g. no data with a matching tokenizer); ok is False
 
 
+def runnable_sets(payload: dict, sets: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The self-check's overrides the shipped file accepts: one that changes a field a packer decision
+    read would stop the run (the code for that value is not in the file), so that field keeps its
+    packed value; returns (overrides, "key=packed value" of each kept field)."""
+    from pgolf.trainers.codebundle import decided_fields
+    from pgolf.trainers.config import parse_set
+
+    decided = set(decided_fields(payload) or ())
+    out, kept = [], []
+    for item in sets:
+        key, value = parse_set(item)
+        sec, k = key.split(".")
+        packed = payload["config"][sec][k]
+        if key in decided and value != packed:
+            kept.append(f"{key}={json.dumps(packed)}")
+        else:
+            out.append(item)
+    return out, kept
+
+
 def self_check(folder: str, *, data_path: str, tokenizer_path: str, sets: Sequence[str] = DEFAULT_SELF_CHECK_SETS,
                seed: int = 1, timeout: float = 600.0, python: str | None = None) -> SelfCheck:
     """Copy the folder into an empty temporary directory and run its train_gpt.py there on a tiny CPU
@@ -46,9 +66,10 @@ def self_check(folder: str, *, data_path: str, tokenizer_path: str, sets: Sequen
 
     from pgolf.trainers.codebundle import verify_wrapper
     try:  # the file that runs must be the packed code and nothing else (#12.8)
-        verify_wrapper(os.path.join(folder, "train_gpt.py"))
+        payload = verify_wrapper(os.path.join(folder, "train_gpt.py"))
     except ValueError as exc:
         return SelfCheck(False, str(exc), [], 0.0)
+    sets, kept = runnable_sets(payload, sets)
     tmp = tempfile.mkdtemp(prefix="pgolf_selfcheck_")
     try:
         dest = os.path.join(tmp, os.path.basename(os.path.normpath(folder)) or "submission")
@@ -85,7 +106,8 @@ def self_check(folder: str, *, data_path: str, tokenizer_path: str, sets: Sequen
         bpb = finite(res.get(FINAL_BPB))
         if bpb is None or bpb <= 0:
             return SelfCheck(False, f"{FINAL_BPB} is {res.get(FINAL_BPB)!r}", cmd, secs, output_tail=tail)
+        note = f" (packed values kept: {', '.join(kept)})" if kept else ""
         return SelfCheck(True, f"2-step CPU run from a clean copy finished: final/val_bpb {bpb:.4f}, "
-                               f"artifact {res.get('artifact/bytes', 0):,} bytes", cmd, secs, float(bpb), tail)
+                               f"artifact {res.get('artifact/bytes', 0):,} bytes{note}", cmd, secs, float(bpb), tail)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

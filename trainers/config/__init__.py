@@ -190,14 +190,14 @@ def set_field(cfg: TrainConfig, dotted: str, value: Any, *, source: str = "confi
 # Fields that identify a run or a machine rather than a variant: seeds of one variant share everything
 # else. Data *locations* are excluded (the same shards live at different paths on a laptop and on a
 # cluster node); the data *content* is pinned by the data fingerprint recorded with every run.
-_HASH_EXCLUDED = {("run", "seed"), ("run", "run_dir"), ("run", "threads"),
+PER_RUN_FIELDS = {("run", "seed"), ("run", "run_dir"), ("run", "threads"),
                   ("data", "data_path"), ("data", "tokenizer_path")}
 
 
 def config_hash(cfg: TrainConfig, code_version: str = "") -> str:
     """Stable 12-hex-digit hash of the resolved config (minus seed/run dir) and the trainer code."""
     flat = {f"{s}.{k}": v for s, sec in cfg.to_dict().items() for k, v in sec.items()
-            if (s, k) not in _HASH_EXCLUDED}
+            if (s, k) not in PER_RUN_FIELDS}
     blob = json.dumps({"config": flat, "code": code_version}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

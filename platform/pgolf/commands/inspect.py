@@ -45,14 +45,15 @@ def code_bytes(cfg) -> dict:
     import os
     import tempfile
 
-    from pgolf.trainers.codebundle import write_code_artifact
+    from pgolf.trainers.codebundle import decided_fields, payload_of, write_code_artifact
     from pgolf.trainers.posttrain import embedded_config
 
     with tempfile.TemporaryDirectory() as tmp:
         art = write_code_artifact(tmp, embedded_config(cfg))
-        packed = os.path.getsize(os.path.join(tmp, "train_gpt.py"))
-    return {"raw_bytes": art.raw_source_bytes, "minified_bytes": art.shipped_source_bytes, "packed_bytes": packed,
-            "codec": art.codec}
+        with open(os.path.join(tmp, "train_gpt.py"), "rb") as fh:
+            text = fh.read()
+    return {"raw_bytes": art.raw_source_bytes, "minified_bytes": art.shipped_source_bytes, "packed_bytes": len(text),
+            "codec": art.codec, "decided_fields": decided_fields(payload_of(text))}
 
 
 def run(args) -> int:
@@ -78,6 +79,8 @@ def run(args) -> int:
         b = info["code_bytes"]
         print(f"code bytes: {b['packed_bytes']:,} packed ({b['codec']}; counted: the real size of train_gpt.py), "
               f"{b['minified_bytes']:,} minified, {b['raw_bytes']:,} raw source")
+        print(f"decided:    {len(b['decided_fields'])} config fields the packer decided on (a --set or env override "
+              "that changes one stops the file at start: re-pack; --json lists them)")
     for section, values in info["config"].items():
         print(f"[config.{section}]")
         for k, v in values.items():
