@@ -185,7 +185,7 @@ def finish_run(ctx: RunContext) -> dict:
     cfg = ctx.cfg  # a plain alias: the packer decides this run's TTT/sliding branches through it
     phases, log, ddp = ctx.phases, ctx.log, ctx.ddp
     is_cuda = ctx.device.type == "cuda"
-    eval_kw = dict(device=ctx.device, rank=ddp.rank, world_size=ddp.world_size)
+    dev, rank, world = ctx.device, ddp.rank, ddp.world_size  # keywords at each call, no **kwargs (packargs)
     result: dict = {"status": "ok", "config_hash": ctx.config_hash, "code_version": ctx.code_version,
                     "seed": cfg.run.seed, "steps": ctx.steps, "params": ctx.n_params, "env": ctx.env,
                     "data": ctx.data_fp, "ttt": {"mode": cfg.ttt.mode}}
@@ -195,7 +195,7 @@ def finish_run(ctx: RunContext) -> dict:
     if pre is None:
         with timed(phases, "prequant_eval", is_cuda):
             pre = evaluate(ctx.model, ctx.val_tokens, ctx.luts, seq_len=cfg.data.train_seq_len,
-                           batch_tokens=cfg.eval.val_batch_size, **eval_kw)
+                           batch_tokens=cfg.eval.val_batch_size, device=dev, rank=rank, world_size=world)
     result["prequant/val_loss"], result["prequant/val_bpb"] = pre.val_loss, pre.val_bpb
     log.log(f"prequant val_loss:{pre.val_loss:.8f} val_bpb:{pre.val_bpb:.8f}")
 
@@ -227,7 +227,7 @@ def finish_run(ctx: RunContext) -> dict:
     scorer = scoring_model(fresh, cfg, ctx.device)  # compiles lazily: the first scoring phase pays for it
     with timed(phases, "roundtrip_eval", is_cuda):
         rt = evaluate(scorer, ctx.val_tokens, ctx.luts, seq_len=cfg.data.train_seq_len,
-                      batch_tokens=cfg.eval.val_batch_size, **eval_kw)
+                      batch_tokens=cfg.eval.val_batch_size, device=dev, rank=rank, world_size=world)
     result["quant/val_loss"], result["quant/val_bpb"] = rt.val_loss, rt.val_bpb
     log.log(f"roundtrip val_loss:{rt.val_loss:.8f} val_bpb:{rt.val_bpb:.8f}")
     final, final_phase = rt, "quant"
@@ -235,7 +235,8 @@ def finish_run(ctx: RunContext) -> dict:
     if cfg.eval.sliding_stride > 0 and cfg.eval.sliding_pass:
         with timed(phases, "sliding_eval", is_cuda):
             sl = evaluate_sliding(scorer, ctx.val_tokens, ctx.luts, seq_len=cfg.data.train_seq_len,
-                                  stride=cfg.eval.sliding_stride, batch_seqs=cfg.eval.sliding_batch_seqs, **eval_kw)
+                                  stride=cfg.eval.sliding_stride, batch_seqs=cfg.eval.sliding_batch_seqs,
+                                  device=dev, rank=rank, world_size=world)
         result["sliding/val_loss"], result["sliding/val_bpb"] = sl.val_loss, sl.val_bpb
         log.log(f"sliding stride:{cfg.eval.sliding_stride} val_loss:{sl.val_loss:.8f} val_bpb:{sl.val_bpb:.8f}")
         final, final_phase = sl, "sliding"

@@ -107,10 +107,11 @@ def _seq_batch(val_tokens: torch.Tensor, starts: list[int], seq_len: int, device
 def sgd_epochs(model: nn.Module, opt: torch.optim.Optimizer, params: list[nn.Parameter], val_tokens: torch.Tensor,
                seq_starts: list[int], *, seq_len: int, epochs: int, batch_seqs: int, grad_clip: float,
                lr_at, device: torch.device, rank: int, world_size: int, trace: TraceWriter, step0: int = 0,
-               **trace_fields) -> int:
+               trace_fields: dict | None = None) -> int:
     """`epochs` passes over the sequences starting at `seq_starts` (contiguous shares per rank,
     `batch_seqs` per rank per step). Every step's token ranges, for every rank, go to the trace.
-    lr_at(step) gives the learning rate of a global step. Returns the next global step."""
+    lr_at(step) gives the learning rate of a global step; trace_fields go on each step's trace line (a dict,
+    not **kwargs: the packer can then pass every argument by position). Returns the next global step."""
     n = len(seq_starts)
     shares = [rank_slice(n, r, world_size) for r in range(world_size)]
     per_rank = max(b - a for a, b in shares) if n else 0
@@ -137,7 +138,7 @@ def sgd_epochs(model: nn.Module, opt: torch.optim.Optimizer, params: list[nn.Par
             opt.zero_grad(set_to_none=True)
             items = [(GLOBAL, seq_starts[lo_r], seq_starts[hi_r - 1] + seq_len + 1)
                      for lo_r, hi_r in batches if hi_r > lo_r]
-            trace.update(items, step=step, epoch=epoch, lr=lr, **trace_fields)
+            trace.update(items, step=step, epoch=epoch, lr=lr, **(trace_fields or {}))
             step += 1
     return step
 
@@ -199,7 +200,7 @@ def run_score_first(model, val_tokens, luts, cfg: TrainConfig, device, rank, wor
         lr_k = _cosine(t.lr, k, n_chunks) if t.lr_schedule == "cosine" else t.lr
         step = sgd_epochs(model, opt, params, val_tokens, starts, seq_len=L, epochs=t.epochs, batch_seqs=t.batch_seqs,
                           grad_clip=t.grad_clip, lr_at=lambda _s: lr_k, device=device, rank=rank,
-                          world_size=world_size, trace=trace, step0=step, chunk=k)
+                          world_size=world_size, trace=trace, step0=step, trace_fields={"chunk": k})
         train_s += time.perf_counter() - t1
     return _finish(sums, trace, {"chunks": n_chunks, "updates": step, "score_s": score_s, "train_s": train_s})
 

@@ -210,7 +210,8 @@ def global_phase(model, val_tokens, docs, chosen, cfg: TrainConfig, device, rank
         lr_k = _cosine(t.lr, k, n_chunks) if t.lr_schedule == "cosine" else t.lr
         step = sgd_epochs(model, opt, params, buf, list(range(lo, hi - L + 1, L)), seq_len=L, epochs=t.epochs,
                           batch_seqs=t.batch_seqs, grad_clip=t.grad_clip, lr_at=lambda _s: lr_k, device=device,
-                          rank=rank, world_size=world_size, trace=trace, step0=step, phase=phase, chunk=k)
+                          rank=rank, world_size=world_size, trace=trace, step0=step,
+                          trace_fields={"phase": phase, "chunk": k})
     for p in model.parameters():
         p.requires_grad_(False)
     return step
