@@ -119,3 +119,17 @@ def test_the_self_check_keeps_the_packed_value_of_a_decided_field():
     payload["code_version"] = "other"  # packed by other trainer code: its field list is not known here
     assert codebundle.decided_fields(payload) is None
     assert runnable_sets(payload, DEFAULT_SELF_CHECK_SETS) == (list(DEFAULT_SELF_CHECK_SETS), [])
+
+
+def test_an_attribute_stored_by_name_stays_a_test_but_one_only_read_by_name_does_not():
+    src = textwrap.dedent('''
+        class Base:
+            def __init__(self):
+                self.kind = "a"
+            def f(self):
+                if self.kind == "a":
+                    return 1
+                return 2
+    ''')
+    assert "return 2" in _packed(src + "def poke(o):\n    setattr(o, 'kind', 'b')\n")[0]
+    assert "return 2" not in _packed(src + "def peek(o):\n    return getattr(o, 'kind')\n")[0]

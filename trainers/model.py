@@ -74,6 +74,7 @@ class CausalSelfAttention(nn.Module):
         self.q_gain = nn.Parameter(torch.full((cfg.num_heads,), cfg.qk_gain_init, dtype=torch.float32))
         self.rotary = Rotary(cfg.rope_dims or self.head_dim, cfg.rope_base, cfg.rope_ntk_ref_len)
         self.xsa = layer_idx >= cfg.num_layers - cfg.xsa_last_n
+        self.doc_attention = cfg.doc_attention  # GPT.hidden passes docs exactly then (the packer decides on it)
         # Output gate per head (#1736 dense / #1787 sparse); fp32 control tensor, int8 per row in the blob.
         self.gate_window = cfg.attn_gate_window if cfg.attn_gate == "sparse" else cfg.model_dim
         self.gate_scale = cfg.attn_gate_scale
@@ -99,7 +100,7 @@ class CausalSelfAttention(nn.Module):
         cos, sin = backend.rotary_table(cos), backend.rotary_table(sin)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         q = q * self.q_gain.to(q.dtype).view(-1, *([1] * (q.dim() - 1 - hd)))
-        y = backend.fn(q, k, v) if docs is None else backend.attend_documents(q, k, v, docs)
+        y = backend.attend_documents(q, k, v, docs) if self.doc_attention else backend.fn(q, k, v)
         if self.xsa:
             y = exclusive_self_attention(y, v, hd)
         if self.attn_gate_w is not None:
@@ -253,18 +254,18 @@ class GPT(nn.Module):
                 else:
                     x = x + skip
             ve = self.ve.for_layer(ve_base, i) if ve_base is not None else None
-            if lane1 is not None:
+            if lanes and lane1 is not None:  # `lanes and`: a test the packer decides
                 x, lane1 = self.blocks[i].lanes(x, lane1, x0, self.parallel_post_lambdas[i],
                                                 self.parallel_resid_lambdas[i], ve, docs)
             else:
                 x = self.blocks[i](x, x0, ve, docs)
             if j < 0:
                 skips.append(x)
-            if i == self.backout_layer:
+            if self.backout_lambda is not None and i == self.backout_layer:
                 h_mid = x
-        if lane1 is not None:
+        if lanes and lane1 is not None:
             x = 0.5 * (x + lane1)
-        if h_mid is not None:
+        if self.backout_lambda is not None and h_mid is not None:
             x = x - self.backout_lambda.to(x.dtype) * h_mid
         return rms_norm(x)
 

@@ -98,6 +98,23 @@ def _strings(tree: ast.AST) -> set[str]:
             and id(n) not in docs}
 
 
+_WRITERS = {"setattr": 1, "delattr": 1, "register_buffer": 0, "register_parameter": 0, "register_module": 0,
+            "add_module": 0}  # calls that store an attribute named by a string, and which argument names it
+
+
+def _written_names(tree: ast.AST) -> set[str]:
+    """Attribute names a call stores by string (`setattr(x, "a", v)`, `register_buffer("a", t)`): a
+    string that is only read (getattr, a name pattern) stores nothing."""
+    out = set()
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Call):
+            f = n.func.attr if isinstance(n.func, ast.Attribute) else n.func.id if isinstance(n.func, ast.Name) else ""
+            at = _WRITERS.get(f)
+            if at is not None and len(n.args) > at and isinstance(n.args[at], ast.Constant):
+                out.add(n.args[at].value)
+    return out
+
+
 def _self_stores(trees: dict[str, ast.Module]) -> tuple[dict[str, list], dict[str, set[str]]]:
     """attribute -> the class of each store (None: not through a method's own `self`), and each
     class's base class names (by name, as written)."""
@@ -124,10 +141,11 @@ def _self_stores(trees: dict[str, ast.Module]) -> tuple[dict[str, list], dict[st
 def attribute_constants(trees: dict[str, ast.Module], found: dict[str, dict[str, tuple]]) -> dict[str, dict[str, tuple]]:
     """`found` ({class: {attribute: value}} from `__init__`s) less every attribute stored anywhere else
     on that class or one of its bases (a store not through a method's own `self` may be on any), of a
-    class something derives from, or named by a method, a class field or a string."""
+    class something derives from, or named by a method, a class field or a string a setattr-like call
+    stores by."""
     stores, bases = _self_stores(trees)
     derived = set().union(*bases.values())
-    strings = set().union(*(_strings(t) for t in trees.values()))
+    strings = set().union(*(_written_names(t) for t in trees.values()))
     members: dict[str, set[str]] = {}  # a class's methods and class fields: a property would read instead
     twice = set()  # class names two modules define: which one a `self` is, is unknown
     for t in trees.values():

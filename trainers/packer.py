@@ -344,30 +344,48 @@ def _write_decided(tree: ast.Module, mask: int) -> None:
     raise AssertionError("codebundle.py has no `_DECIDED = 0` for the packer to fill in")
 
 
-def _init_fields(cls: ast.ClassDef) -> dict[str, str]:
-    """`self.cfg = cfg` in `__init__`, cfg annotated with a config class: self.cfg has that type."""
+def _made(value: ast.AST, classes: set[str]) -> str | None:
+    """The class `value` builds (`C(...)`, or `C(...) if t else None`), if it is one of `classes`."""
+    if isinstance(value, ast.IfExp) and isinstance(value.orelse, ast.Constant) and value.orelse.value is None:
+        value = value.body
+    f = value.func if isinstance(value, ast.Call) else None
+    return f.id if isinstance(f, ast.Name) and f.id in classes else None
+
+
+def _init_fields(cls: ast.ClassDef, classes: set[str]) -> dict[str, str]:
+    """`self.cfg = cfg` in `__init__`, cfg annotated with a config class: self.cfg has that type;
+    `self.gate = Gate(...)` (or `... if t else None`), Gate a class of the shipped code: "class:Gate"."""
     init = init_of(cls)
     if init is None:
         return {}
     me, *rest = init.args.posonlyargs + init.args.args
     params = {a.arg: k for a in rest + init.args.kwonlyargs if (k := _ann_kind(a.annotation))}
     me = me.arg
-    return {s.targets[0].attr: params[s.value.id] for s in init.body if isinstance(s, ast.Assign)
-            and len(s.targets) == 1 and isinstance(s.targets[0], ast.Attribute)
-            and isinstance(s.targets[0].value, ast.Name) and s.targets[0].value.id == me
-            and isinstance(s.value, ast.Name) and s.value.id in params}
+    out = {}
+    for s in init.body:
+        if isinstance(s, ast.Assign) and len(s.targets) == 1 and isinstance(s.targets[0], ast.Attribute) \
+                and isinstance(s.targets[0].value, ast.Name) and s.targets[0].value.id == me:
+            if isinstance(s.value, ast.Name) and s.value.id in params:
+                out[s.targets[0].attr] = params[s.value.id]
+            elif made := _made(s.value, classes):
+                out[s.targets[0].attr] = f"class:{made}"
+    return out
 
 
 def _field_types(trees: dict[str, ast.Module]) -> dict[str, dict[str, str]]:
     """Classes with fields of a config type: annotated (`ctx.cfg` where ctx is a RunContext), or set
-    once from a config parameter in `__init__` and stored nowhere else (`self.cfg` of the GPT)."""
+    once from a config parameter in `__init__` and stored nowhere else (`self.cfg` of the GPT); and
+    fields set once to an instance of a shipped class (`self.smear`: "class:SmearGate")."""
     out: dict[str, dict[str, str]] = {}
     stores: dict[str, int] = {}
     for tree in trees.values():
         for n in ast.walk(tree):
             if isinstance(n, ast.Attribute) and isinstance(n.ctx, (ast.Store, ast.Del)):
                 stores[n.attr] = stores.get(n.attr, 0) + 1
-    inits = [(node, _init_fields(node)) for tree in trees.values() for node in tree.body if isinstance(node, ast.ClassDef)]
+    defs = [node for tree in trees.values() for node in tree.body if isinstance(node, ast.ClassDef)]
+    names = [c.name for c in defs]
+    classes = {n for n in names if names.count(n) == 1}
+    inits = [(node, _init_fields(node, classes)) for node in defs]
     others = {a: stores.get(a, 0) - sum(a in f for _, f in inits) for _, f in inits for a in f}
     for node, init in inits:
         fields = {s.target.id: k for s in node.body if isinstance(s, ast.AnnAssign)
