@@ -131,7 +131,7 @@ def write_artifact(ctx: RunContext, gptq_codes: dict | None = None) -> tuple[str
                 fh.write(b"\0" * cfg.faults.pad_artifact_bytes)
         code = write_code_artifact(cfg.run.run_dir, embedded_config(cfg))
     barrier()
-    report = {"payload_bytes": len(packed), "formats": summarize(qmeta, qtensors)}
+    report = {"payload_bytes": len(packed), "formats": summarize(qmeta, qtensors, cfg.quant.lqer_rank > 0)}
     if ctx.ddp.is_main:
         report["code_shipped_bytes"] = code.shipped_source_bytes
     return path, report
@@ -148,7 +148,7 @@ def load_artifact(ctx: RunContext, blob_path: str) -> GPT:
     else:
         tensors, meta = serialize.unpack(serialize.decompress(data))
     fresh = prepare_for_device(GPT(ctx.cfg.model), ctx.device)
-    fresh.load_state_dict(dequantize_state_dict(tensors, meta), strict=True)
+    fresh.load_state_dict(dequantize_state_dict(tensors, meta, ctx.cfg.quant.lqer_rank > 0), strict=True)
     return fresh
 
 

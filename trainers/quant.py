@@ -225,7 +225,8 @@ def quantize_state_dict(state: dict[str, torch.Tensor], cfg: QuantConfig,
             out[name] = t.float().cpu()
         elif plan.kind == "fp16":
             out[name] = t.to(torch.float16).cpu()
-        elif plan.kind == "gate_int8":  # the record's rule: |row|max / 127, no percentile clip
+        elif cfg.gate_int8_rows and plan.kind == "gate_int8":  # |row|max / 127, no clip (the record's rule);
+            # plan_state_dict gives this kind only under gate_int8_rows: the test lets the packer decide it
             scale = (t.float().abs().amax(dim=1).clamp_min(1e-10) / 127).to(torch.float16)
             out[name + ".q"] = torch.clamp(torch.round(t.float() / scale.float()[:, None]), -127, 127).to(torch.int8).cpu()
             out[name + ".scale"] = scale.cpu()
@@ -254,7 +255,9 @@ def _dequant(tensors: dict[str, torch.Tensor], name: str) -> torch.Tensor:
     return (_rows(q) * tensors[name + ".scale"].float()[:, None]).reshape(q.shape)
 
 
-def dequantize_state_dict(tensors: dict[str, torch.Tensor], meta: dict) -> dict[str, torch.Tensor]:
+def dequantize_state_dict(tensors: dict[str, torch.Tensor], meta: dict, lqer_on: bool = True) -> dict[str, torch.Tensor]:
+    """lqer_on=False: the blob holds no LQER factors (its config had lqer_rank 0), so the packer can
+    leave their code out of a run that reads only its own blob."""
     state: dict[str, torch.Tensor] = {}
     for name, info in meta["tensors"].items():
         dtype = dtype_from_name(info.get("dtype", "float32"))
@@ -265,7 +268,7 @@ def dequantize_state_dict(tensors: dict[str, torch.Tensor], meta: dict) -> dict[
             state[name] = tensors[name].to(dtype)
         elif kind in ("int", "int8", "gate_int8"):  # "int8" = blobs written before the mixed formats existed
             w = _dequant(tensors, name)
-            if info.get("lqer"):
+            if lqer_on and info.get("lqer"):
                 w = w + lqer.correction(tensors, name, info["lqer"])
             state[name] = w.to(dtype)
         else:
@@ -273,13 +276,14 @@ def dequantize_state_dict(tensors: dict[str, torch.Tensor], meta: dict) -> dict[
     return state
 
 
-def summarize(meta: dict, tensors: dict[str, torch.Tensor]) -> dict[str, dict]:
-    """Per format/kind: tensor count and stored payload bytes (before compression), for the byte report."""
+def summarize(meta: dict, tensors: dict[str, torch.Tensor], lqer_on: bool = True) -> dict[str, dict]:
+    """Per format/kind: tensor count and stored payload bytes (before compression), for the byte report
+    (lqer_on as in dequantize_state_dict)."""
     out: dict[str, dict] = {}
     for name, info in meta["tensors"].items():
         key = info.get("format") or info["kind"]
         parts = [name + ".q", name + ".scale"] if info["kind"] in ("int", "gate_int8") else [name]
-        if info.get("lqer"):
+        if lqer_on and info.get("lqer"):
             parts += [name + sfx for sfx in lqer.SUFFIXES]
         nbytes = sum(tensors[p].numel() * tensors[p].element_size() for p in parts)
         row = out.setdefault(key, {"tensors": 0, "bytes": 0, "params": 0})
