@@ -129,7 +129,8 @@ def _self_stores(trees: dict[str, ast.Module]) -> tuple[dict[str, list], dict[st
                 if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) and fn.args.args and not fn.decorator_list:
                     me = fn.args.args[0].arg
                     owner.update((id(n), cls.name) for n in ast.walk(fn) if isinstance(n, ast.Attribute)
-                                 and not isinstance(n.ctx, ast.Load) and isinstance(n.value, ast.Name) and n.value.id == me)
+                                 and not isinstance(n.ctx, ast.Load) and isinstance(n.value, ast.Name)
+                                 and n.value.id == me)
     stores: dict[str, list] = {}
     for t in trees.values():
         for n in ast.walk(t):
@@ -138,7 +139,8 @@ def _self_stores(trees: dict[str, ast.Module]) -> tuple[dict[str, list], dict[st
     return stores, bases
 
 
-def attribute_constants(trees: dict[str, ast.Module], found: dict[str, dict[str, tuple]]) -> dict[str, dict[str, tuple]]:
+def attribute_constants(trees: dict[str, ast.Module], found: dict[str, dict[str, tuple]]
+                        ) -> dict[str, dict[str, tuple]]:
     """`found` ({class: {attribute: value}} from `__init__`s) less every attribute stored anywhere else
     on that class or one of its bases (a store not through a method's own `self` may be on any), of a
     class something derives from, or named by a method, a class field or a string a setattr-like call
@@ -153,9 +155,9 @@ def attribute_constants(trees: dict[str, ast.Module], found: dict[str, dict[str,
             if isinstance(c, ast.ClassDef):
                 if c.name in members:
                     twice.add(c.name)
-                members[c.name] = {s.name for s in c.body if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))} \
-                    | {x.id for s in c.body if isinstance(s, (ast.Assign, ast.AnnAssign)) for x in ast.walk(s)
-                       if isinstance(x, ast.Name) and isinstance(x.ctx, ast.Store)}
+                defs = {s.name for s in c.body if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+                members[c.name] = defs | {x.id for s in c.body if isinstance(s, (ast.Assign, ast.AnnAssign))
+                                          for x in ast.walk(s) if isinstance(x, ast.Name) and isinstance(x.ctx, ast.Store)}
     out = {}
     for cls, attrs in found.items():
         line, todo = {cls}, list(bases.get(cls, ()))  # the class and its bases
@@ -166,7 +168,8 @@ def attribute_constants(trees: dict[str, ast.Module], found: dict[str, dict[str,
                 todo += bases.get(b, ())
         named = strings.union(*(members.get(c, set()) for c in line))
         keep = {a: v for a, v in attrs.items() if cls not in derived | twice and a not in named
-                and None not in stores.get(a, [None]) and stores[a].count(cls) == 1 and not (line - {cls}) & set(stores[a])}
+                and None not in stores.get(a, [None]) and stores[a].count(cls) == 1
+                and not (line - {cls}) & set(stores[a])}
         if keep:
             out[cls] = keep
     return out

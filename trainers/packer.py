@@ -205,8 +205,8 @@ class _Pruner(ast.NodeTransformer):
         self.generic_visit(node)
         if isinstance(node.func, ast.Name):
             plain = not any(isinstance(a, ast.Starred) for a in node.args) and all(k.arg for k in node.keywords)
-            self.calls.setdefault(node.func.id, []).append(
-                ([self.scalar(a) for a in node.args], {k.arg: self.scalar(k.value) for k in node.keywords}) if plain else None)
+            got = ([self.scalar(a) for a in node.args], {k.arg: self.scalar(k.value) for k in node.keywords})
+            self.calls.setdefault(node.func.id, []).append(got if plain else None)
         return node
 
     def visit_FunctionDef(self, node):
