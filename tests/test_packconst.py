@@ -86,23 +86,21 @@ def test_check_packed_refuses_a_decided_field_and_lets_the_seed_change(monkeypat
         codebundle.check_packed(now)
 
 
+BASE = textwrap.dedent('''
+    class Base:
+        def __init__(self):
+            self.kind = "a"
+        def f(self):
+            if self.kind == "a":
+                return 1
+            return 2
+''')
+
+
 def test_an_attribute_a_subclass_may_set_otherwise_stays_a_test():
-    src = textwrap.dedent('''
-        class Base:
-            def __init__(self):
-                self.kind = "a"
-            def f(self):
-                if self.kind == "a":
-                    return 1
-                return 2
-        class Sub(Base):
-            def __init__(self):
-                self.kind = "b"
-    ''')
-    out, _ = _packed(src)
-    assert "return 2" in out
-    out, _ = _packed(src.split("class Sub")[0])
-    assert "return 2" not in out
+    sub = "class Sub(Base):\n    def __init__(self):\n        self.kind = 'b'\n"
+    assert "return 2" in _packed(BASE + sub)[0]
+    assert "return 2" not in _packed(BASE)[0]
 
 
 def test_the_self_check_keeps_the_packed_value_of_a_decided_field():
@@ -122,14 +120,6 @@ def test_the_self_check_keeps_the_packed_value_of_a_decided_field():
 
 
 def test_an_attribute_stored_by_name_stays_a_test_but_one_only_read_by_name_does_not():
-    src = textwrap.dedent('''
-        class Base:
-            def __init__(self):
-                self.kind = "a"
-            def f(self):
-                if self.kind == "a":
-                    return 1
-                return 2
-    ''')
+    src = BASE
     assert "return 2" in _packed(src + "def poke(o):\n    setattr(o, 'kind', 'b')\n")[0]
     assert "return 2" not in _packed(src + "def peek(o):\n    return getattr(o, 'kind')\n")[0]

@@ -79,7 +79,7 @@ def run(args) -> int:
         b = info["code_bytes"]
         print(f"code bytes: {b['packed_bytes']:,} packed ({b['codec']}; counted: the real size of train_gpt.py), "
               f"{b['minified_bytes']:,} minified, {b['raw_bytes']:,} raw source")
-        print(f"decided:    {len(b['decided_fields'])} config fields the packer decided on (a --set or env override "
+        print(f"decided:    {len(b['decided_fields'] or [])} config fields the packer decided on (a --set or env override "
               "that changes one stops the file at start: re-pack; --json lists them)")
     for section, values in info["config"].items():
         print(f"[config.{section}]")
