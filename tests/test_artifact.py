@@ -1,8 +1,6 @@
 """Artifact accounting: code + model bytes from the real files against the decimal cap (16,000,000
 passes, 16,000,001 fails), headroom, and the raw vs packed size of the counted code."""
-import ast
 import os
-import re
 
 import pytest
 
@@ -133,7 +131,8 @@ def test_verify_wrapper_refuses_a_line_added_outside_the_payload(tmp_path):
 
 
 def test_packer_leaves_out_what_the_config_never_reaches():
-    from pgolf.trainers.packer import decided_mask, ship_sources
+    from pgolf.trainers.codebundle import decided_fields
+    from pgolf.trainers.packer import ship_sources
 
     cfg = TrainConfig()
     off = ship_sources(trainer_sources(), embedded_config(cfg), merge=False)
@@ -143,8 +142,7 @@ def test_packer_leaves_out_what_the_config_never_reaches():
     # the decided test goes with its arm; the field it read is in the mask check_packed compares at start
     assert "collect_hessians" not in off["posttrain.py"] and "_gone" not in "".join(off.values())
     for files, cfg_gptq in ((off, False), (on, True)):
-        mask = re.search(r"_DECIDED = (\d+)", ast.unparse(ast.parse(files["codebundle.py"])))
-        assert mask and int(mask[1]) & decided_mask({"quant.gptq"}), cfg_gptq
+        assert "quant.gptq" in decided_fields({"files": files, "code_version": code_version()}), cfg_gptq
     assert "_BODY" not in off["codebundle.py"] and "_read_sources" not in off["codebundle.py"]  # package-only code
     cfg.ttt.mode = "score_first"  # the trace is written by the run, judged by the platform (ttt_audit.py)
     ttt = ship_sources(trainer_sources(), embedded_config(cfg), merge=False)

@@ -4,7 +4,6 @@ The same run is the smoke test of the whole post-training pipeline (GPTQ, mixed 
 sliding eval, score-first TTT with a verified trace)."""
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
